@@ -1,0 +1,34 @@
+"""`python -m qsharp_exp [overrides]`: one Hydra entry point for every task, algo, model and hardware."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from qsharp_exp.config import ConfigError, load_run_config
+
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def main(cfg: DictConfig) -> dict:
+    try:
+        run_cfg = load_run_config(cfg)
+    except ConfigError as err:
+        sys.exit(f"config error: {err}")
+    # Heavy imports only once the config is known to be good.
+    from qsharp_exp.pipeline import run
+    from qsharp_exp.training.train_guide import NoSignalError
+
+    try:
+        return run(run_cfg, Path(HydraConfig.get().runtime.output_dir))
+    except NoSignalError as err:
+        sys.exit(f"error: {err}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,245 @@
+"""Typed schemas for the composed Hydra config, and the checks that run before any work.
+
+Hydra composes plain YAML; `load_run_config` merges each section into its dataclass (so an
+unknown key or a wrong type fails at once) and then checks values a type cannot express.
+Every failure is a `ConfigError` whose message names the key and the fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A config value the run cannot use; the message says which key and how to fix it."""
+
+
+@dataclass
+class TaskConfig:
+    name: str = "star_graph"
+    # star-graph G(degree, path_length) over num_nodes labels; path_length counts the nodes of the
+    # answer path, source and goal included (Bachmann & Nagarajan's convention).
+    degree: int = 2
+    path_length: int = 3
+    num_nodes: int = 20
+    num_pretrain: int = 50_000
+    num_train: int = 5_000
+    num_test: int = 1_000
+    seed: int = 0
+
+
+@dataclass
+class ArchConfig:
+    """A Hugging Face causal LM built from a config with random weights."""
+
+    arch: str = "gpt2"  # gpt2 | llama
+    n_layer: int = 2
+    n_embd: int = 64
+    n_head: int = 4
+    n_inner: int | None = None  # MLP width; None = 4 * n_embd
+    max_positions: int = 256
+    dropout: float = 0.0
+
+
+@dataclass
+class GuideConfig:
+    """The return model: a causal LM trunk plus a value head (QSHARP.md section 2)."""
+
+    arch: ArchConfig = field(default_factory=ArchConfig)
+    head: str = "q"  # q: vocab-sized head from the prefix | v: scalar per (prefix, candidate)
+    distribution: str = "bernoulli"  # bernoulli (BCE) | histogram (C51-style maximum likelihood)
+    num_atoms: int = 11
+    v_min: float = 0.0
+    v_max: float = 1.0
+    # Causal convolution over the token embeddings before the blocks (0 = off). It lets a position see
+    # its neighbours directly, which makes the star-graph lookup learnable at small scale.
+    conv_width: int = 0
+
+
+@dataclass
+class ModelConfig:
+    name: str = "star_graph_tiny"
+    pi_ref: ArchConfig = field(default_factory=ArchConfig)
+    guide: GuideConfig = field(default_factory=GuideConfig)
+
+
+@dataclass
+class AlgoConfig:
+    name: str = "qsharp"  # qsharp | cd | pi_ref
+    eta: float = 0.1  # KL weight (paper convention): larger = closer to pi_ref
+    top_k: int = 10  # pi_ref's top-k tokens are scored by the guide
+    # What tokens outside the top-k get: keep (multiplier 1, so eta -> inf gives pi_ref exactly) | mask.
+    non_candidates: str = "keep"
+    # Which round's return model guides decoding; None = the last round. CD's default is 1 (trained on
+    # pi_ref's own rollouts only), as the paper describes CD.
+    guide_round: int | None = None
+
+
+@dataclass
+class PretrainConfig:
+    """Next-token pretraining of pi_ref, for tasks whose pi_ref is trained here."""
+
+    steps: int = 1_500
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 100
+
+
+@dataclass
+class CollectConfig:
+    """Algorithm 1's data collection."""
+
+    rounds: int = 2
+    samples_per_problem: int = 4
+    eta: float = 0.1  # eta of the guided roll-in policy pi_k (rounds >= 2); independent of algo.eta
+    # Probability that the switch token is drawn uniformly from pi_ref's top-k candidates instead of
+    # from pi_ref (the exploratory roll-out of the paper's Algorithm 2). Labels stay pi_ref returns.
+    explore_prob: float = 0.5
+    batch_size: int = 512
+
+
+@dataclass
+class GuideTrainConfig:
+    steps: int = 3_000
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    eval_every: int = 250
+    val_fraction: float = 0.05
+
+
+@dataclass
+class EvalConfig:
+    num_samples: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 32
+    batch_size: int = 500
+
+
+@dataclass
+class HardwareConfig:
+    name: str = "cpu"
+    device: str = "cpu"  # cpu | cuda
+    bf16: bool = False  # bf16 autocast (GPU)
+    num_threads: int = 0  # torch CPU threads; 0 = torch's default
+
+
+@dataclass
+class RunConfig:
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    collect: CollectConfig = field(default_factory=CollectConfig)
+    guide_train: GuideTrainConfig = field(default_factory=GuideTrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 0
+    cache_dir: str = ".qsharp_cache"
+    progress: bool = True
+
+
+TASKS = ("star_graph",)
+ALGOS = ("qsharp", "cd", "pi_ref")
+
+
+def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not supported: use one of {', '.join(allowed)}.")
+
+
+def _at_least(key: str, value: float, low: float, why: str = "") -> None:
+    if value < low:
+        raise ConfigError(f"{key}={value} must be >= {low}{why}: set e.g. {key}={low}.")
+
+
+def _positive(key: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{key}={value} must be > 0: set a positive value, e.g. {key}=0.1.")
+
+
+def validate(cfg: RunConfig) -> None:
+    """Checks that types alone cannot express; raises ConfigError naming the key and the fix."""
+    _choice("task.name", cfg.task.name, TASKS)
+    _choice("algo.name", cfg.algo.name, ALGOS)
+    if cfg.task.name == "star_graph":
+        _at_least("task.degree", cfg.task.degree, 2, " (a star needs at least two arms)")
+        _at_least("task.path_length", cfg.task.path_length, 2)
+        needed = 1 + cfg.task.degree * (cfg.task.path_length - 1)
+        if cfg.task.num_nodes < needed:
+            raise ConfigError(
+                f"task.num_nodes={cfg.task.num_nodes} is too small for G({cfg.task.degree},"
+                f"{cfg.task.path_length}), which has {needed} nodes: set task.num_nodes>={needed}."
+            )
+        for key in ("num_pretrain", "num_train", "num_test"):
+            _at_least(f"task.{key}", getattr(cfg.task, key), 1)
+    _positive("algo.eta", cfg.algo.eta)
+    _positive("collect.eta", cfg.collect.eta)
+    _at_least("algo.top_k", cfg.algo.top_k, 1)
+    _choice("algo.non_candidates", cfg.algo.non_candidates, ("keep", "mask"))
+    _at_least("collect.rounds", cfg.collect.rounds, 1)
+    _at_least("collect.samples_per_problem", cfg.collect.samples_per_problem, 1)
+    if not 0.0 <= cfg.collect.explore_prob <= 1.0:
+        raise ConfigError(f"collect.explore_prob={cfg.collect.explore_prob} must lie in [0, 1].")
+    if cfg.algo.guide_round is not None and not 1 <= cfg.algo.guide_round <= cfg.collect.rounds:
+        raise ConfigError(
+            f"algo.guide_round={cfg.algo.guide_round} must lie in 1..collect.rounds={cfg.collect.rounds} "
+            "(or be null for the last round)."
+        )
+    guide = cfg.model.guide
+    _choice("model.guide.head", guide.head, ("q", "v"))
+    _choice("model.guide.distribution", guide.distribution, ("bernoulli", "histogram"))
+    if guide.distribution == "histogram":
+        _at_least("model.guide.num_atoms", guide.num_atoms, 2)
+        if not guide.v_max > guide.v_min:
+            raise ConfigError(
+                f"model.guide.v_max={guide.v_max} must exceed model.guide.v_min={guide.v_min}."
+            )
+    _at_least("model.guide.conv_width", guide.conv_width, 0)
+    for key, arch in (("model.pi_ref", cfg.model.pi_ref), ("model.guide.arch", guide.arch)):
+        _choice(f"{key}.arch", arch.arch, ("gpt2", "llama"))
+        if arch.n_embd % arch.n_head:
+            raise ConfigError(f"{key}.n_embd={arch.n_embd} must be divisible by {key}.n_head={arch.n_head}.")
+    _positive("eval.temperature", cfg.eval.temperature)
+    if not 0.0 < cfg.eval.top_p <= 1.0:
+        raise ConfigError(f"eval.top_p={cfg.eval.top_p} must lie in (0, 1]: 1 disables top-p.")
+    for section, keys in (
+        ("pretrain", ("steps", "batch_size")),
+        ("guide_train", ("steps", "batch_size", "eval_every")),
+        ("eval", ("num_samples", "max_new_tokens", "batch_size")),
+        ("collect", ("batch_size",)),
+    ):
+        for key in keys:
+            _at_least(f"{section}.{key}", getattr(getattr(cfg, section), key), 1)
+    _choice("hardware.device", cfg.hardware.device, ("cpu", "cuda"))
+
+
+def load_run_config(cfg: DictConfig) -> RunConfig:
+    """Merge the composed config into the typed schema and validate it."""
+    schema = OmegaConf.structured(RunConfig)
+    try:
+        merged = OmegaConf.merge(schema, cfg)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        reason = str(getattr(err, "msg", err)).splitlines()[0]
+        raise ConfigError(
+            f"config key '{key}': {reason}. "
+            "Check the spelling against conf/ (python -m qsharp_exp --cfg job shows every key)."
+        ) from None
+    run_cfg: RunConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    validate(run_cfg)
+    return run_cfg
+
+
+def as_dict(obj: Any) -> Any:
+    """Dataclass -> plain dict (for hashing stage inputs and writing them next to artefacts)."""
+    if hasattr(obj, "__dataclass_fields__"):
+        return {f.name: as_dict(getattr(obj, f.name)) for f in fields(obj)}
+    return obj

@@ -1,0 +1,190 @@
+"""One batched sampling loop with KV caches for pi_ref and the guide (pi_ref, CD and Q# alike).
+
+Semantics: pi_ref is the sampler's distribution (temperature, then top-p). Guidance multiplies it
+on pi_ref's top-k candidates by exp(offset) and renormalises. The per-token KL(pi || pi_ref) is
+computed exactly over the vocabulary against that same sampler distribution, so it is 0 without
+guidance. Prompts are left-padded; each row stops at its own EOS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+from qsharp_exp import guidance as G
+from qsharp_exp.models.return_model import ReturnModel
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 32
+
+
+@dataclass(frozen=True)
+class Guidance:
+    model: ReturnModel
+    algo: str  # qsharp | cd
+    eta: float
+    top_k: int
+    mask_non_candidates: bool = False
+
+
+@dataclass
+class Generation:
+    tokens: torch.Tensor  # [B, T] response tokens, pad after EOS
+    lengths: torch.Tensor  # [B] tokens up to and including EOS
+    kl: torch.Tensor  # [B] sum over the response of KL(pi || pi_ref), nats
+    guide_passes: int  # guide forwards, prefill included
+
+
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    return (mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+class GuideState:
+    """The guide's KV cache and its per-step outputs, kept in step with pi_ref's."""
+
+    def __init__(self, model: ReturnModel, ids: torch.Tensor, mask: torch.Tensor) -> None:
+        self.model = model
+        self.cache = DynamicCache(config=model.trunk.config)
+        self.mask = mask.clone()
+        self.next_pos = mask.long().sum(-1)
+        width = model.context_width
+        self.recent_ids = ids[:, ids.shape[1] - width :] if width else None
+        self.recent_mask = mask[:, mask.shape[1] - width :] if width else None
+        self.passes = 0
+        self._stash: tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]] | None = None
+        out = self._forward(model.embed(ids, mask), mask, positions(mask))
+        self.q_outputs = out[:, -1] if model.cfg.head == "q" else None  # [B, V, D]
+
+    def _forward(self, embeds, attention_mask, position_ids) -> torch.Tensor:
+        self.passes += 1
+        return self.model.head_outputs(self.model.hidden(embeds, attention_mask, position_ids, self.cache))
+
+    def _embed_new(self, ids: torch.Tensor) -> torch.Tensor:
+        """Embeddings of one new token per row [B, n] (n candidates side by side, each alone)."""
+        b, n = ids.shape
+        if not self.model.context_width:
+            return self.model.embed(ids, torch.ones_like(ids))
+        ctx = self.recent_ids.repeat_interleave(n, 0)
+        ctx_mask = self.recent_mask.repeat_interleave(n, 0)
+        flat = ids.reshape(b * n, 1)
+        return self.model.embed(flat, torch.ones_like(flat), ctx, ctx_mask).view(b, n, -1)
+
+    def values(self, candidates: torch.Tensor) -> torch.Tensor:
+        """Head outputs [B, k, D] for each candidate token after the current prefix."""
+        if self.q_outputs is not None:
+            return self.q_outputs.gather(1, candidates.unsqueeze(-1).expand(-1, -1, self.q_outputs.shape[-1]))
+        b, k = candidates.shape
+        # V-type: the k candidates go through in one pass, each seeing the prefix and itself only.
+        prefix = self.mask.bool().unsqueeze(1).expand(b, k, -1)
+        own = torch.eye(k, dtype=torch.bool, device=candidates.device).expand(b, k, k)
+        attn = torch.cat([prefix, own], dim=-1).unsqueeze(1)
+        pos = self.next_pos.unsqueeze(1).expand(b, k)
+        length = self.cache.get_seq_length()
+        out = self._forward(self._embed_new(candidates), attn, pos)
+        # Take the candidates' entries back out, so the cache is the prefix's again.
+        stash = []
+        for layer in self.cache.layers:
+            stash.append((layer.keys[:, :, length:], layer.values[:, :, length:]))
+            layer.keys, layer.values = layer.keys[:, :, :length], layer.values[:, :, :length]
+        self._stash = (candidates, stash)
+        return out
+
+    def advance(self, tokens: torch.Tensor, alive: torch.Tensor) -> None:
+        """Append the sampled token of every row (a masked pad for finished rows)."""
+        step_mask = alive.to(self.mask.dtype).unsqueeze(1)
+        self.mask = torch.cat([self.mask, step_mask], dim=1)
+        reusable = None
+        if self._stash is not None:
+            candidates, stash = self._stash
+            hit = candidates == tokens.unsqueeze(1)
+            if bool((hit.any(1) | ~alive).all()):
+                reusable = (hit.float().argmax(1), stash)
+        self._stash = None
+        if reusable is not None:
+            # V-type: the sampled candidate's entry from the scoring pass is exactly its KV.
+            idx, stash = reusable
+            for layer, (keys, values) in zip(self.cache.layers, stash, strict=True):
+                gather = idx.view(-1, 1, 1, 1).expand(-1, keys.shape[1], 1, keys.shape[-1])
+                layer.keys = torch.cat([layer.keys, keys.gather(2, gather)], dim=2)
+                layer.values = torch.cat([layer.values, values.gather(2, gather)], dim=2)
+        else:
+            out = self._forward(self._embed_new(tokens.unsqueeze(1)), self.mask, self.next_pos.unsqueeze(1))
+            if self.q_outputs is not None:
+                self.q_outputs = out[:, -1]
+        self.next_pos = self.next_pos + alive.long()
+        if self.recent_ids is not None:
+            self.recent_ids = torch.cat([self.recent_ids[:, 1:], tokens.unsqueeze(1)], dim=1)
+            self.recent_mask = torch.cat([self.recent_mask[:, 1:], step_mask], dim=1)
+
+
+@torch.no_grad()
+def generate(
+    pi_ref: PreTrainedModel,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    spec: SamplingSpec,
+    eos_id: int,
+    pad_id: int,
+    generator: torch.Generator,
+    guide: Guidance | None = None,
+    explore: torch.Tensor | None = None,
+    explore_top_k: int = 0,
+) -> Generation:
+    """Sample responses to left-padded prompts `ids` [B, L] (mask 1 = real token).
+
+    `explore` [B] bool: those rows draw their first token uniformly from pi_ref's top `explore_top_k`
+    tokens (the exploratory switch of Algorithm 2), then continue as usual.
+    """
+    b = ids.shape[0]
+    device = ids.device
+    cache = DynamicCache(config=pi_ref.config)
+    mask = mask.clone()
+    next_pos = mask.long().sum(-1)
+    logits = pi_ref(
+        input_ids=ids, attention_mask=mask, position_ids=positions(mask), cache=cache, use_cache=True
+    ).logits[:, -1]
+    state = GuideState(guide.model, ids, mask) if guide is not None else None
+    alive = torch.ones(b, dtype=torch.bool, device=device)
+    lengths = torch.zeros(b, dtype=torch.long, device=device)
+    kl = torch.zeros(b, device=device)
+    tokens = []
+    for step in range(spec.max_new_tokens):
+        ref_logp = G.sampler_logprobs(logits, spec.temperature, spec.top_p)
+        logp = ref_logp
+        if state is not None:
+            candidates = ref_logp.topk(guide.top_k, dim=-1).indices
+            offsets = guide.model.dist.offset(state.values(candidates), guide.eta, guide.algo)
+            logp = G.guided_logprobs(ref_logp, candidates, offsets, guide.mask_non_candidates)
+            kl += G.kl_divergence(logp, ref_logp) * alive
+        token = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)
+        if step == 0 and explore is not None and bool(explore.any()):
+            top = ref_logp.topk(explore_top_k, dim=-1)
+            valid = top.values > float("-inf")
+            pick = torch.multinomial(valid.float(), 1, generator=generator)
+            token = torch.where(explore, top.indices.gather(1, pick).squeeze(1), token)
+        token = torch.where(alive, token, torch.full_like(token, pad_id))
+        tokens.append(token)
+        lengths += alive.long()
+        alive = alive & (token != eos_id)
+        if not bool(alive.any()):
+            break
+        step_mask = torch.cat([mask, alive.to(mask.dtype).unsqueeze(1)], dim=1)
+        # Finished rows get a masked pad so that every row keeps the same cache length.
+        logits = pi_ref(
+            input_ids=token.unsqueeze(1), attention_mask=step_mask, position_ids=next_pos.unsqueeze(1),
+            cache=cache, use_cache=True,
+        ).logits[:, -1]
+        mask = step_mask
+        next_pos = next_pos + alive.long()
+        if state is not None:
+            state.advance(token, alive)
+    return Generation(
+        tokens=torch.stack(tokens, dim=1), lengths=lengths, kl=kl,
+        guide_passes=state.passes if state is not None else 0,
+    )

@@ -1,0 +1,76 @@
+"""The guidance formulas of QSHARP.md section 1, as pure functions of the return model's outputs.
+
+All offsets are log-multipliers added to pi_ref's log-probabilities of the scored candidates;
+they are computed in float32 from logits (never from saturated probabilities).
+eta is the KL weight: pi*(y|x) ∝ pi_ref(y|x) * E[exp(Z/eta)].
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def bernoulli_qsharp_offset(logit: torch.Tensor, eta: float) -> torch.Tensor:
+    """ln((1-p) + p e^(1/eta)) with p = sigmoid(logit).
+
+    For 1/eta > 1 as softplus(l + 1/eta) - softplus(l); for small 1/eta that difference cancels, so
+    there as 1/eta + log1p(-(1-p)(1-e^(-1/eta))), which is exact to float32 precision.
+    """
+    logit = logit.float()
+    c = 1.0 / eta
+    if c > 1.0:
+        return F.softplus(logit + c) - F.softplus(logit)
+    return c + torch.log1p(-torch.sigmoid(-logit) * -math.expm1(-c))
+
+
+def histogram_qsharp_offset(atom_logits: torch.Tensor, atoms: torch.Tensor, eta: float) -> torch.Tensor:
+    """ln E_q[exp(z/eta)] = logsumexp_a(ln q_a + z_a/eta) over the last dim."""
+    log_q = torch.log_softmax(atom_logits.float(), dim=-1)
+    return torch.logsumexp(log_q + atoms.float() / eta, dim=-1)
+
+
+def bernoulli_mean(logit: torch.Tensor) -> torch.Tensor:
+    return torch.sigmoid(logit.float())
+
+
+def histogram_mean(atom_logits: torch.Tensor, atoms: torch.Tensor) -> torch.Tensor:
+    return (torch.softmax(atom_logits.float(), dim=-1) * atoms.float()).sum(-1)
+
+
+def cd_offset(mean_value: torch.Tensor, eta: float) -> torch.Tensor:
+    """Controlled decoding: pi ∝ pi_ref * exp(E[Z]/eta), the unregularised pi_ref value."""
+    return mean_value.float() / eta
+
+
+def sampler_logprobs(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """pi_ref as the sampler sees it: temperature, then top-p (nucleus), renormalised; -inf outside."""
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    if top_p >= 1.0:
+        return logp
+    sorted_logp, order = torch.sort(logp, dim=-1, descending=True)
+    mass_before = torch.cumsum(sorted_logp.exp(), dim=-1) - sorted_logp.exp()
+    drop_sorted = mass_before >= top_p  # keep the smallest prefix whose mass reaches top_p
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return torch.log_softmax(logp.masked_fill(drop, float("-inf")), dim=-1)
+
+
+def guided_logprobs(
+    ref_logp: torch.Tensor, candidates: torch.Tensor, offsets: torch.Tensor, mask_non_candidates: bool
+) -> torch.Tensor:
+    """log pi_guided: pi_ref times exp(offset) on the candidates, renormalised.
+
+    Tokens outside `candidates` keep multiplier 1, or are masked out when `mask_non_candidates`.
+    """
+    base = torch.full_like(ref_logp, float("-inf")) if mask_non_candidates else ref_logp
+    cand_logp = ref_logp.gather(-1, candidates) + offsets.float()
+    return torch.log_softmax(base.scatter(-1, candidates, cand_logp), dim=-1)
+
+
+def kl_divergence(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Exact KL(pi || pi_ref) over the last dim; tokens pi gives zero mass contribute nothing."""
+    p = logp.exp()
+    terms = torch.where(p > 0, p * (logp - ref_logp), torch.zeros_like(p))
+    return terms.sum(-1).clamp_min(0.0)

@@ -1,0 +1,1 @@
+"""Models: pi_ref (any HF causal LM) and the return model that guides it."""

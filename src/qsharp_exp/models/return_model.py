@@ -1,0 +1,160 @@
+"""The return model (the paper's "Q-network"): a causal LM trunk with a value head.
+
+- Q-type (`head="q"`): from the prefix x, one output per vocabulary token y: all candidates in one pass.
+- V-type (`head="v"`): the input is x·y, the output at y's position is the value of (x, y).
+The head's outputs parameterise the distribution of the return Z of pi_ref after (x, y):
+a Bernoulli logit, or logits over `num_atoms` evenly spaced atoms of [v_min, v_max].
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerBase
+
+from qsharp_exp import guidance
+from qsharp_exp.config import GuideConfig, as_dict
+from qsharp_exp.models.lm import build_trunk
+
+
+class ReturnDistribution:
+    """Loss, mean and guidance offset for one parameterisation of the return distribution."""
+
+    def __init__(self, cfg: GuideConfig) -> None:
+        self.kind = cfg.distribution
+        self.size = 1 if self.kind == "bernoulli" else cfg.num_atoms
+        self.v_min, self.v_max = cfg.v_min, cfg.v_max
+        self.atoms = torch.linspace(cfg.v_min, cfg.v_max, self.size) if self.kind == "histogram" else None
+
+    def _unit(self, out: torch.Tensor) -> torch.Tensor:
+        return out.squeeze(-1) if self.kind == "bernoulli" else out
+
+    def loss(self, out: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:
+        """Per-example loss: BCE for Bernoulli, maximum likelihood of the projected label otherwise."""
+        out = self._unit(out).float()
+        if self.kind == "bernoulli":
+            return F.binary_cross_entropy_with_logits(out, returns.float(), reduction="none")
+        target = self.project(returns)
+        return -(target * torch.log_softmax(out, dim=-1)).sum(-1)
+
+    def project(self, returns: torch.Tensor) -> torch.Tensor:
+        """C51 projection of a point mass at each return onto the atoms (clamped to [v_min, v_max])."""
+        pos = (returns.float().clamp(self.v_min, self.v_max) - self.v_min) / (self.v_max - self.v_min)
+        pos = pos * (self.size - 1)
+        low = pos.floor().long().clamp(max=self.size - 2)
+        frac = pos - low.float()
+        target = torch.zeros(*returns.shape, self.size, device=returns.device)
+        target.scatter_(-1, low.unsqueeze(-1), (1 - frac).unsqueeze(-1))
+        target.scatter_add_(-1, (low + 1).unsqueeze(-1), frac.unsqueeze(-1))
+        return target
+
+    def mean(self, out: torch.Tensor) -> torch.Tensor:
+        out = self._unit(out)
+        if self.kind == "bernoulli":
+            return guidance.bernoulli_mean(out)
+        return guidance.histogram_mean(out, self.atoms.to(out.device))
+
+    def offset(self, out: torch.Tensor, eta: float, algo: str) -> torch.Tensor:
+        """Log-multiplier of a candidate: Q# uses ln E[exp(Z/eta)], CD uses E[Z]/eta."""
+        if algo == "cd":
+            return guidance.cd_offset(self.mean(out), eta)
+        out = self._unit(out)
+        if self.kind == "bernoulli":
+            return guidance.bernoulli_qsharp_offset(out, eta)
+        return guidance.histogram_qsharp_offset(out, self.atoms.to(out.device), eta)
+
+    def predicts_success(self, out: torch.Tensor) -> torch.Tensor:
+        return self.mean(out) > (self.v_min + self.v_max) / 2
+
+
+class CausalConvStem(nn.Module):
+    """y_t = x_t + W * [x_{t-w+1} .. x_t]: each position sees its w-1 predecessors before attention."""
+
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.width = width
+        self.conv = nn.Conv1d(hidden, hidden, kernel_size=width)
+        nn.init.normal_(self.conv.weight, std=0.02)
+        nn.init.zeros_(self.conv.bias)
+
+    def forward(self, embeds: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        """embeds [B, T, H]; context [B, width-1, H] = the embeddings just before (zeros at the start)."""
+        if context is None:
+            context = embeds.new_zeros(embeds.shape[0], self.width - 1, embeds.shape[-1])
+        window = torch.cat([context, embeds], dim=1).transpose(1, 2)
+        return embeds + self.conv(window).transpose(1, 2)
+
+
+class ReturnModel(nn.Module):
+    def __init__(self, cfg: GuideConfig, trunk: PreTrainedModel) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.trunk = trunk
+        self.dist = ReturnDistribution(cfg)
+        hidden = trunk.config.hidden_size if hasattr(trunk.config, "hidden_size") else trunk.config.n_embd
+        self.vocab_size = trunk.config.vocab_size
+        self.stem = CausalConvStem(cfg.conv_width, hidden) if cfg.conv_width > 1 else None
+        out = self.dist.size * (self.vocab_size if cfg.head == "q" else 1)
+        self.head = nn.Linear(hidden, out)
+        nn.init.normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+
+    @property
+    def context_width(self) -> int:
+        """How many earlier token embeddings a new token needs (for the conv stem)."""
+        return self.stem.width - 1 if self.stem is not None else 0
+
+    def embed(
+        self, ids: torch.Tensor, mask: torch.Tensor, context_ids: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Input embeddings of `ids` [B, T]; padding embeds as zeros so left padding changes nothing."""
+        table = self.trunk.get_input_embeddings()
+        embeds = table(ids) * mask.unsqueeze(-1).to(table.weight.dtype)
+        if self.stem is None:
+            return embeds
+        context = None
+        if context_ids is not None:
+            context = table(context_ids) * context_mask.unsqueeze(-1).to(table.weight.dtype)
+        return self.stem(embeds, context)
+
+    def hidden(self, embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+               cache=None) -> torch.Tensor:
+        out = self.trunk(
+            inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+            cache=cache, use_cache=cache is not None,
+        )
+        return out.last_hidden_state
+
+    def head_outputs(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[..., V, D] for a Q-type head, [..., D] for a V-type head (D = distribution size)."""
+        out = self.head(hidden).float()
+        if self.cfg.head == "q":
+            return out.view(*hidden.shape[:-1], self.vocab_size, self.dist.size)
+        return out
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Head outputs for every position of full (uncached) sequences."""
+        position_ids = (mask.long().cumsum(-1) - 1).clamp_min(0)
+        return self.head_outputs(self.hidden(self.embed(ids, mask), mask, position_ids))
+
+    def save(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        self.trunk.save_pretrained(path / "trunk")
+        extra = {k: v for k, v in self.state_dict().items() if not k.startswith("trunk.")}
+        torch.save(extra, path / "head.pt")
+        (path / "guide_config.json").write_text(json.dumps(as_dict(self.cfg), indent=2))
+
+    @classmethod
+    def load(cls, path: Path, cfg: GuideConfig) -> ReturnModel:
+        model = cls(cfg, AutoModel.from_pretrained(path / "trunk"))
+        model.load_state_dict(torch.load(path / "head.pt", weights_only=True), strict=False)
+        return model
+
+
+def build_return_model(cfg: GuideConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> ReturnModel:
+    return ReturnModel(cfg, build_trunk(cfg.arch, tokenizer, seed))

@@ -1,0 +1,63 @@
+"""Content-addressed stage outputs: a stage's directory is named by a hash of its inputs.
+
+A stage is built in a private temporary directory and renamed into place only when complete,
+so an interrupted stage leaves nothing that a rerun would take as done, and a rerun or a sweep
+that shares inputs reuses the finished directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def stage_key(inputs: dict[str, Any]) -> str:
+    blob = json.dumps(inputs, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class StageResult:
+    path: Path
+    key: str
+    seconds: float  # spent in this call (about 0 when reused)
+    build_seconds: float  # what building it took when it was built
+    reused: bool
+
+
+def run_stage(
+    root: Path, stage: str, inputs: dict[str, Any], build: Callable[[Path], None]
+) -> StageResult:
+    key = stage_key({"stage": stage, **inputs})
+    final = root / stage / key
+    started = time.perf_counter()
+    if (final / "stage.json").exists():
+        info = json.loads((final / "stage.json").read_text())
+        log.info("%s: reusing %s", stage, final)
+        return StageResult(final, key, time.perf_counter() - started, info["build_seconds"], True)
+    tmp = final.with_name(f"{key}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    log.info("%s: building %s", stage, final)
+    try:
+        build(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    seconds = time.perf_counter() - started
+    (tmp / "inputs.json").write_text(json.dumps(inputs, indent=2, sort_keys=True, default=str))
+    (tmp / "stage.json").write_text(json.dumps({"stage": stage, "build_seconds": round(seconds, 2)}))
+    if final.exists():  # a stale, incomplete directory (no stage.json): replace it
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return StageResult(final, key, seconds, seconds, False)

@@ -1,0 +1,116 @@
+"""The star-graph planning task (Bachmann & Nagarajan 2024; Q# paper section 3.1).
+
+G(d, l): `degree` arms leave a source; the answer path has `path_length` nodes, source and goal
+included. A line is `u,v|u,v|.../source,goal=n1,n2,...,nl` with the edges shuffled.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from qsharp_exp.config import TaskConfig
+from qsharp_exp.tasks.base import Problem
+
+SEPARATORS = (",", "|", "/", "=")
+BOS, EOS, PAD = "<bos>", "<eos>", "<pad>"
+
+
+@dataclass(frozen=True)
+class StarGraph:
+    edges: tuple[tuple[int, int], ...]  # shuffled
+    source: int
+    goal: int
+    path: tuple[int, ...]  # source ... goal
+
+    def prompt(self) -> str:
+        edges = "|".join(f"{u},{v}" for u, v in self.edges)
+        return f"{edges}/{self.source},{self.goal}="
+
+    def answer(self) -> str:
+        return ",".join(map(str, self.path))
+
+
+def sample_graph(rng: random.Random, degree: int, path_length: int, num_nodes: int) -> StarGraph:
+    nodes = rng.sample(range(num_nodes), 1 + degree * (path_length - 1))
+    source, rest = nodes[0], nodes[1:]
+    arms = [rest[i * (path_length - 1) : (i + 1) * (path_length - 1)] for i in range(degree)]
+    edges = [(a, b) for arm in arms for a, b in zip([source, *arm[:-1]], arm, strict=True)]
+    rng.shuffle(edges)
+    goal_arm = arms[rng.randrange(degree)]
+    return StarGraph(tuple(edges), source, goal_arm[-1], (source, *goal_arm))
+
+
+def generate_splits(cfg: TaskConfig) -> dict[str, list[StarGraph]]:
+    """Deterministic by `cfg.seed`; no graph (edge set with source and goal) is in two splits.
+
+    Each split has its own random stream, drawn in the order test, pretrain, train and skipping graphs
+    already drawn: the test set depends on nothing but the seed and its size, and pi_ref's data does
+    not depend on the post-training set's size.
+    """
+    sizes = {"test": cfg.num_test, "pretrain": cfg.num_pretrain, "train": cfg.num_train}
+    seen: set[tuple] = set()
+    splits: dict[str, list[StarGraph]] = {}
+    for split, size in sizes.items():
+        rng = random.Random(f"{cfg.seed}-{split}")
+        graphs: list[StarGraph] = []
+        attempts = 0
+        while len(graphs) < size:
+            attempts += 1
+            if attempts > 20 * size + 1000:
+                raise ValueError(
+                    f"could not draw {size} distinct G({cfg.degree},{cfg.path_length}) graphs over "
+                    f"{cfg.num_nodes} labels for split '{split}': raise task.num_nodes or lower the sizes."
+                )
+            graph = sample_graph(rng, cfg.degree, cfg.path_length, cfg.num_nodes)
+            key = (frozenset(graph.edges), graph.goal)
+            if key in seen:
+                continue
+            seen.add(key)
+            graphs.append(graph)
+        splits[split] = graphs
+    return splits
+
+
+def parse_path(response: str) -> tuple[int, ...] | None:
+    try:
+        return tuple(int(tok) for tok in response.replace(" ", "").split(","))
+    except ValueError:
+        return None
+
+
+class StarGraphTask:
+    name = "star_graph"
+
+    def __init__(self, cfg: TaskConfig) -> None:
+        self.cfg = cfg
+        self._splits = generate_splits(cfg)
+
+    def problems(self, split: str) -> list[Problem]:
+        return [
+            Problem(id=f"{split}-{i}", prompt=g.prompt(), answer=g.answer())
+            for i, g in enumerate(self._splits[split])
+        ]
+
+    def reward(self, problem: Problem, response: str) -> float:
+        return float(parse_path(response) == parse_path(problem.answer))
+
+    def target(self, problem: Problem) -> str:
+        return problem.answer
+
+    def build_tokenizer(self) -> PreTrainedTokenizerFast:
+        """One token per node label and per separator, so the model sees the graph's structure."""
+        vocab = {tok: i for i, tok in enumerate([PAD, BOS, EOS, *SEPARATORS])}
+        for label in range(self.cfg.num_nodes):
+            vocab[str(label)] = len(vocab)
+        tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=PAD))
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Punctuation("isolated"), pre_tokenizers.Digits(individual_digits=False)]
+        )
+        tok.decoder = decoders.Fuse()
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, padding_side="left"
+        )

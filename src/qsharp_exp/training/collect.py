@@ -1,0 +1,78 @@
+"""Algorithm 1's data collection (QSHARP.md section 2).
+
+Roll in with pi_k (pi_ref guided by the previous round's return model), pick a switch time h
+uniformly over the response, roll out with pi_ref from there. The final reward labels every
+position t >= h. In round 1 pi_k = pi_ref, so the roll-in already is the roll-out.
+With probability `explore_prob` the switch token is instead drawn uniformly from pi_ref's top-k
+(Algorithm 2's exploration); the tokens after it still come from pi_ref, so labels stay pi_ref returns.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from qsharp_exp.config import CollectConfig
+from qsharp_exp.decoding import Guidance, SamplingSpec
+from qsharp_exp.hardware import Hardware
+from qsharp_exp.rollouts import sample_many
+from qsharp_exp.tasks import Problem, Task
+
+
+@dataclass
+class Rollout:
+    problem_id: str
+    prompt: list[int]
+    response: list[int]
+    switch: int  # positions response[switch:] are training examples
+    reward: float
+
+    to_dict = asdict
+
+
+def collect(
+    task: Task,
+    problems: list[Problem],
+    pi_ref: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    roll_in: Guidance | None,
+    cfg: CollectConfig,
+    top_k: int,
+    spec: SamplingSpec,
+    hw: Hardware,
+    seed: int,
+    show_progress: bool = True,
+) -> list[Rollout]:
+    rng = random.Random(seed)
+    generator = torch.Generator(device=hw.device).manual_seed(seed)
+    jobs = [p for p in problems for _ in range(cfg.samples_per_problem)]
+    prompts = [tokenizer(p.prompt, add_special_tokens=False)["input_ids"] for p in jobs]
+    common = dict(
+        pi_ref=pi_ref, spec=spec, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, hw=hw,
+        generator=generator, batch_size=cfg.batch_size, show_progress=show_progress,
+    )
+    roll_ins = sample_many(prompts=prompts, guide=roll_in, desc="collect: roll-in", **common)
+    switches = [rng.randrange(max(1, len(s.response))) for s in roll_ins]
+    explore = [rng.random() < cfg.explore_prob for _ in jobs]
+    # Rows that need a separate pi_ref roll-out: all of them when the roll-in was guided, else the explored.
+    redo = [i for i in range(len(jobs)) if roll_in is not None or explore[i]]
+    responses = [s.response for s in roll_ins]
+    if redo:
+        prefixes = [prompts[i] + roll_ins[i].response[: switches[i]] for i in redo]
+        roll_outs = sample_many(
+            prompts=prefixes, explore=[explore[i] for i in redo], explore_top_k=top_k,
+            desc="collect: roll-out", **common,
+        )
+        for i, s in zip(redo, roll_outs, strict=True):
+            # Cut to the response budget, as if the roll-out had max_new_tokens - switch tokens.
+            responses[i] = (roll_ins[i].response[: switches[i]] + s.response)[: spec.max_new_tokens]
+    rollouts = []
+    for i, problem in enumerate(jobs):
+        text = tokenizer.decode(responses[i], skip_special_tokens=True)
+        rollouts.append(
+            Rollout(problem.id, prompts[i], responses[i], switches[i], task.reward(problem, text))
+        )
+    return rollouts

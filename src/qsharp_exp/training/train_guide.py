@@ -1,0 +1,139 @@
+"""Supervised distributional learning of the return model on Algorithm 1's aggregated rollouts.
+
+Every position t >= switch of a response is an example (x_t, y_t) -> R. Loss: per-sequence
+masked mean over those positions, then batch mean. Problems whose samples all got the same reward
+carry no signal about which action is better and are dropped (QSHARP.md, step 4).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import defaultdict
+
+import torch
+
+from qsharp_exp.config import GuideTrainConfig
+from qsharp_exp.hardware import Hardware
+from qsharp_exp.models.return_model import ReturnModel
+from qsharp_exp.training.collect import Rollout
+from qsharp_exp.training.common import adamw_with_schedule, progress, right_pad
+
+log = logging.getLogger(__name__)
+
+
+class NoSignalError(RuntimeError):
+    """Every problem's samples got the same reward: there is nothing to learn from."""
+
+
+def drop_constant_problems(rollouts: list[Rollout]) -> list[Rollout]:
+    by_problem: dict[str, set[float]] = defaultdict(set)
+    for r in rollouts:
+        by_problem[r.problem_id].add(r.reward)
+    return [r for r in rollouts if len(by_problem[r.problem_id]) > 1]
+
+
+def batch_tensors(model: ReturnModel, batch: list[Rollout], pad_id: int):
+    """ids/mask [B, T]; for every labelled example, (row, position of its head output, action, response index)."""
+    ids, mask = right_pad([r.prompt + r.response for r in batch], pad_id)
+    rows, cols, actions, steps = [], [], [], []
+    # Q-type reads the output at the token before the action; V-type at the action itself.
+    shift = 1 if model.cfg.head == "q" else 0
+    for i, r in enumerate(batch):
+        for t in range(r.switch, len(r.response)):
+            rows.append(i)
+            cols.append(len(r.prompt) + t - shift)
+            actions.append(r.response[t])
+            steps.append(t)
+    as_long = lambda xs: torch.tensor(xs, dtype=torch.long)  # noqa: E731
+    returns = torch.tensor([batch[i].reward for i in rows])
+    return ids, mask, as_long(rows), as_long(cols), as_long(actions), as_long(steps), returns
+
+
+def example_outputs(model: ReturnModel, ids, mask, rows, cols, actions) -> torch.Tensor:
+    out = model(ids, mask)[rows, cols]
+    if model.cfg.head == "q":
+        out = out[torch.arange(len(actions), device=out.device), actions]
+    return out
+
+
+def sequence_mean_loss(per_example: torch.Tensor, rows: torch.Tensor, batch_size: int) -> torch.Tensor:
+    total = torch.zeros(batch_size, device=per_example.device).index_add(0, rows, per_example)
+    count = torch.zeros(batch_size, device=per_example.device).index_add(0, rows, torch.ones_like(per_example))
+    has = count > 0
+    return (total[has] / count[has]).mean()
+
+
+@torch.no_grad()
+def evaluate_guide(model: ReturnModel, rollouts: list[Rollout], pad_id: int, hw: Hardware, batch: int = 512):
+    """Validation loss, accuracy of predicted success, and accuracy by response position."""
+    model.eval()
+    losses, correct, by_step = [], [], defaultdict(list)
+    for start in range(0, len(rollouts), batch):
+        chunk = rollouts[start : start + batch]
+        ids, mask, rows, cols, actions, steps, returns = batch_tensors(model, chunk, pad_id)
+        dev = hw.device
+        with hw.autocast():
+            out = example_outputs(model, ids.to(dev), mask.to(dev), rows.to(dev), cols.to(dev), actions.to(dev))
+        losses.append(model.dist.loss(out, returns.to(dev)).cpu())
+        hit = (model.dist.predicts_success(out).cpu() == (returns > 0.5)).float()
+        correct.append(hit)
+        for s, h in zip(steps.tolist(), hit.tolist(), strict=True):
+            by_step[s].append(h)
+    model.train()
+    loss, acc = torch.cat(losses).mean().item(), torch.cat(correct).mean().item()
+    acc_by_pos = {s: round(sum(v) / len(v), 4) for s, v in sorted(by_step.items())}
+    return {"val_loss": round(loss, 5), "val_acc": round(acc, 4), "val_acc_by_pos": acc_by_pos}
+
+
+def train_return_model(
+    model: ReturnModel,
+    rollouts: list[Rollout],
+    cfg: GuideTrainConfig,
+    pad_id: int,
+    hw: Hardware,
+    seed: int,
+    show_progress: bool = True,
+) -> list[dict]:
+    """Trains `model` in place; returns the learning curve (train loss, validation metrics)."""
+    kept = drop_constant_problems(rollouts)
+    if not kept:
+        raise NoSignalError(
+            f"all {len(rollouts)} rollouts were dropped: on every training problem all samples got the same "
+            "reward, so no return model can be learned. Use more samples per problem "
+            "(collect.samples_per_problem), more or easier training problems, or a stronger pi_ref."
+        )
+    rng = random.Random(seed)
+    problem_ids = sorted({r.problem_id for r in kept})
+    rng.shuffle(problem_ids)
+    val_ids = set(problem_ids[: max(1, int(cfg.val_fraction * len(problem_ids)))])
+    val = [r for r in kept if r.problem_id in val_ids]
+    train = [r for r in kept if r.problem_id not in val_ids] or val
+    torch.manual_seed(seed)
+    model.to(hw.device).train()
+    optimizer, schedule = adamw_with_schedule(
+        model.parameters(), cfg.lr, cfg.weight_decay, cfg.warmup_steps, cfg.steps
+    )
+    curve: list[dict] = [{"kept_rollouts": len(kept), "dropped_rollouts": len(rollouts) - len(kept)}]
+    bar = progress(range(cfg.steps), desc="train return model", enabled=show_progress)
+    running = 0.0
+    for step in bar:
+        batch = rng.sample(train, min(cfg.batch_size, len(train)))
+        ids, mask, rows, cols, actions, _, returns = batch_tensors(model, batch, pad_id)
+        dev = hw.device
+        with hw.autocast():
+            out = example_outputs(model, ids.to(dev), mask.to(dev), rows.to(dev), cols.to(dev), actions.to(dev))
+        loss = sequence_mean_loss(model.dist.loss(out, returns.to(dev)), rows.to(dev), len(batch))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
+        if (step + 1) % cfg.eval_every == 0 or step == cfg.steps - 1:
+            point = {"step": step + 1, "train_loss": round(running, 5), **evaluate_guide(model, val, pad_id, hw)}
+            curve.append(point)
+            log.info("return model step %d: %s", step + 1, point)
+            bar.set_postfix(loss=f"{running:.4f}", val_acc=point["val_acc"])
+    model.eval()
+    return curve

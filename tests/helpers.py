@@ -1,0 +1,18 @@
+"""Tiny models built from configs for tests (random init, no hub)."""
+
+import torch
+
+from qsharp_exp.config import ArchConfig, GuideConfig
+from qsharp_exp.models.return_model import build_return_model
+
+
+def tiny_arch(arch: str = "gpt2") -> ArchConfig:
+    return ArchConfig(arch=arch, n_layer=2, n_embd=32, n_head=4, max_positions=128)
+
+
+def make_guide(tokenizer, arch="gpt2", head="q", distribution="bernoulli", conv_width=4, seed=1):
+    cfg = GuideConfig(arch=tiny_arch(arch), head=head, distribution=distribution, conv_width=conv_width, num_atoms=5)
+    model = build_return_model(cfg, tokenizer, seed).eval()
+    with torch.no_grad():  # make the head matter: random init is near zero
+        model.head.weight.normal_(0, 1.0)
+    return model

@@ -1,0 +1,106 @@
+"""The guidance formulas against their closed forms (QSHARP.md section 1)."""
+
+import math
+
+import pytest
+import torch
+
+from qsharp_exp import guidance as G
+
+
+@pytest.mark.parametrize("p", [0.0, 1e-6, 0.1, 0.5, 0.9, 1 - 1e-6])
+@pytest.mark.parametrize("eta", [0.05, 0.1, 1.0, 10.0])
+def test_bernoulli_offset_equals_log_of_expected_exponentiated_return(p, eta):
+    logit = torch.logit(torch.tensor(p, dtype=torch.float64)) if 0 < p < 1 else torch.tensor(-1e4)
+    expected = math.log((1 - p) + p * math.exp(1 / eta))
+    assert G.bernoulli_qsharp_offset(logit, eta).item() == pytest.approx(expected, rel=1e-5, abs=1e-6)
+
+
+def test_offsets_vanish_as_eta_grows_so_guidance_returns_pi_ref():
+    logits = torch.linspace(-8, 8, 17)
+    atoms = torch.linspace(0, 1, 5)
+    for eta in (1e3, 1e5):
+        assert G.bernoulli_qsharp_offset(logits, eta).abs().max() < 1.1 / eta
+        assert G.cd_offset(G.bernoulli_mean(logits), eta).abs().max() <= 1 / eta
+        hist = G.histogram_qsharp_offset(torch.randn(17, 5), atoms, eta)
+        assert hist.abs().max() < 1.1 / eta
+    ref = torch.log_softmax(torch.randn(3, 12), -1)
+    cands = ref.topk(4, -1).indices
+    guided = G.guided_logprobs(ref, cands, G.bernoulli_qsharp_offset(torch.randn(3, 4), 1e7), False)
+    torch.testing.assert_close(guided, ref, atol=1e-6, rtol=0)
+
+
+def test_cd_offset_is_mean_return_over_eta():
+    logits = torch.tensor([-2.0, 0.0, 3.0])
+    torch.testing.assert_close(G.cd_offset(G.bernoulli_mean(logits), 0.1), torch.sigmoid(logits) / 0.1)
+    atoms = torch.tensor([0.0, 0.5, 1.0])
+    atom_logits = torch.log(torch.tensor([[0.2, 0.3, 0.5]]))
+    assert G.histogram_mean(atom_logits, atoms).item() == pytest.approx(0.3 * 0.5 + 0.5)
+
+
+def test_histogram_offset_is_log_expectation_of_exp_atoms_over_eta():
+    atoms = torch.tensor([-1.0, 0.0, 2.0])
+    q = torch.tensor([0.2, 0.5, 0.3])
+    eta = 0.5
+    expected = math.log(sum(qa * math.exp(z / eta) for qa, z in zip(q.tolist(), atoms.tolist(), strict=True)))
+    assert G.histogram_qsharp_offset(torch.log(q), atoms, eta).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_histogram_with_two_atoms_matches_bernoulli():
+    logit = torch.tensor([-3.0, 0.2, 4.0])
+    atom_logits = torch.stack([torch.zeros(3), logit], -1)  # q1 = sigmoid(logit)
+    torch.testing.assert_close(
+        G.histogram_qsharp_offset(atom_logits, torch.tensor([0.0, 1.0]), 0.1), G.bernoulli_qsharp_offset(logit, 0.1)
+    )
+
+
+@pytest.mark.parametrize("eta", [1e-3, 1e3])
+def test_offsets_are_finite_in_float32_at_extreme_eta(eta):
+    logits = torch.tensor([-1e4, -50.0, -5.0, 0.0, 5.0, 50.0, 1e4], dtype=torch.bfloat16)
+    for off in (
+        G.bernoulli_qsharp_offset(logits, eta),
+        G.cd_offset(G.bernoulli_mean(logits), eta),
+        G.histogram_qsharp_offset(torch.randn(7, 11) * 50, torch.linspace(0, 1, 11), eta),
+    ):
+        assert off.dtype == torch.float32
+        assert torch.isfinite(off).all()
+    # At eta=1e-3 a sure success is worth exactly 1/eta more than a sure failure.
+    sure = G.bernoulli_qsharp_offset(torch.tensor([1e4, -1e4]), eta)
+    assert (sure[0] - sure[1]).item() == pytest.approx(1 / eta, rel=1e-4)
+
+
+def test_guided_distribution_is_pi_ref_times_multiplier_renormalised():
+    torch.manual_seed(0)
+    ref = torch.log_softmax(torch.randn(4, 30), -1)
+    cands = ref.topk(5, -1).indices
+    offsets = torch.randn(4, 5)
+    mult = torch.ones(4, 30).scatter(-1, cands, offsets.exp())
+    expected = ref.exp() * mult
+    expected = expected / expected.sum(-1, keepdim=True)
+    torch.testing.assert_close(G.guided_logprobs(ref, cands, offsets, False).exp(), expected)
+    masked = torch.zeros(4, 30).scatter(-1, cands, 1.0) * ref.exp() * mult
+    masked = masked / masked.sum(-1, keepdim=True)
+    torch.testing.assert_close(G.guided_logprobs(ref, cands, offsets, True).exp(), masked)
+
+
+def test_kl_is_exact_and_zero_without_guidance():
+    torch.manual_seed(1)
+    ref = torch.log_softmax(torch.randn(3, 8), -1)
+    assert G.kl_divergence(ref, ref).abs().max().item() == 0.0
+    pi = torch.log_softmax(torch.randn(3, 8), -1)
+    expected = (pi.exp() * (pi - ref)).sum(-1)
+    torch.testing.assert_close(G.kl_divergence(pi, ref), expected)
+    # Zero-mass tokens of pi contribute nothing, even where pi_ref has -inf.
+    pi_masked = torch.log_softmax(torch.tensor([[0.0, float("-inf"), 1.0]]), -1)
+    ref_masked = torch.log_softmax(torch.tensor([[0.5, float("-inf"), 0.0]]), -1)
+    assert torch.isfinite(G.kl_divergence(pi_masked, ref_masked)).all()
+
+
+def test_sampler_logprobs_applies_temperature_then_top_p():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.allclose(G.sampler_logprobs(logits, 1.0, 1.0).exp(), logits.exp())
+    nucleus = G.sampler_logprobs(logits, 1.0, 0.8).exp()
+    torch.testing.assert_close(nucleus, torch.tensor([[0.625, 0.375, 0.0, 0.0]]))
+    hot = G.sampler_logprobs(logits, 2.0, 1.0).exp()
+    expected = logits.exp() ** 0.5 / (logits.exp() ** 0.5).sum()
+    torch.testing.assert_close(hot, expected)
