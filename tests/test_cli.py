@@ -1,0 +1,69 @@
+"""End-to-end runs of the real CLI on tiny settings."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli(*args, cwd: Path, check=True) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, "-m", "qsharp_exp", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
+    if check and result.returncode:
+        raise AssertionError(f"CLI failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cli")
+
+
+def test_default_pipeline_runs_end_to_end_and_writes_flat_metrics(workdir):
+    run_dir = workdir / "run_qsharp"
+    cli("+experiment=smoke", f"cache_dir={workdir / 'cache'}", f"hydra.run.dir={run_dir}", cwd=workdir)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("task", "algo", "eta", "accuracy", "kl_mean", "num_problems", "num_samples",
+                "time_pi_ref_s", "time_return_model_round2_s", "time_evaluation_s"):
+        assert key in metrics, key
+    assert metrics["task"] == "star_graph" and metrics["algo"] == "qsharp" and metrics["eta"] == 0.1
+    assert metrics["num_problems"] == 20 and 0.0 <= metrics["accuracy"] <= 1.0
+    assert all(not isinstance(v, dict | list) for v in metrics.values())
+    samples = (run_dir / "samples.jsonl").read_text().splitlines()
+    assert len(samples) == 20
+    curve = (Path(metrics["dir_return_model_round2"]) / "curve.jsonl").read_text().splitlines()
+    assert "val_acc_by_pos" in curve[-1]
+
+
+def test_multirun_over_algos_reuses_pi_ref_and_return_models(workdir):
+    sweep = workdir / "sweep"
+    result = cli("-m", "+experiment=smoke", "algo=pi_ref,cd,qsharp", f"cache_dir={workdir / 'cache'}",
+                 f"hydra.sweep.dir={sweep}", cwd=workdir)
+    files = sorted(sweep.glob("*/metrics.json"))
+    assert len(files) == 3
+    by_algo = {m["algo"]: m for m in (json.loads(f.read_text()) for f in files)}
+    assert set(by_algo) == {"pi_ref", "cd", "qsharp"}
+    assert by_algo["pi_ref"]["kl_mean"] == 0.0
+    assert by_algo["cd"]["guide_round"] == 1 and by_algo["qsharp"]["guide_round"] == 2
+    # The first test built pi_ref and both rounds: nothing but the evaluations is rebuilt.
+    assert "pi_ref: building" not in result.stderr + result.stdout
+    assert "return_model_round1: building" not in result.stderr + result.stdout
+    assert "evaluation: reusing" in result.stderr + result.stdout  # qsharp's evaluation, from the first test
+    # The same command again does no work at all.
+    again = cli("-m", "+experiment=smoke", "algo=pi_ref,cd,qsharp", f"cache_dir={workdir / 'cache'}",
+                f"hydra.sweep.dir={workdir / 'sweep2'}", cwd=workdir)
+    assert "building" not in again.stderr + again.stdout
+
+
+def test_bad_config_value_stops_before_any_work_with_the_key_named(workdir):
+    result = cli("+experiment=smoke", "algo.eta=-1", f"cache_dir={workdir / 'cache_bad'}",
+                 f"hydra.run.dir={workdir / 'bad'}", cwd=workdir, check=False)
+    assert result.returncode != 0
+    assert "algo.eta" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (workdir / "cache_bad").exists()
