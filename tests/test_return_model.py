@@ -1,0 +1,98 @@
+"""Return-model losses, heads and save/load."""
+
+import math
+
+import pytest
+import torch
+from helpers import make_guide
+
+from qsharp_exp.config import GuideConfig
+from qsharp_exp.models.return_model import ReturnDistribution, ReturnModel
+from qsharp_exp.training.collect import Rollout
+from qsharp_exp.training.train_guide import (
+    NoSignalError,
+    batch_tensors,
+    drop_constant_problems,
+    sequence_mean_loss,
+    train_return_model,
+)
+
+
+def test_bernoulli_loss_is_binary_cross_entropy():
+    dist = ReturnDistribution(GuideConfig(distribution="bernoulli"))
+    logit = torch.tensor([[0.3], [-1.2]])
+    loss = dist.loss(logit, torch.tensor([1.0, 0.0]))
+    expected = [-math.log(torch.sigmoid(torch.tensor(0.3)).item()), -math.log(1 - torch.sigmoid(torch.tensor(-1.2)).item())]
+    torch.testing.assert_close(loss, torch.tensor(expected))
+
+
+def test_histogram_labels_are_projected_with_their_real_value_and_clamped():
+    dist = ReturnDistribution(GuideConfig(distribution="histogram", num_atoms=5, v_min=-1.0, v_max=1.0))
+    target = dist.project(torch.tensor([-1.0, 0.25, 1.0, 3.0, -7.0]))
+    torch.testing.assert_close(target[0], torch.tensor([1.0, 0, 0, 0, 0]))
+    torch.testing.assert_close(target[1], torch.tensor([0, 0, 0.5, 0.5, 0]))  # atoms -1,-.5,0,.5,1
+    torch.testing.assert_close(target[2], torch.tensor([0, 0, 0, 0, 1.0]))
+    torch.testing.assert_close(target[3], target[2])
+    torch.testing.assert_close(target[4], target[0])
+    # The projection keeps the mean, so the histogram's mean is the label's (clamped) value.
+    atoms = torch.linspace(-1, 1, 5)
+    torch.testing.assert_close((target * atoms).sum(-1), torch.tensor([-1.0, 0.25, 1.0, 1.0, -1.0]))
+
+
+def test_histogram_loss_is_negative_log_likelihood_of_projected_label():
+    dist = ReturnDistribution(GuideConfig(distribution="histogram", num_atoms=3, v_min=0.0, v_max=1.0))
+    logits = torch.tensor([[0.0, 1.0, 2.0]])
+    loss = dist.loss(logits, torch.tensor([1.0]))
+    assert loss.item() == pytest.approx(-torch.log_softmax(logits, -1)[0, 2].item())
+
+
+def test_sequence_mean_loss_averages_within_each_sequence_first():
+    per_example = torch.tensor([1.0, 3.0, 10.0])
+    rows = torch.tensor([0, 0, 1])
+    assert sequence_mean_loss(per_example, rows, 2).item() == pytest.approx((2.0 + 10.0) / 2)
+
+
+def rollout(pid, reward, switch=0, response=(5, 6, 2)):
+    return Rollout(pid, [7, 8, 9], list(response), switch, reward)
+
+
+def test_examples_are_the_positions_from_the_switch_on_read_at_the_right_place(tokenizer):
+    q_model, v_model = make_guide(tokenizer, head="q"), make_guide(tokenizer, head="v")
+    batch = [rollout("a", 1.0, switch=1), rollout("b", 0.0, switch=0, response=(5, 2))]
+    _, _, rows, cols, actions, steps, returns = batch_tensors(q_model, batch, tokenizer.pad_token_id)
+    assert rows.tolist() == [0, 0, 1, 1] and steps.tolist() == [1, 2, 0, 1]
+    assert actions.tolist() == [6, 2, 5, 2]
+    assert cols.tolist() == [3, 4, 2, 3]  # Q-type: the output just before the action
+    assert returns.tolist() == [1.0, 1.0, 0.0, 0.0]
+    _, _, _, v_cols, _, _, _ = batch_tensors(v_model, batch, tokenizer.pad_token_id)
+    assert v_cols.tolist() == [4, 5, 3, 4]  # V-type: the output at the action itself
+
+
+def test_problems_whose_samples_all_agree_are_dropped_and_none_left_is_a_clear_error(tokenizer):
+    rollouts = [rollout("a", 1.0), rollout("a", 0.0), rollout("b", 1.0), rollout("b", 1.0)]
+    assert {r.problem_id for r in drop_constant_problems(rollouts)} == {"a"}
+    from qsharp_exp.config import GuideTrainConfig, HardwareConfig
+    from qsharp_exp.hardware import Hardware
+
+    with pytest.raises(NoSignalError, match="samples_per_problem"):
+        train_return_model(make_guide(tokenizer), [rollout("b", 1.0)] * 3, GuideTrainConfig(steps=1),
+                           tokenizer.pad_token_id, Hardware(HardwareConfig()), 0, show_progress=False)
+
+
+def test_return_model_learns_a_deterministic_label_and_survives_save_and_load(tokenizer, tmp_path):
+    from qsharp_exp.config import GuideTrainConfig, HardwareConfig
+    from qsharp_exp.hardware import Hardware
+
+    # Reward 1 iff the first response token is 5: learnable at the first position.
+    rollouts = [rollout(f"p{i // 2}", float(a == 5), 0, (a, 6, 2)) for i, a in enumerate([5, 9] * 32)]
+    model = make_guide(tokenizer, head="q")
+    with torch.no_grad():
+        model.head.weight.normal_(0, 0.02)
+    curve = train_return_model(model, rollouts, GuideTrainConfig(steps=60, batch_size=16, lr=3e-3, eval_every=60,
+                                                                 val_fraction=0.25),
+                               tokenizer.pad_token_id, Hardware(HardwareConfig()), 0, show_progress=False)
+    assert curve[-1]["val_acc"] == 1.0
+    model.save(tmp_path / "guide")
+    loaded = ReturnModel.load(tmp_path / "guide", model.cfg).eval()
+    ids = torch.tensor([[7, 8, 9, 5, 6]])
+    torch.testing.assert_close(loaded(ids, torch.ones_like(ids)), model.eval()(ids, torch.ones_like(ids)))
