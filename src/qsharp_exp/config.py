@@ -43,6 +43,9 @@ class ArchConfig:
     n_inner: int | None = None  # MLP width; None = 4 * n_embd
     max_positions: int = 256
     dropout: float = 0.0
+    # Std of the normal weight init. GPT-2's 0.02 suits 768-wide models; narrow models escape the
+    # initial plateau much sooner with about 1/sqrt(n_embd).
+    initializer_range: float = 0.02
 
 
 @dataclass

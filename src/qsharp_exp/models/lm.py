@@ -23,6 +23,7 @@ from qsharp_exp.config import ArchConfig
 
 def hf_config(arch: ArchConfig, tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
     special = dict(
+        initializer_range=arch.initializer_range,
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

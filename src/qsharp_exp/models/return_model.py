@@ -74,11 +74,11 @@ class ReturnDistribution:
 class CausalConvStem(nn.Module):
     """y_t = x_t + W * [x_{t-w+1} .. x_t]: each position sees its w-1 predecessors before attention."""
 
-    def __init__(self, width: int, hidden: int) -> None:
+    def __init__(self, width: int, hidden: int, init_std: float) -> None:
         super().__init__()
         self.width = width
         self.conv = nn.Conv1d(hidden, hidden, kernel_size=width)
-        nn.init.normal_(self.conv.weight, std=0.02)
+        nn.init.normal_(self.conv.weight, std=init_std)
         nn.init.zeros_(self.conv.bias)
 
     def forward(self, embeds: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
@@ -97,10 +97,11 @@ class ReturnModel(nn.Module):
         self.dist = ReturnDistribution(cfg)
         hidden = trunk.config.hidden_size if hasattr(trunk.config, "hidden_size") else trunk.config.n_embd
         self.vocab_size = trunk.config.vocab_size
-        self.stem = CausalConvStem(cfg.conv_width, hidden) if cfg.conv_width > 1 else None
+        init_std = cfg.arch.initializer_range
+        self.stem = CausalConvStem(cfg.conv_width, hidden, init_std) if cfg.conv_width > 1 else None
         out = self.dist.size * (self.vocab_size if cfg.head == "q" else 1)
         self.head = nn.Linear(hidden, out)
-        nn.init.normal_(self.head.weight, std=0.02)
+        nn.init.normal_(self.head.weight, std=init_std)
         nn.init.zeros_(self.head.bias)
 
     @property

@@ -116,9 +116,17 @@ def train_return_model(
     )
     curve: list[dict] = [{"kept_rollouts": len(kept), "dropped_rollouts": len(rollouts) - len(kept)}]
     bar = progress(range(cfg.steps), desc="train return model", enabled=show_progress)
+    # Batches hold whole problems: the samples of one problem share their prefixes and differ in the
+    # actions taken, so their contrasting labels arrive together (lower-variance gradients, same objective).
+    by_problem: dict[str, list[Rollout]] = defaultdict(list)
+    for r in train:
+        by_problem[r.problem_id].append(r)
+    groups = list(by_problem.values())
+    per_problem = max(1, len(train) // len(groups))
+    problems_per_batch = max(1, min(len(groups), cfg.batch_size // per_problem))
     running = 0.0
     for step in bar:
-        batch = rng.sample(train, min(cfg.batch_size, len(train)))
+        batch = [r for group in rng.sample(groups, problems_per_batch) for r in group]
         ids, mask, rows, cols, actions, _, returns = batch_tensors(model, batch, pad_id)
         dev = hw.device
         with hw.autocast():
