@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from helpers import make_guide
 
+from helpers import make_guide
 from qsharp_exp.config import CollectConfig, HardwareConfig
 from qsharp_exp.decoding import Guidance, SamplingSpec
 from qsharp_exp.hardware import Hardware

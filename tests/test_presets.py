@@ -3,10 +3,10 @@
 from pathlib import Path
 
 import pytest
-from test_config import compose_cfg
 
 from qsharp_exp.__main__ import CONF_DIR
 from qsharp_exp.config import load_run_config
+from test_config import compose_cfg
 
 PRESETS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
 

@@ -27,7 +27,7 @@ class TaskConfig:
     path_length: int = 3
     num_nodes: int = 20
     num_pretrain: int = 50_000
-    num_train: int = 5_000
+    num_train: int = 25_000
     num_test: int = 1_000
     seed: int = 0
 

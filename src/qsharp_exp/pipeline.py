@@ -20,7 +20,7 @@ from qsharp_exp.evaluation import evaluate
 from qsharp_exp.hardware import Hardware
 from qsharp_exp.models.lm import build_causal_lm
 from qsharp_exp.models.return_model import ReturnModel, build_return_model
-from qsharp_exp.reporting import print_summary
+from qsharp_exp.reporting import plot_guide_curve, print_summary
 from qsharp_exp.stages import StageResult, run_stage
 from qsharp_exp.tasks import Task, build_task
 from qsharp_exp.training.collect import Rollout, collect
@@ -100,7 +100,7 @@ class Run:
                 "pi_ref": self.stages["pi_ref"].key, "roll_in_guide": previous.key if previous else None,
                 "round": r, "collect": {k: v for k, v in as_dict(cfg.collect).items() if k != "rounds"},
                 "top_k": cfg.algo.top_k, "sampling": as_dict(cfg.eval), "seed": cfg.seed,
-                "num_train": cfg.task.num_train,
+                "num_train": cfg.task.num_train, "format": 2,
             }
 
             def build_rollouts(out: Path, r=r, previous=previous) -> None:
@@ -127,6 +127,7 @@ class Run:
                                            cfg.seed + r, cfg.progress)
                 model.save(out / "model")
                 _write_jsonl(out / "curve.jsonl", curve)
+                plot_guide_curve(curve, out / "curve.png")
 
             guides.append(run_stage(self.root, f"return_model_round{r}", guide_inputs, build_guide))
             self.stages[f"rollouts_round{r}"] = rollout_stages[-1]

@@ -17,3 +17,30 @@ def print_summary(metrics: dict) -> None:
     rows += [(k[5:-2], f"{v:.1f} s") for k, v in metrics.items() if k.startswith("time_")]
     width = max(len(k) for k, _ in rows)
     print("\n" + "\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+
+
+def plot_guide_curve(curve: list[dict], path) -> None:
+    """Validation accuracy of the return model by response position over training steps (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [p for p in curve if "val_acc_by_pos" in p]
+    if not points:
+        return
+    steps = [p["step"] for p in points]
+    positions = sorted({int(k) for p in points for k in p["val_acc_by_pos"]})[:12]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for pos in positions:
+        ax.plot(steps, [p["val_acc_by_pos"].get(pos, p["val_acc_by_pos"].get(str(pos))) for p in points],
+                label=f"position {pos}")
+    ax.plot(steps, [p["val_acc"] for p in points], "k--", linewidth=2, label="all positions")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("validation accuracy (predicted success)")
+    ax.set_title("Return model: accuracy by response position")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

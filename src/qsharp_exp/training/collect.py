@@ -29,6 +29,7 @@ class Rollout:
     response: list[int]
     switch: int  # positions response[switch:] are training examples
     reward: float
+    explored: bool = False  # the switch token was drawn uniformly from pi_ref's top-k
 
     to_dict = asdict
 
@@ -73,6 +74,6 @@ def collect(
     for i, problem in enumerate(jobs):
         text = tokenizer.decode(responses[i], skip_special_tokens=True)
         rollouts.append(
-            Rollout(problem.id, prompts[i], responses[i], switches[i], task.reward(problem, text))
+            Rollout(problem.id, prompts[i], responses[i], switches[i], task.reward(problem, text), explore[i])
         )
     return rollouts

@@ -66,9 +66,14 @@ def sequence_mean_loss(per_example: torch.Tensor, rows: torch.Tensor, batch_size
 
 @torch.no_grad()
 def evaluate_guide(model: ReturnModel, rollouts: list[Rollout], pad_id: int, hw: Hardware, batch: int = 512):
-    """Validation loss, accuracy of predicted success, and accuracy by response position."""
+    """Validation loss, accuracy of predicted success, and accuracy by response position.
+
+    The accuracy by position counts pi_ref's own rollouts only (not explored ones), so that it reads
+    as "does the model know the value of the action pi_ref took here", with no easy explored negatives.
+    """
     model.eval()
     losses, correct, by_step = [], [], defaultdict(list)
+    explored = torch.tensor([r.explored for r in rollouts])
     for start in range(0, len(rollouts), batch):
         chunk = rollouts[start : start + batch]
         ids, mask, rows, cols, actions, steps, returns = batch_tensors(model, chunk, pad_id)
@@ -78,7 +83,8 @@ def evaluate_guide(model: ReturnModel, rollouts: list[Rollout], pad_id: int, hw:
         losses.append(model.dist.loss(out, returns.to(dev)).cpu())
         hit = (model.dist.predicts_success(out).cpu() == (returns > 0.5)).float()
         correct.append(hit)
-        for s, h in zip(steps.tolist(), hit.tolist(), strict=True):
+        own = ~explored[start : start + batch][rows]
+        for s, h in zip(steps[own].tolist(), hit[own].tolist(), strict=True):
             by_step[s].append(h)
     model.train()
     loss, acc = torch.cat(losses).mean().item(), torch.cat(correct).mean().item()
