@@ -2,7 +2,7 @@
 
 import pytest
 
-from qsharp_exp.stages import run_stage
+from qsharp_exp.stages import run_stage, stage_key
 
 
 def test_same_inputs_reuse_the_stage_and_different_inputs_build_a_new_one(tmp_path):
@@ -32,3 +32,14 @@ def test_interrupted_stage_leaves_nothing_that_a_rerun_takes_as_done(tmp_path):
     assert not any((tmp_path / "demo").iterdir())
     done = run_stage(tmp_path, "demo", {"a": 1}, lambda out: (out / "full.txt").write_text("ok"))
     assert not done.reused and (done.path / "full.txt").exists() and not (done.path / "half.txt").exists()
+
+
+def test_partial_directories_of_dead_processes_are_cleared_on_the_next_build(tmp_path):
+    key = stage_key({"stage": "demo", "a": 2})
+    abandoned = tmp_path / "demo" / f"{key}.partial-999999999"  # no such process
+    abandoned.mkdir(parents=True)
+    own_other = tmp_path / "demo" / "0123456789abcdef.partial-999999999"
+    own_other.mkdir()
+    done = run_stage(tmp_path, "demo", {"a": 2}, lambda out: None)
+    assert done.key == key and not abandoned.exists()
+    assert own_other.exists()  # another key's: left for that key's next build

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -14,8 +15,15 @@ from qsharp_exp.config import ConfigError, load_run_config
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
+def _exit_on_sigterm(signum, frame) -> None:
+    # Turn SIGTERM (a scheduler's or `kill`'s stop) into an exception, so that a stage being built
+    # removes its temporary directory as it does on Ctrl-C.
+    raise SystemExit(128 + signum)
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> dict:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         run_cfg = load_run_config(cfg)
     except ConfigError as err:

@@ -35,6 +35,26 @@ class StageResult:
     reused: bool
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_abandoned_partials(final: Path) -> None:
+    """Partial directories of processes that were killed (e.g. SIGKILL) and can never finish."""
+    if not final.parent.exists():
+        return
+    for partial in final.parent.glob(f"{final.name}.partial-*"):
+        pid = partial.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(partial, ignore_errors=True)
+
+
 def run_stage(
     root: Path, stage: str, inputs: dict[str, Any], build: Callable[[Path], None]
 ) -> StageResult:
@@ -45,6 +65,7 @@ def run_stage(
         info = json.loads((final / "stage.json").read_text())
         log.info("%s: reusing %s", stage, final)
         return StageResult(final, key, time.perf_counter() - started, info["build_seconds"], True)
+    _remove_abandoned_partials(final)
     tmp = final.with_name(f"{key}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
