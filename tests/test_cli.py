@@ -67,3 +67,14 @@ def test_bad_config_value_stops_before_any_work_with_the_key_named(workdir):
     assert "algo.eta" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (workdir / "cache_bad").exists()
+
+
+def test_gpu_hardware_without_cuda_is_one_clear_error(workdir):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    result = cli("+experiment=smoke", "hardware=gpu", f"cache_dir={workdir / 'cache_gpu'}",
+                 f"hydra.run.dir={workdir / 'gpu'}", cwd=workdir, check=False)
+    assert result.returncode != 0
+    assert "hardware=cpu" in result.stderr and "Traceback" not in result.stderr

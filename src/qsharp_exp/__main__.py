@@ -10,7 +10,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from qsharp_exp.config import ConfigError, load_run_config
+from qsharp_exp.config import ConfigError, UserError, load_run_config
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
@@ -28,13 +28,11 @@ def main(cfg: DictConfig) -> dict:
         run_cfg = load_run_config(cfg)
     except ConfigError as err:
         sys.exit(f"config error: {err}")
-    # Heavy imports only once the config is known to be good.
-    from qsharp_exp.pipeline import run
-    from qsharp_exp.training.train_guide import NoSignalError
+    from qsharp_exp.pipeline import run  # heavy imports only once the config is known to be good
 
     try:
         return run(run_cfg, Path(HydraConfig.get().runtime.output_dir))
-    except NoSignalError as err:
+    except UserError as err:
         sys.exit(f"error: {err}")
 
 

@@ -14,7 +14,11 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 
-class ConfigError(ValueError):
+class UserError(Exception):
+    """An error the user can act on: the CLI prints its message alone, without a traceback."""
+
+
+class ConfigError(UserError, ValueError):
     """A config value the run cannot use; the message says which key and how to fix it."""
 
 

@@ -6,13 +6,13 @@ import contextlib
 
 import torch
 
-from qsharp_exp.config import HardwareConfig
+from qsharp_exp.config import HardwareConfig, UserError
 
 
 class Hardware:
     def __init__(self, cfg: HardwareConfig) -> None:
         if cfg.device == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("hardware=gpu needs a CUDA device and none is visible: use hardware=cpu.")
+            raise UserError("hardware=gpu needs a CUDA device and none is visible: use hardware=cpu.")
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         self.device = torch.device(cfg.device)

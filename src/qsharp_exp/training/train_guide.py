@@ -13,7 +13,7 @@ from collections import defaultdict
 
 import torch
 
-from qsharp_exp.config import GuideTrainConfig
+from qsharp_exp.config import GuideTrainConfig, UserError
 from qsharp_exp.hardware import Hardware
 from qsharp_exp.models.return_model import ReturnModel
 from qsharp_exp.training.collect import Rollout
@@ -22,7 +22,7 @@ from qsharp_exp.training.common import adamw_with_schedule, progress, right_pad
 log = logging.getLogger(__name__)
 
 
-class NoSignalError(RuntimeError):
+class NoSignalError(UserError, RuntimeError):
     """Every problem's samples got the same reward: there is nothing to learn from."""
 
 
