@@ -1,0 +1,81 @@
+"""Final-answer extraction and equivalence for math tasks (QSHARP.md section 3).
+
+The answer of a response is the content of its last `\\boxed{}`; equivalence is math-verify's,
+gold first. A response without a box is wrong, never an error.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+from collections.abc import Sequence
+
+from math_verify import parse, verify
+
+_BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_PERCENT = re.compile(r"\\?%")
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last \\boxed{...} (or \\fbox{...}), nested braces included; None if there is none."""
+    starts = [m.end() for m in _BOX.finditer(text)]
+    for start in reversed(starts):
+        depth = 1
+        for i in range(start, len(text)):
+            if text[i] == "{":
+                depth += 1
+            elif text[i] == "}":
+                depth -= 1
+                if depth == 0:
+                    return text[start:i].strip()
+    return None
+
+
+def gsm8k_gold(answer: str) -> str:
+    """GSM8K's gold: the number after '####' (or the whole field), without thousands separators."""
+    value = answer.split("####")[-1].strip()
+    return value.replace(",", "").replace("$", "").strip()
+
+
+def _normalise(answer: str) -> str:
+    # Percent signs carry no value here: "50\\%" and "50" are the same answer.
+    return _PERCENT.sub("", answer).strip()
+
+
+def equivalent(gold: str, predicted: str | None, timeout_s: int = 5) -> bool:
+    """math-verify equivalence, gold first, with a time limit per check (none off the main thread,
+    where math-verify's signal-based timeout cannot run)."""
+    if predicted is None or not predicted.strip():
+        return False
+    limit = timeout_s if threading.current_thread() is threading.main_thread() else None
+    gold_parsed = parse(f"\\boxed{{{_normalise(gold)}}}", parsing_timeout=limit)
+    pred_parsed = parse(f"\\boxed{{{_normalise(predicted)}}}", parsing_timeout=limit)
+    if not gold_parsed or not pred_parsed:
+        return _normalise(gold).replace(" ", "") == _normalise(predicted).replace(" ", "")
+    return bool(verify(gold_parsed, pred_parsed, timeout_seconds=limit))
+
+
+def majority_vote(answers: Sequence[str | None], timeout_s: int = 5) -> str | None:
+    """The answer of the largest group of equivalent answers; ties go to the group seen first.
+    Missing answers (no box) do not vote; None if nobody voted."""
+    groups: list[list[str]] = []
+    for answer in answers:
+        if answer is None or not answer.strip():
+            continue
+        for group in groups:
+            if equivalent(group[0], answer, timeout_s):
+                group.append(answer)
+                break
+        else:
+            groups.append([answer])
+    if not groups:
+        return None
+    return max(groups, key=len)[0]  # max keeps the first of equal lengths
+
+
+def pass_at_k(n: int, correct: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which `correct` are right (Chen et al. 2021)."""
+    if n - correct < k:
+        return 1.0
+    return 1.0 - math.comb(n - correct, k) / math.comb(n, k)

@@ -1,0 +1,100 @@
+"""Answer extraction, equivalence, majority vote and pass@k for the math tasks."""
+
+import pytest
+
+from qsharp_exp.tasks.answers import equivalent, gsm8k_gold, last_boxed, majority_vote, pass_at_k
+
+EQUIVALENT = [
+    ("18", "18"),
+    ("\\frac{1}{2}", "0.5"),
+    ("\\frac{1}{2}", "\\dfrac{1}{2}"),
+    ("\\frac{1}{2}", "\\tfrac12"),
+    ("0.25", "\\frac14"),
+    ("1000", "1,000"),
+    ("1000000", "1,000,000"),
+    ("-3", "-3"),
+    ("-\\frac{2}{3}", "\\frac{-2}{3}"),
+    ("50", "50\\%"),
+    ("12.5", "12.5\\%"),
+    ("5", "5\\text{ cm}"),
+    ("90", "90^\\circ"),
+    ("90^\\circ", "90"),
+    ("[0,1)", "[0, 1)"),
+    ("(-\\infty, 2]", "(-\\infty,2]"),
+    ("(1,2)", "(1, 2)"),
+    ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3, \\pi/2)"),
+    ("\\{1,2\\}", "\\{2,1\\}"),
+    ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix}1\\\\2\\end{pmatrix}"),
+    ("\\sqrt{2}", "\\sqrt 2"),
+    ("2\\sqrt{3}", "\\sqrt{12}"),
+    ("x^2+1", "1+x^2"),
+    ("3.0", "3"),
+    ("\\pi", "\\pi"),
+]
+NOT_EQUIVALENT = [
+    ("-3", "3"),
+    ("\\frac{1}{2}", "\\frac{1}{3}"),
+    ("18", "19"),
+    ("[0,1)", "[0,1]"),
+    ("(1,2)", "(2,1)"),
+    ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix} 2 \\\\ 1 \\end{pmatrix}"),
+    ("\\sqrt{2}", "2"),
+    ("1000", "100"),
+    ("5", ""),
+    ("5", None),
+]
+
+
+@pytest.mark.parametrize("gold,pred", EQUIVALENT)
+def test_equivalent_answers_are_accepted(gold, pred):
+    assert equivalent(gold, pred)
+
+
+@pytest.mark.parametrize("gold,pred", NOT_EQUIVALENT)
+def test_different_answers_are_rejected(gold, pred):
+    assert not equivalent(gold, pred)
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("so the answer is \\boxed{18}.", "18"),
+        ("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
+        ("first \\boxed{1} then \\boxed{2}", "2"),
+        ("nested \\boxed{\\{1, \\{2\\}\\}}", "\\{1, \\{2\\}\\}"),
+        ("\\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}.", "\\left( 3, \\frac{\\pi}{2} \\right)"),
+        ("\\fbox{7}", "7"),
+        ("\\boxed {x+1}", "x+1"),
+        ("no box here: 42", None),
+        ("unclosed \\boxed{3", None),
+        ("closed then unclosed \\boxed{4} and \\boxed{5", "4"),
+        ("", None),
+    ],
+)
+def test_last_boxed_extracts_the_last_complete_box(text, expected):
+    assert last_boxed(text) == expected
+
+
+def test_gsm8k_gold_is_the_number_after_the_marker():
+    assert gsm8k_gold("She makes 9 * 2 = $18.\n#### 18") == "18"
+    assert gsm8k_gold("#### 1,234") == "1234"
+    assert gsm8k_gold("70000") == "70000"
+
+
+def test_majority_vote_groups_equivalent_answers_and_ignores_missing_ones():
+    assert majority_vote(["0.5", "\\frac{1}{2}", "3", None, "3", "\\dfrac12"]) == "0.5"
+    assert majority_vote([None, None]) is None
+    assert majority_vote([]) is None
+
+
+def test_majority_vote_ties_go_to_the_answer_seen_first():
+    assert majority_vote(["3", "4", "4", "3"]) == "3"
+    assert majority_vote(["4", "3", "3", "4"]) == "4"
+
+
+def test_pass_at_k_estimator():
+    assert pass_at_k(8, 0, 1) == 0.0
+    assert pass_at_k(8, 8, 1) == 1.0
+    assert pass_at_k(8, 2, 1) == pytest.approx(0.25)
+    assert pass_at_k(8, 1, 8) == 1.0
+    assert pass_at_k(4, 1, 2) == pytest.approx(1 - 3 / 6)
