@@ -43,9 +43,10 @@ def uncached_guided_logprobs(pi_ref, guide, prompt, response, spec, top_k, eta, 
 
 
 @pytest.mark.parametrize("head", ["q", "v"])
-@pytest.mark.parametrize("algo", ["qsharp", "cd"])
-def test_cached_batched_guided_decoding_equals_uncached_recomputation(pi_ref, tokenizer, tiny_task, arch, head, algo):
-    guide = make_guide(tokenizer, arch=arch, head=head)
+@pytest.mark.parametrize("algo,distribution", [("qsharp", "bernoulli"), ("cd", "bernoulli"), ("qsharp", "histogram")])
+def test_cached_batched_guided_decoding_equals_uncached_recomputation(pi_ref, tokenizer, tiny_task, arch, head, algo,
+                                                                      distribution):
+    guide = make_guide(tokenizer, arch=arch, head=head, distribution=distribution)
     spec = SamplingSpec(temperature=0.9, top_p=0.95, max_new_tokens=6)
     rows = ragged(tokenizer, tiny_task, 4)
     ids, mask = left_pad(rows, tokenizer.pad_token_id)
