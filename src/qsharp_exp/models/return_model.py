@@ -153,7 +153,10 @@ class ReturnModel(nn.Module):
     @classmethod
     def load(cls, path: Path, cfg: GuideConfig) -> ReturnModel:
         model = cls(cfg, AutoModel.from_pretrained(path / "trunk"))
-        model.load_state_dict(torch.load(path / "head.pt", weights_only=True), strict=False)
+        missing, unexpected = model.load_state_dict(torch.load(path / "head.pt", weights_only=True), strict=False)
+        stray = unexpected + [k for k in missing if not k.startswith("trunk.")]
+        if stray:
+            raise ValueError(f"{path} does not match model.guide ({', '.join(stray)}): rebuild the return model.")
         return model
 
 
