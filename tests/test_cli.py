@@ -78,3 +78,13 @@ def test_gpu_hardware_without_cuda_is_one_clear_error(workdir):
                  f"hydra.run.dir={workdir / 'gpu'}", cwd=workdir, check=False)
     assert result.returncode != 0
     assert "hardware=cpu" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_more_evaluation_samples_rebuild_only_the_evaluation(workdir):
+    result = cli("+experiment=smoke", "eval.num_samples=2", f"cache_dir={workdir / 'cache'}",
+                 f"hydra.run.dir={workdir / 'two_samples'}", cwd=workdir)
+    log = result.stderr + result.stdout
+    assert "evaluation: building" in log
+    assert "pi_ref: building" not in log and "rollouts_round1: building" not in log
+    metrics = json.loads((workdir / "two_samples" / "metrics.json").read_text())
+    assert metrics["num_samples"] == 2 and "pass@2" in metrics

@@ -29,6 +29,9 @@ from qsharp_exp.training.train_guide import train_return_model
 
 log = logging.getLogger(__name__)
 
+# Bumped when the rollout file's layout changes, so that older cached rollouts are not reused.
+ROLLOUT_FORMAT = 2
+
 
 def _write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=2))
@@ -51,6 +54,8 @@ class Run:
         self.root = Path(cfg.cache_dir)
         self.task: Task = build_task(cfg.task)
         self.spec = SamplingSpec(cfg.eval.temperature, cfg.eval.top_p, cfg.eval.max_new_tokens)
+        # What sampled text depends on (eval.num_samples only matters to the evaluation stage).
+        self.sampling_inputs = as_dict(self.spec)
         self.stages: dict[str, StageResult] = {}
 
     # -- pi_ref ---------------------------------------------------------------------------------
@@ -59,7 +64,7 @@ class Run:
         # pi_ref depends on the task's graphs but not on the size of the post-training set.
         task_inputs = {k: v for k, v in as_dict(cfg.task).items() if k != "num_train"}
         inputs = {"task": task_inputs, "arch": as_dict(cfg.model.pi_ref), "pretrain": as_dict(cfg.pretrain),
-                  "sampling": as_dict(cfg.eval), "seed": cfg.seed}
+                  "sampling": self.sampling_inputs, "eval_batch_size": cfg.eval.batch_size, "seed": cfg.seed}
 
         def build(out: Path) -> None:
             tokenizer = self.task.build_tokenizer()
@@ -99,8 +104,8 @@ class Run:
             collect_inputs = {
                 "pi_ref": self.stages["pi_ref"].key, "roll_in_guide": previous.key if previous else None,
                 "round": r, "collect": {k: v for k, v in as_dict(cfg.collect).items() if k != "rounds"},
-                "top_k": cfg.algo.top_k, "sampling": as_dict(cfg.eval), "seed": cfg.seed,
-                "num_train": cfg.task.num_train, "format": 2,
+                "top_k": cfg.algo.top_k, "sampling": self.sampling_inputs, "seed": cfg.seed,
+                "num_train": cfg.task.num_train, "format": ROLLOUT_FORMAT,
             }
 
             def build_rollouts(out: Path, r=r, previous=previous) -> None:
