@@ -6,6 +6,16 @@ from qsharp_exp.config import ArchConfig, GuideConfig
 from qsharp_exp.models.return_model import build_return_model
 
 
+def stops(tokenizer) -> torch.Tensor:
+    return torch.tensor([tokenizer.eos_token_id])
+
+
+def codec(tokenizer, model, chat_template=False):
+    from qsharp_exp.prompts import PromptCodec
+
+    return PromptCodec.for_model(tokenizer, model, chat_template)
+
+
 def tiny_arch(arch: str = "gpt2") -> ArchConfig:
     return ArchConfig(arch=arch, n_layer=2, n_embd=32, n_head=4, max_positions=128)
 

@@ -98,3 +98,20 @@ def test_pass_at_k_estimator():
     assert pass_at_k(8, 2, 1) == pytest.approx(0.25)
     assert pass_at_k(8, 1, 8) == 1.0
     assert pass_at_k(4, 1, 2) == pytest.approx(1 - 3 / 6)
+
+
+def test_unparseable_answers_vote_by_their_exact_text_without_error():
+    assert majority_vote(["\\frac{", "3", "\\frac{", "\\left("]) == "\\frac{"
+    assert majority_vote(["\\frac{", "3", "3.0"]) == "3"
+
+
+def test_majority_vote_uses_the_given_equivalence():
+    assert majority_vote(["1,2", "1,3", "1,3"], same=lambda a, b: a == b) == "1,3"
+
+
+@pytest.mark.parametrize(
+    "gold,pred",
+    [("18", "\\$18"), ("-0.75", "-\\frac{3}{4}"), ("2500", "2{,}500"), ("(1,2,3)", "(1, 2, 3)")],
+)
+def test_more_equivalent_forms(gold, pred):
+    assert equivalent(gold, pred)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from helpers import make_guide
+from helpers import codec, make_guide
 from qsharp_exp.config import CollectConfig, HardwareConfig
 from qsharp_exp.decoding import Guidance, SamplingSpec
 from qsharp_exp.hardware import Hardware
@@ -14,7 +14,7 @@ SPEC = SamplingSpec(max_new_tokens=8)
 
 def run(tiny_task, pi_ref, tokenizer, explore_prob, roll_in=None, seed=0):
     cfg = CollectConfig(samples_per_problem=3, explore_prob=explore_prob, batch_size=16)
-    return collect(tiny_task, tiny_task.problems("train")[:6], pi_ref, tokenizer, roll_in, cfg, 4, SPEC,
+    return collect(tiny_task, tiny_task.problems("train")[:6], pi_ref, codec(tokenizer, pi_ref), roll_in, cfg, 4, SPEC,
                    Hardware(HardwareConfig()), seed, show_progress=False)
 
 

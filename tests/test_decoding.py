@@ -5,7 +5,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from helpers import make_guide, tiny_arch
+from helpers import make_guide, stops, tiny_arch
 from qsharp_exp import guidance as G
 from qsharp_exp.decoding import Guidance, GuideState, SamplingSpec, generate
 from qsharp_exp.models.lm import build_causal_lm
@@ -51,7 +51,7 @@ def test_cached_batched_guided_decoding_equals_uncached_recomputation(pi_ref, to
     rows = ragged(tokenizer, tiny_task, 4)
     ids, mask = left_pad(rows, tokenizer.pad_token_id)
     guidance = Guidance(guide, algo, eta=0.5, top_k=5)
-    gen = generate(pi_ref, ids, mask, spec, tokenizer.eos_token_id, tokenizer.pad_token_id,
+    gen = generate(pi_ref, ids, mask, spec, stops(tokenizer), tokenizer.pad_token_id,
                    torch.Generator().manual_seed(0), guide=guidance)
     for i, prompt in enumerate(rows):
         response = gen.tokens[i, : gen.lengths[i]].tolist()
@@ -67,16 +67,16 @@ def test_decoding_without_guidance_has_zero_kl_and_matches_one_by_one(tokenizer,
     spec = SamplingSpec(temperature=1.0, top_p=0.9, max_new_tokens=8)
     rows = ragged(tokenizer, tiny_task, 5)
     ids, mask = left_pad(rows, tokenizer.pad_token_id)
-    batched = generate(pi_ref, ids, mask, spec, tokenizer.eos_token_id, tokenizer.pad_token_id,
+    batched = generate(pi_ref, ids, mask, spec, stops(tokenizer), tokenizer.pad_token_id,
                        torch.Generator().manual_seed(3))
     assert batched.kl.abs().max().item() == 0.0
     # Greedy-like sampling (tiny temperature) makes the batch and one-by-one runs comparable token for token.
     cold = SamplingSpec(temperature=1e-4, top_p=1.0, max_new_tokens=8)
-    batched = generate(pi_ref, ids, mask, cold, tokenizer.eos_token_id, tokenizer.pad_token_id,
+    batched = generate(pi_ref, ids, mask, cold, stops(tokenizer), tokenizer.pad_token_id,
                        torch.Generator().manual_seed(3))
     for i, row in enumerate(rows):
         one_ids, one_mask = left_pad([row], tokenizer.pad_token_id)
-        single = generate(pi_ref, one_ids, one_mask, cold, tokenizer.eos_token_id, tokenizer.pad_token_id,
+        single = generate(pi_ref, one_ids, one_mask, cold, stops(tokenizer), tokenizer.pad_token_id,
                           torch.Generator().manual_seed(3))
         assert batched.tokens[i, : batched.lengths[i]].tolist() == single.tokens[0, : single.lengths[0]].tolist()
 
@@ -110,7 +110,7 @@ def test_guide_makes_one_pass_per_decoding_step(pi_ref, tokenizer, tiny_task, he
     ids, mask = left_pad(rows, tokenizer.pad_token_id)
     spec = SamplingSpec(max_new_tokens=5)
     # mask_non_candidates: every sampled token is a scored candidate, so V-type reuses its cache entry.
-    gen = generate(pi_ref, ids, mask, spec, tokenizer.eos_token_id, tokenizer.pad_token_id,
+    gen = generate(pi_ref, ids, mask, spec, stops(tokenizer), tokenizer.pad_token_id,
                    torch.Generator().manual_seed(0), guide=Guidance(guide, "qsharp", 0.1, 5, True))
     steps = gen.tokens.shape[1]
     # prefill + one pass per step (the last step's token needs no pass when decoding stops there)
@@ -123,9 +123,24 @@ def test_explore_draws_first_token_from_top_k(pi_ref, tokenizer, tiny_task):
     ids, mask = left_pad(rows, tokenizer.pad_token_id)
     explore = torch.tensor([True, False] * 3)
     spec = SamplingSpec(max_new_tokens=2)
-    gen = generate(pi_ref, ids, mask, spec, tokenizer.eos_token_id, tokenizer.pad_token_id,
+    gen = generate(pi_ref, ids, mask, spec, stops(tokenizer), tokenizer.pad_token_id,
                    torch.Generator().manual_seed(0), explore=explore, explore_top_k=3)
     with torch.no_grad():
         top3 = pi_ref(input_ids=ids, attention_mask=mask).logits[:, -1].topk(3, -1).indices
     for i in range(0, 6, 2):
         assert gen.tokens[i, 0].item() in top3[i].tolist()
+
+
+@pytest.mark.parametrize("top_p,zero", [(1.0, True), (0.8, False)])
+def test_paper_compat_decoding_unguided_kl_is_zero_only_without_top_p(pi_ref, tokenizer, tiny_task, top_p, zero):
+    rows = ragged(tokenizer, tiny_task, 4)
+    ids, mask = left_pad(rows, tokenizer.pad_token_id)
+    spec = SamplingSpec(temperature=0.8, top_p=top_p, max_new_tokens=6, paper_compat=True)
+    gen = generate(pi_ref, ids, mask, spec, stops(tokenizer), tokenizer.pad_token_id, torch.Generator().manual_seed(0))
+    if zero:
+        assert gen.kl.abs().max().item() < 1e-5
+    else:
+        assert gen.kl.min().item() > 0.0
+    ours = generate(pi_ref, ids, mask, replace(spec, paper_compat=False), stops(tokenizer), tokenizer.pad_token_id,
+                    torch.Generator().manual_seed(0))
+    assert ours.kl.abs().max().item() == 0.0

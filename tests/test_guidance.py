@@ -104,3 +104,34 @@ def test_sampler_logprobs_applies_temperature_then_top_p():
     hot = G.sampler_logprobs(logits, 2.0, 1.0).exp()
     expected = logits.exp() ** 0.5 / (logits.exp() ** 0.5).sum()
     torch.testing.assert_close(hot, expected)
+
+
+def test_paper_compat_adds_the_offset_before_the_temperature_and_top_p_after_guidance():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    cands, offsets = torch.tensor([[2]]), torch.tensor([[3.0]])
+    logp, ref = G.paper_compat_logprobs(logits, 2.0, 1.0, cands, offsets, False)
+    # The published ordering: (logits + offset) / T, so the multiplier is exp(offset / T).
+    expected = torch.log_softmax((logits + torch.tensor([[0.0, 0.0, 3.0, 0.0]])) / 2.0, -1)
+    torch.testing.assert_close(logp, expected)
+    torch.testing.assert_close(ref, torch.log_softmax(logits / 2.0, -1))
+    # top-p after guidance: the boosted token is now inside the nucleus, the others may fall out.
+    logp, _ = G.paper_compat_logprobs(logits, 1.0, 0.5, cands, torch.tensor([[5.0]]), False)
+    assert logp[0, 2].exp().item() == 1.0
+
+
+def test_paper_compat_kl_is_zero_unguided_only_without_top_p():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    logp, ref = G.paper_compat_logprobs(logits, 0.8, 1.0, None, None, False)
+    assert G.kl_divergence(logp, ref).item() == pytest.approx(0.0, abs=1e-7)
+    # The published KL compares the top-p sampler with pi_ref without top-p: > 0 even unguided.
+    logp, ref = G.paper_compat_logprobs(logits, 0.8, 0.9, None, None, False)
+    assert G.kl_divergence(logp, ref).item() > 0.01
+    # Ours compares like with like: exactly 0 unguided, whatever top_p is.
+    ours = G.sampler_logprobs(logits, 0.8, 0.9)
+    assert G.kl_divergence(ours, ours).item() == 0.0
+
+
+def test_mse_ablation_offset_reads_the_mean_as_a_two_point_return():
+    mean = torch.tensor([0.0, 0.3, 1.0])
+    expected = torch.log((1 - mean) + mean * math.exp(1 / 0.1))
+    torch.testing.assert_close(G.two_point_qsharp_offset(mean, 0.0, 1.0, 0.1), expected)

@@ -93,7 +93,8 @@ def test_return_model_learns_a_deterministic_label_and_survives_save_and_load(to
                                                                  val_fraction=0.25),
                                tokenizer.pad_token_id, Hardware(HardwareConfig()), 0, show_progress=False)
     assert curve[-1]["val_acc"] == 1.0
-    model.save(tmp_path / "guide")
-    loaded = ReturnModel.load(tmp_path / "guide", model.cfg).eval()
+    model.save_pretrained(tmp_path / "guide")
+    loaded = ReturnModel.from_pretrained(tmp_path / "guide").eval()
+    assert loaded.cfg == model.cfg
     ids = torch.tensor([[7, 8, 9, 5, 6]])
     torch.testing.assert_close(loaded(ids, torch.ones_like(ids)), model.eval()(ids, torch.ones_like(ids)))

@@ -25,21 +25,36 @@ class ConfigError(UserError, ValueError):
 @dataclass
 class TaskConfig:
     name: str = "star_graph"
+    # Problems per split. Generated tasks draw this many; dataset tasks keep the first ones (null = all).
+    num_pretrain: int | None = 50_000
+    num_train: int | None = 25_000
+    num_test: int | None = 1_000
+    seed: int = 0
+    # The prompt goes inside pi_ref's chat template (math tasks); false feeds the bare prompt.
+    chat_template: bool = False
     # star-graph G(degree, path_length) over num_nodes labels; path_length counts the nodes of the
     # answer path, source and goal included (Bachmann & Nagarajan's convention).
     degree: int = 2
     path_length: int = 3
     num_nodes: int = 20
-    num_pretrain: int = 50_000
-    num_train: int = 25_000
-    num_test: int = 1_000
-    seed: int = 0
+    # gsm8k / math: a local directory of JSONL files (layout of ../shared/data) instead of the hub.
+    data_dir: str | None = None
+    # Seconds allowed per answer-equivalence check (math-verify).
+    verify_timeout_s: int = 5
+    # arithmetic: operations per word problem (inclusive range) and the largest starting number.
+    min_ops: int = 1
+    max_ops: int = 2
+    max_number: int = 20
+    # Vocabulary of the BPE tokenizer trained here for math-like tasks with random-init models.
+    tokenizer_vocab_size: int = 600
 
 
 @dataclass
 class ArchConfig:
     """A Hugging Face causal LM built from a config with random weights."""
 
+    # A hub id or local path of a pretrained causal LM; when set, the fields below are not used.
+    pretrained: str | None = None
     arch: str = "gpt2"  # gpt2 | llama
     n_layer: int = 2
     n_embd: int = 64
@@ -58,13 +73,17 @@ class GuideConfig:
 
     arch: ArchConfig = field(default_factory=ArchConfig)
     head: str = "q"  # q: vocab-sized head from the prefix | v: scalar per (prefix, candidate)
-    distribution: str = "bernoulli"  # bernoulli (BCE) | histogram (C51-style maximum likelihood)
+    # bernoulli (BCE) | histogram (C51-style maximum likelihood) | mse (squared loss on the mean; ablation)
+    distribution: str = "bernoulli"
     num_atoms: int = 11
     v_min: float = 0.0
     v_max: float = 1.0
     # Causal convolution over the token embeddings before the blocks (0 = off). It lets a position see
     # its neighbours directly, which makes the star-graph lookup learnable at small scale.
     conv_width: int = 0
+    # Start the trunk from pi_ref's own weights (then `arch` is pi_ref's): the CPU-sized analogue of the
+    # paper's pretrained guide of the same family, for tiny models trained here.
+    init_from_pi_ref: bool = False
 
 
 @dataclass
@@ -88,13 +107,15 @@ class AlgoConfig:
 
 @dataclass
 class PretrainConfig:
-    """Next-token pretraining of pi_ref, for tasks whose pi_ref is trained here."""
+    """Next-token pretraining of a random-init pi_ref on the task's reference responses."""
 
     steps: int = 1_500
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 0.1
     warmup_steps: int = 100
+    # pi_ref's accuracy is measured on at most this many pretraining and test problems after pretraining.
+    eval_problems: int = 1_000
 
 
 @dataclass
@@ -112,7 +133,9 @@ class CollectConfig:
 
 @dataclass
 class GuideTrainConfig:
+    # Length of training: `epochs` over the kept rollouts when set (the paper: 5), else `steps`.
     steps: int = 3_000
+    epochs: float | None = None
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.01
@@ -128,6 +151,10 @@ class EvalConfig:
     top_p: float = 1.0
     max_new_tokens: int = 32
     batch_size: int = 500
+    # Reproduce the published code's decoding: guidance offset added to the raw logits (before the
+    # temperature), top-p applied after guidance, KL measured against pi_ref without top-p. Off = our
+    # semantics (guidance multiplies the sampler's distribution; KL exactly 0 without guidance).
+    paper_compat: bool = False
 
 
 @dataclass
@@ -153,7 +180,7 @@ class RunConfig:
     progress: bool = True
 
 
-TASKS = ("star_graph",)
+TASKS = ("star_graph", "gsm8k", "math", "arithmetic")
 ALGOS = ("qsharp", "cd", "pi_ref")
 
 
@@ -185,8 +212,14 @@ def validate(cfg: RunConfig) -> None:
                 f"task.num_nodes={cfg.task.num_nodes} is too small for G({cfg.task.degree},"
                 f"{cfg.task.path_length}), which has {needed} nodes: set task.num_nodes>={needed}."
             )
-        for key in ("num_pretrain", "num_train", "num_test"):
-            _at_least(f"task.{key}", getattr(cfg.task, key), 1)
+    if cfg.task.name == "arithmetic":
+        _at_least("task.min_ops", cfg.task.min_ops, 1)
+        _at_least("task.max_ops", cfg.task.max_ops, cfg.task.min_ops, " (task.min_ops)")
+        _at_least("task.max_number", cfg.task.max_number, 2)
+    for key in ("num_pretrain", "num_train", "num_test"):
+        value = getattr(cfg.task, key)
+        if value is not None:
+            _at_least(f"task.{key}", value, 1)
     _positive("algo.eta", cfg.algo.eta)
     _positive("collect.eta", cfg.collect.eta)
     _at_least("algo.top_k", cfg.algo.top_k, 1)
@@ -202,15 +235,15 @@ def validate(cfg: RunConfig) -> None:
         )
     guide = cfg.model.guide
     _choice("model.guide.head", guide.head, ("q", "v"))
-    _choice("model.guide.distribution", guide.distribution, ("bernoulli", "histogram"))
+    _choice("model.guide.distribution", guide.distribution, ("bernoulli", "histogram", "mse"))
     if guide.distribution == "histogram":
         _at_least("model.guide.num_atoms", guide.num_atoms, 2)
-        if not guide.v_max > guide.v_min:
-            raise ConfigError(
-                f"model.guide.v_max={guide.v_max} must exceed model.guide.v_min={guide.v_min}."
-            )
+    if guide.distribution != "bernoulli" and not guide.v_max > guide.v_min:
+        raise ConfigError(f"model.guide.v_max={guide.v_max} must exceed model.guide.v_min={guide.v_min}.")
     _at_least("model.guide.conv_width", guide.conv_width, 0)
     for key, arch in (("model.pi_ref", cfg.model.pi_ref), ("model.guide.arch", guide.arch)):
+        if arch.pretrained is not None:
+            continue
         _choice(f"{key}.arch", arch.arch, ("gpt2", "llama"))
         if arch.n_embd % arch.n_head:
             raise ConfigError(f"{key}.n_embd={arch.n_embd} must be divisible by {key}.n_head={arch.n_head}.")
@@ -220,11 +253,14 @@ def validate(cfg: RunConfig) -> None:
     for section, keys in (
         ("pretrain", ("steps", "batch_size")),
         ("guide_train", ("steps", "batch_size", "eval_every")),
+        ("pretrain", ("eval_problems",)),
         ("eval", ("num_samples", "max_new_tokens", "batch_size")),
         ("collect", ("batch_size",)),
     ):
         for key in keys:
             _at_least(f"{section}.{key}", getattr(getattr(cfg, section), key), 1)
+    if cfg.guide_train.epochs is not None:
+        _positive("guide_train.epochs", cfg.guide_train.epochs)
     _choice("hardware.device", cfg.hardware.device, ("cpu", "cuda"))
 
 

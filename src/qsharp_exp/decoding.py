@@ -3,7 +3,8 @@
 Semantics: pi_ref is the sampler's distribution (temperature, then top-p). Guidance multiplies it
 on pi_ref's top-k candidates by exp(offset) and renormalises. The per-token KL(pi || pi_ref) is
 computed exactly over the vocabulary against that same sampler distribution, so it is 0 without
-guidance. Prompts are left-padded; each row stops at its own EOS.
+guidance. `paper_compat` switches to the published code's ordering instead (guidance.paper_compat_step).
+Prompts are left-padded; each row stops at its own stop token.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class SamplingSpec:
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 32
+    paper_compat: bool = False
 
 
 @dataclass(frozen=True)
@@ -129,14 +131,15 @@ def generate(
     ids: torch.Tensor,
     mask: torch.Tensor,
     spec: SamplingSpec,
-    eos_id: int,
+    stop_ids: torch.Tensor,
     pad_id: int,
     generator: torch.Generator,
     guide: Guidance | None = None,
     explore: torch.Tensor | None = None,
     explore_top_k: int = 0,
 ) -> Generation:
-    """Sample responses to left-padded prompts `ids` [B, L] (mask 1 = real token).
+    """Sample responses to left-padded prompts `ids` [B, L] (mask 1 = real token) until a token of
+    `stop_ids` (EOS, end of turn) or `spec.max_new_tokens`.
 
     `explore` [B] bool: those rows draw their first token uniformly from pi_ref's top `explore_top_k`
     tokens (the exploratory switch of Algorithm 2), then continue as usual.
@@ -154,14 +157,22 @@ def generate(
     lengths = torch.zeros(b, dtype=torch.long, device=device)
     kl = torch.zeros(b, device=device)
     tokens = []
+    stop_ids = stop_ids.to(device)
     for step in range(spec.max_new_tokens):
         ref_logp = G.sampler_logprobs(logits, spec.temperature, spec.top_p)
-        logp = ref_logp
+        candidates = offsets = None
         if state is not None:
             candidates = ref_logp.topk(guide.top_k, dim=-1).indices
             offsets = guide.model.dist.offset(state.values(candidates), guide.eta, guide.algo)
+        if spec.paper_compat:
+            logp, kl_ref = G.paper_compat_logprobs(logits, spec.temperature, spec.top_p, candidates, offsets,
+                                                   guide.mask_non_candidates if guide else False)
+            kl += G.kl_divergence(logp, kl_ref) * alive
+        elif state is not None:
             logp = G.guided_logprobs(ref_logp, candidates, offsets, guide.mask_non_candidates)
             kl += G.kl_divergence(logp, ref_logp) * alive
+        else:
+            logp = ref_logp
         token = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)
         if step == 0 and explore is not None and bool(explore.any()):
             top = ref_logp.topk(explore_top_k, dim=-1)
@@ -171,7 +182,7 @@ def generate(
         token = torch.where(alive, token, torch.full_like(token, pad_id))
         tokens.append(token)
         lengths += alive.long()
-        alive = alive & (token != eos_id)
+        alive = alive & ~torch.isin(token, stop_ids)
         if not bool(alive.any()):
             break
         step_mask = torch.cat([mask, alive.to(mask.dtype).unsqueeze(1)], dim=1)

@@ -32,6 +32,14 @@ def histogram_qsharp_offset(atom_logits: torch.Tensor, atoms: torch.Tensor, eta:
     return torch.logsumexp(log_q + atoms.float() / eta, dim=-1)
 
 
+def two_point_qsharp_offset(mean_value: torch.Tensor, low: float, high: float, eta: float) -> torch.Tensor:
+    """ln E[exp(Z/eta)] for Z on {low, high} with the given mean (the MSE ablation's Q# offset)."""
+    p = ((mean_value.float() - low) / (high - low)).clamp(0.0, 1.0)
+    log_q = torch.stack([torch.log1p(-p), torch.log(p)], dim=-1)
+    atoms = torch.tensor([low, high], device=p.device) / eta
+    return torch.logsumexp(log_q + atoms, dim=-1)
+
+
 def bernoulli_mean(logit: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(logit.float())
 
@@ -74,3 +82,21 @@ def kl_divergence(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     p = logp.exp()
     terms = torch.where(p > 0, p * (logp - ref_logp), torch.zeros_like(p))
     return terms.sum(-1).clamp_min(0.0)
+
+
+def paper_compat_logprobs(
+    logits: torch.Tensor, temperature: float, top_p: float, candidates: torch.Tensor | None,
+    offsets: torch.Tensor | None, mask_non_candidates: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The published code's decoding step: (log pi_sampled, log pi_ref used for its KL).
+
+    The offset is added to the raw logits of the candidates (so the temperature divides it too), top-p
+    is applied after guidance, and KL is measured against pi_ref at the temperature but without top-p;
+    so even unguided sampling shows KL > 0 when top_p < 1. Kept only to compare with the paper's numbers.
+    """
+    logits = logits.float()
+    guided = logits
+    if candidates is not None:
+        base = torch.full_like(logits, float("-inf")) if mask_non_candidates else logits
+        guided = base.scatter(-1, candidates, logits.gather(-1, candidates) + offsets.float())
+    return sampler_logprobs(guided, temperature, top_p), torch.log_softmax(logits / temperature, dim=-1)

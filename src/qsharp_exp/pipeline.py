@@ -8,24 +8,26 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-from qsharp_exp.config import RunConfig, as_dict
+from qsharp_exp.config import RunConfig, UserError, as_dict
 from qsharp_exp.decoding import Guidance, SamplingSpec
 from qsharp_exp.evaluation import evaluate
 from qsharp_exp.hardware import Hardware
-from qsharp_exp.models.lm import build_causal_lm
+from qsharp_exp.models.lm import build_causal_lm, load_pretrained_lm, load_tokenizer
 from qsharp_exp.models.return_model import ReturnModel, build_return_model
+from qsharp_exp.prompts import PromptCodec
 from qsharp_exp.reporting import plot_guide_curve, print_summary
-from qsharp_exp.stages import StageResult, run_stage
+from qsharp_exp.stages import StageResult, run_stage, stage_key
 from qsharp_exp.tasks import Task, build_task
 from qsharp_exp.training.collect import Rollout, collect
 from qsharp_exp.training.pretrain import pretrain
-from qsharp_exp.training.train_guide import train_return_model
+from qsharp_exp.training.train_guide import NoSignalError, train_return_model
 
 log = logging.getLogger(__name__)
 
@@ -53,36 +55,75 @@ class Run:
         self.hw = Hardware(cfg.hardware)
         self.root = Path(cfg.cache_dir)
         self.task: Task = build_task(cfg.task)
-        self.spec = SamplingSpec(cfg.eval.temperature, cfg.eval.top_p, cfg.eval.max_new_tokens)
+        self.spec = SamplingSpec(cfg.eval.temperature, cfg.eval.top_p, cfg.eval.max_new_tokens, cfg.eval.paper_compat)
         # What sampled text depends on (eval.num_samples only matters to the evaluation stage).
         self.sampling_inputs = as_dict(self.spec)
+        # Pretrained models are loaded in bf16 when the hardware computes in bf16.
+        self.dtype = torch.bfloat16 if cfg.hardware.bf16 else None
         self.stages: dict[str, StageResult] = {}
+        self.pi_ref_key = ""
+        self.pi_ref_source = ""  # hub id or directory of pi_ref's weights
+        self.pi_ref_metrics: dict[str, float] = {}
 
     # -- pi_ref ---------------------------------------------------------------------------------
-    def pi_ref(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    def pi_ref(self) -> tuple[PreTrainedModel, PromptCodec]:
+        """A pretrained pi_ref (hub id or path), or a random-init one pretrained here on the task."""
         cfg = self.cfg
-        # pi_ref depends on the task's graphs but not on the size of the post-training set.
-        task_inputs = {k: v for k, v in as_dict(cfg.task).items() if k != "num_train"}
-        inputs = {"task": task_inputs, "arch": as_dict(cfg.model.pi_ref), "pretrain": as_dict(cfg.pretrain),
-                  "sampling": self.sampling_inputs, "eval_batch_size": cfg.eval.batch_size, "seed": cfg.seed}
+        source = cfg.model.pi_ref.pretrained
+        if source is not None:
+            model = load_pretrained_lm(source, "model.pi_ref.pretrained", self.dtype).to(self.hw.device).eval()
+            codec = self._codec(load_tokenizer(source, "model.pi_ref.pretrained"), model)
+            self.pi_ref_key = stage_key({"pretrained": source})
+            self.pi_ref_source = source
+            return model, codec
+        self._pretrain_pi_ref()
+        path = self.stages["pi_ref"].path
+        model = AutoModelForCausalLM.from_pretrained(path / "model").to(self.hw.device).eval()
+        self.pi_ref_key = self.stages["pi_ref"].key
+        self.pi_ref_source = str(path / "model")
+        self.pi_ref_metrics = json.loads((path / "pretrain_metrics.json").read_text())
+        return model, self._codec(AutoTokenizer.from_pretrained(path / "model"), model)
+
+    def _task_inputs(self, *unused: str) -> dict:
+        """The task's settings a stage depends on (problem counts of splits it does not read left out)."""
+        return {k: v for k, v in as_dict(self.cfg.task).items() if k not in unused}
+
+    def _codec(self, tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> PromptCodec:
+        codec = PromptCodec.for_model(tokenizer, model, self.cfg.task.chat_template)
+        guide = self.cfg.model.guide
+        guide_arch = guide.arch
+        if (self.cfg.algo.name != "pi_ref" and guide_arch.pretrained is None and not guide.init_from_pi_ref
+                and codec.max_positions):
+            codec.max_positions = min(codec.max_positions, guide_arch.max_positions)
+        return codec
+
+    def _pretrain_pi_ref(self) -> None:
+        cfg = self.cfg
+        # pi_ref depends on the task's problems but not on the size of the post-training set.
+        inputs = {"task": self._task_inputs("num_train"), "arch": as_dict(cfg.model.pi_ref),
+                  "pretrain": as_dict(cfg.pretrain), "sampling": self.sampling_inputs,
+                  "eval_batch_size": cfg.eval.batch_size, "seed": cfg.seed}
 
         def build(out: Path) -> None:
             tokenizer = self.task.build_tokenizer()
             model = build_causal_lm(cfg.model.pi_ref, tokenizer, cfg.seed)
-            examples = []
-            for p in self.task.problems("pretrain"):
-                prompt = tokenizer(p.prompt, add_special_tokens=False)["input_ids"]
-                target = tokenizer(self.task.target(p), add_special_tokens=False)["input_ids"]
-                examples.append((prompt, target + [tokenizer.eos_token_id]))
-            curve = pretrain(model, examples, cfg.pretrain, tokenizer.pad_token_id, self.hw, cfg.seed,
-                             cfg.progress)
+            codec = PromptCodec.for_model(tokenizer, model, cfg.task.chat_template)
+            problems = self.task.problems("pretrain")
+            prompts = codec.encode(problems, 0)
+            examples = [(p, codec.response_ids(self.task.target(x))) for p, x in zip(prompts, problems, strict=True)]
+            longest = max(len(p) + len(r) for p, r in examples)
+            if codec.max_positions and longest > codec.max_positions:
+                raise UserError(f"a pretraining example has {longest} tokens, more than model.pi_ref.max_positions="
+                                f"{codec.max_positions}: raise it or use shorter problems.")
+            curve = pretrain(model, examples, cfg.pretrain, codec.pad_id, self.hw, cfg.seed, cfg.progress)
+            model.eval()
             metrics = {}
             for split in ("pretrain", "test"):
-                problems = self.task.problems(split)[:1000]
-                result, _ = evaluate(self.task, problems, model, tokenizer, None, self.spec, 1,
-                                     cfg.eval.batch_size, self.hw, cfg.seed, f"pi_ref on {split}", cfg.progress)
+                result, _ = evaluate(self.task, self.task.problems(split)[: cfg.pretrain.eval_problems], model, codec,
+                                     None, self.spec, 1, cfg.eval.batch_size, self.hw, cfg.seed,
+                                     f"pi_ref on {split}", cfg.progress)
                 metrics[f"{split}_accuracy"] = result["accuracy"]
-            log.info("pi_ref accuracy: on its pretraining graphs %.3f, on test graphs %.3f",
+            log.info("pi_ref accuracy: on its pretraining problems %.3f, on test problems %.3f",
                      metrics["pretrain_accuracy"], metrics["test_accuracy"])
             model.save_pretrained(out / "model")
             tokenizer.save_pretrained(out / "model")
@@ -90,47 +131,67 @@ class Run:
             _write_jsonl(out / "curve.jsonl", curve)
 
         self.stages["pi_ref"] = run_stage(self.root, "pi_ref", inputs, build)
-        path = self.stages["pi_ref"].path / "model"
-        model = AutoModelForCausalLM.from_pretrained(path).to(self.hw.device).eval()
-        return model, AutoTokenizer.from_pretrained(path)
 
     # -- Algorithm 1 ----------------------------------------------------------------------------
-    def return_models(self, pi_ref, tokenizer, rounds: int) -> list[StageResult]:
+    def _check_guide_tokenizer(self, codec: PromptCodec) -> None:
+        source = self.cfg.model.guide.arch.pretrained
+        if source is None:
+            return  # built here on pi_ref's own tokenizer
+        theirs = load_tokenizer(source, "model.guide.arch.pretrained").get_vocab()
+        ours = codec.tokenizer.get_vocab()
+        if theirs != ours:
+            differ = len(set(theirs.items()) ^ set(ours.items()))
+            raise UserError(
+                f"model.guide.arch.pretrained={source} does not share pi_ref's tokenizer ({differ} vocabulary "
+                f"entries differ, sizes {len(theirs)} vs {len(ours)}): pick a guide of the same family as "
+                f"model.pi_ref.pretrained={self.cfg.model.pi_ref.pretrained}."
+            )
+
+    def return_models(self, pi_ref: PreTrainedModel, codec: PromptCodec, rounds: int) -> list[StageResult]:
         cfg = self.cfg
+        self._check_guide_tokenizer(codec)
         guides: list[StageResult] = []
         rollout_stages: list[StageResult] = []
         for r in range(1, rounds + 1):
             previous = guides[-1] if guides else None
             collect_inputs = {
-                "pi_ref": self.stages["pi_ref"].key, "roll_in_guide": previous.key if previous else None,
+                "pi_ref": self.pi_ref_key, "roll_in_guide": previous.key if previous else None,
                 "round": r, "collect": {k: v for k, v in as_dict(cfg.collect).items() if k != "rounds"},
                 "top_k": cfg.algo.top_k, "sampling": self.sampling_inputs, "seed": cfg.seed,
-                "num_train": cfg.task.num_train, "format": ROLLOUT_FORMAT,
+                "task": self._task_inputs("num_test"), "format": ROLLOUT_FORMAT,
             }
 
-            def build_rollouts(out: Path, r=r, previous=previous) -> None:
+            def build_rollouts(out: Path, resume: Path, r=r, previous=previous) -> None:
                 roll_in = None
                 if previous is not None:
                     roll_in = Guidance(self._load_guide(previous.path), "qsharp", cfg.collect.eta, cfg.algo.top_k,
                                        cfg.algo.non_candidates == "mask")
-                rollouts = collect(self.task, self.task.problems("train"), pi_ref, tokenizer, roll_in, cfg.collect,
-                                   cfg.algo.top_k, self.spec, self.hw, cfg.seed + 1000 * r, cfg.progress)
+                rollouts = collect(self.task, self.task.problems("train"), pi_ref, codec, roll_in, cfg.collect,
+                                   cfg.algo.top_k, self.spec, self.hw, cfg.seed + 1000 * r, cfg.progress, resume)
                 _write_jsonl(out / "rollouts.jsonl", (x.to_dict() for x in rollouts))
                 mean = sum(x.reward for x in rollouts) / len(rollouts)
                 _write_json(out / "summary.json", {"rollouts": len(rollouts), "mean_reward": mean})
 
-            rollout_stages.append(run_stage(self.root, f"rollouts_round{r}", collect_inputs, build_rollouts))
+            rollout_stages.append(run_stage(self.root, f"rollouts_round{r}", collect_inputs, build_rollouts,
+                                            resumable=True))
             guide_inputs = {"rollouts": [s.key for s in rollout_stages], "guide": as_dict(cfg.model.guide),
-                            "train": as_dict(cfg.guide_train), "seed": cfg.seed}
+                            "train": as_dict(cfg.guide_train), "seed": cfg.seed,
+                            "init": self.pi_ref_key if cfg.model.guide.init_from_pi_ref else None}
 
             def build_guide(out: Path, r=r) -> None:
                 rollouts = [Rollout(**row) for s in rollout_stages for row in _read_jsonl(s.path / "rollouts.jsonl")]
-                model = build_return_model(cfg.model.guide, tokenizer, cfg.seed + r)
+                guide_cfg = cfg.model.guide
+                if guide_cfg.init_from_pi_ref:
+                    guide_cfg = replace(guide_cfg, arch=replace(guide_cfg.arch, pretrained=self.pi_ref_source))
+                model = build_return_model(guide_cfg, codec.tokenizer, cfg.seed + r, self.dtype)
                 log.info("round %d: training the return model on %d rollouts (%d parameters)", r, len(rollouts),
                          sum(p.numel() for p in model.parameters()))
-                curve = train_return_model(model, rollouts, cfg.guide_train, tokenizer.pad_token_id, self.hw,
-                                           cfg.seed + r, cfg.progress)
-                model.save(out / "model")
+                try:
+                    curve = train_return_model(model, rollouts, cfg.guide_train, codec.pad_id, self.hw,
+                                               cfg.seed + r, cfg.progress)
+                except NoSignalError as err:
+                    raise NoSignalError(f"round {r}: {err}") from None
+                model.save_pretrained(out / "model")
                 _write_jsonl(out / "curve.jsonl", curve)
                 plot_guide_curve(curve, out / "curve.png")
 
@@ -140,7 +201,7 @@ class Run:
         return guides
 
     def _load_guide(self, path: Path) -> ReturnModel:
-        return ReturnModel.load(path / "model", self.cfg.model.guide).to(self.hw.device).eval()
+        return ReturnModel.from_pretrained(path / "model", dtype=self.dtype).to(self.hw.device).eval()
 
     # -- evaluation -----------------------------------------------------------------------------
     def guide_round(self) -> int:
@@ -151,37 +212,37 @@ class Run:
 
     def evaluate(self) -> dict:
         cfg = self.cfg
-        pi_ref, tokenizer = self.pi_ref()
+        pi_ref, codec = self.pi_ref()
         guide_stage = None
         if cfg.algo.name != "pi_ref":
-            guide_stage = self.return_models(pi_ref, tokenizer, self.guide_round())[-1]
+            guide_stage = self.return_models(pi_ref, codec, self.guide_round())[-1]
         algo_inputs = as_dict(cfg.algo) if guide_stage else {"name": "pi_ref"}
-        inputs = {"pi_ref": self.stages["pi_ref"].key, "guide": guide_stage.key if guide_stage else None,
-                  "algo": algo_inputs, "eval": as_dict(cfg.eval), "seed": cfg.seed}
+        inputs = {"pi_ref": self.pi_ref_key, "guide": guide_stage.key if guide_stage else None,
+                  "algo": algo_inputs, "eval": as_dict(cfg.eval), "seed": cfg.seed,
+                  "task": self._task_inputs("num_train", "num_pretrain")}
 
-        def build(out: Path) -> None:
+        def build(out: Path, resume: Path) -> None:
             guide = None
             if guide_stage is not None:
                 guide = Guidance(self._load_guide(guide_stage.path), cfg.algo.name, cfg.algo.eta, cfg.algo.top_k,
                                  cfg.algo.non_candidates == "mask")
-            metrics, samples = evaluate(self.task, self.task.problems("test"), pi_ref, tokenizer, guide, self.spec,
+            metrics, samples = evaluate(self.task, self.task.problems("test"), pi_ref, codec, guide, self.spec,
                                         cfg.eval.num_samples, cfg.eval.batch_size, self.hw, cfg.seed,
-                                        f"evaluate {cfg.algo.name}", cfg.progress)
+                                        f"evaluate {cfg.algo.name}", cfg.progress, resume)
             _write_json(out / "metrics.json", metrics)
             _write_jsonl(out / "samples.jsonl", samples)
 
-        self.stages["evaluation"] = run_stage(self.root, "evaluation", inputs, build)
-        path = self.stages["evaluation"].path
-        metrics = json.loads((path / "metrics.json").read_text())
-        pretrain_metrics = json.loads((self.stages["pi_ref"].path / "pretrain_metrics.json").read_text())
+        self.stages["evaluation"] = run_stage(self.root, "evaluation", inputs, build, resumable=True)
+        metrics = json.loads((self.stages["evaluation"].path / "metrics.json").read_text())
+        guided = cfg.algo.name != "pi_ref"
         result = {
             "task": cfg.task.name, "algo": cfg.algo.name,
-            "eta": cfg.algo.eta if cfg.algo.name != "pi_ref" else None,
-            "top_k": cfg.algo.top_k if cfg.algo.name != "pi_ref" else None,
-            "guide_round": self.guide_round() if cfg.algo.name != "pi_ref" else None,
+            "eta": cfg.algo.eta if guided else None,
+            "top_k": cfg.algo.top_k if guided else None,
+            "guide_round": self.guide_round() if guided else None,
+            "paper_compat": cfg.eval.paper_compat,
             **metrics,
-            "pi_ref_pretrain_accuracy": pretrain_metrics["pretrain_accuracy"],
-            "pi_ref_test_accuracy": pretrain_metrics["test_accuracy"],
+            **{f"pi_ref_{k}": v for k, v in self.pi_ref_metrics.items()},
         }
         for name, stage in self.stages.items():
             result[f"time_{name}_s"] = round(stage.seconds, 2)

@@ -1,8 +1,16 @@
-"""Batched sampling over many prompts: the one entry point collection and evaluation share."""
+"""Batched sampling over many prompts: the one entry point collection and evaluation share.
+
+Each batch draws from its own generator (seeded by the run's seed and the batch's index) and, with a
+`checkpoint` directory, is written there as soon as it is done: an interrupted run continues from the
+last finished batch and ends with exactly what an uninterrupted run with the same seed produces.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from transformers import PreTrainedModel
@@ -14,39 +22,68 @@ from qsharp_exp.training.common import left_pad, progress
 
 @dataclass
 class Sampled:
-    response: list[int]  # up to and including EOS (if produced)
+    response: list[int]  # up to and including the stop token (if produced)
     kl: float
+
+
+def batch_seed(seed: int, index: int) -> int:
+    return (seed * 1_000_003 + index) % (2**63)
+
+
+def _load_batch(path: Path) -> list[Sampled] | None:
+    if not path.exists():
+        return None
+    return [Sampled(**row) for row in json.loads(path.read_text())]
+
+
+def _save_batch(path: Path, batch: list[Sampled]) -> None:
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps([asdict(s) for s in batch]))
+    os.replace(tmp, path)
 
 
 def sample_many(
     pi_ref: PreTrainedModel,
     prompts: list[list[int]],
     spec: SamplingSpec,
-    eos_id: int,
+    stop_ids: list[int],
     pad_id: int,
     hw: Hardware,
-    generator: torch.Generator,
+    seed: int,
     batch_size: int,
     guide: Guidance | None = None,
     explore: list[bool] | None = None,
     explore_top_k: int = 0,
     desc: str = "sample",
     show_progress: bool = True,
+    checkpoint: Path | None = None,
 ) -> list[Sampled]:
     out: list[Sampled] = []
+    stops = torch.tensor(stop_ids, dtype=torch.long)
+    if checkpoint is not None:
+        checkpoint.mkdir(parents=True, exist_ok=True)
     starts = range(0, len(prompts), batch_size)
-    for start in progress(starts, total=len(starts), desc=desc, enabled=show_progress and len(starts) > 1):
+    bar = progress(starts, total=len(starts), desc=desc, enabled=show_progress and len(starts) > 1)
+    for index, start in enumerate(bar):
+        saved = checkpoint / f"batch{index:06d}.json" if checkpoint is not None else None
+        done = _load_batch(saved) if saved is not None else None
+        if done is not None:
+            out.extend(done)
+            continue
         chunk = prompts[start : start + batch_size]
         ids, mask = left_pad(chunk, pad_id)
         rows_explore = None
         if explore is not None:
             rows_explore = torch.tensor(explore[start : start + batch_size], device=hw.device)
+        generator = torch.Generator(device=hw.device).manual_seed(batch_seed(seed, index))
         with hw.autocast():
             gen = generate(
-                pi_ref, ids.to(hw.device), mask.to(hw.device), spec, eos_id, pad_id, generator,
+                pi_ref, ids.to(hw.device), mask.to(hw.device), spec, stops, pad_id, generator,
                 guide=guide, explore=rows_explore, explore_top_k=explore_top_k,
             )
         tokens, lengths, kl = gen.tokens.cpu(), gen.lengths.cpu(), gen.kl.cpu()
-        for i in range(len(chunk)):
-            out.append(Sampled(tokens[i, : lengths[i]].tolist(), float(kl[i])))
+        batch = [Sampled(tokens[i, : lengths[i]].tolist(), float(kl[i])) for i in range(len(chunk))]
+        if saved is not None:
+            _save_batch(saved, batch)
+        out.extend(batch)
     return out

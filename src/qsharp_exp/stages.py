@@ -2,7 +2,9 @@
 
 A stage is built in a private temporary directory and renamed into place only when complete,
 so an interrupted stage leaves nothing that a rerun would take as done, and a rerun or a sweep
-that shares inputs reuses the finished directory.
+that shares inputs reuses the finished directory. A `resumable` stage also gets a directory
+`<key>.resume/` that survives an interruption (it keeps finished batches) and is removed once the
+stage is complete.
 """
 
 from __future__ import annotations
@@ -56,8 +58,9 @@ def _remove_abandoned_partials(final: Path) -> None:
 
 
 def run_stage(
-    root: Path, stage: str, inputs: dict[str, Any], build: Callable[[Path], None]
+    root: Path, stage: str, inputs: dict[str, Any], build: Callable[..., None], resumable: bool = False
 ) -> StageResult:
+    """`build(out)` writes the stage's files into `out`; a resumable stage's is `build(out, resume_dir)`."""
     key = stage_key({"stage": stage, **inputs})
     final = root / stage / key
     started = time.perf_counter()
@@ -69,9 +72,10 @@ def run_stage(
     tmp = final.with_name(f"{key}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    log.info("%s: building %s", stage, final)
+    resume = final.with_name(f"{key}.resume")
+    log.info("%s: %s %s", stage, "resuming" if resume.exists() else "building", final)
     try:
-        build(tmp)
+        build(tmp, resume) if resumable else build(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -81,4 +85,5 @@ def run_stage(
     if final.exists():  # a stale, incomplete directory (no stage.json): replace it
         shutil.rmtree(final)
     os.replace(tmp, final)
+    shutil.rmtree(resume, ignore_errors=True)
     return StageResult(final, key, seconds, seconds, False)

@@ -1,12 +1,18 @@
-"""Hugging Face causal LMs built from a config (random init): GPT-2 or Llama architecture.
+"""Hugging Face causal LMs: pretrained (hub id or local path) or built from a config with random init.
 
-Paper scale is a config choice: GPT-2 small is n_layer=12, n_embd=768, n_head=12.
+Paper scale is a config choice: GPT-2 small is n_layer=12, n_embd=768, n_head=12; the math
+experiments load pretrained models (`pretrained: meta-llama/...`).
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
 from transformers import (
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoTokenizer,
     GPT2Config,
     GPT2LMHeadModel,
     GPT2Model,
@@ -18,7 +24,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from qsharp_exp.config import ArchConfig
+from qsharp_exp.config import ArchConfig, UserError
 
 
 def hf_config(arch: ArchConfig, tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
@@ -51,9 +57,35 @@ def build_causal_lm(arch: ArchConfig, tokenizer: PreTrainedTokenizerBase, seed: 
     return cls(config)
 
 
-def build_trunk(arch: ArchConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> PreTrainedModel:
-    """The same architecture without the LM head (the return model puts its own head on top)."""
+def _from_hub(loader, source: str, key: str, **kwargs):
+    """`loader.from_pretrained(source)` with one actionable message when it cannot be had."""
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    if offline and not os.path.isdir(source):
+        raise UserError(f"{key}={source} is not a local directory and the Hugging Face hub is offline "
+                        f"(HF_HUB_OFFLINE): set {key} to a local copy of the model.")
+    try:
+        return loader.from_pretrained(source, **kwargs)
+    except OSError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{key}={source} could not be loaded ({first}): set {key} to a hub id you can "
+                        "access or to a local directory with the model's files.") from None
+
+
+def load_pretrained_lm(source: str, key: str, dtype: torch.dtype | None) -> PreTrainedModel:
+    return _from_hub(AutoModelForCausalLM, source, key, dtype=dtype)
+
+
+def load_tokenizer(source: str, key: str) -> PreTrainedTokenizerBase:
+    return _from_hub(AutoTokenizer, source, key)
+
+
+def build_trunk(arch: ArchConfig, tokenizer: PreTrainedTokenizerBase, seed: int, key: str = "model.guide.arch",
+                dtype: torch.dtype | None = None) -> PreTrainedModel:
+    """A causal LM without its LM head (the return model puts its own head on top): pretrained weights
+    when `arch.pretrained` is set, else the configured architecture with random init."""
     torch.manual_seed(seed)
+    if arch.pretrained is not None:
+        return _from_hub(AutoModel, arch.pretrained, f"{key}.pretrained", dtype=dtype)
     config = hf_config(arch, tokenizer)
     cls = GPT2Model if arch.arch == "gpt2" else LlamaModel
     return cls(config)

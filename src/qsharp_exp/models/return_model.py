@@ -3,7 +3,11 @@
 - Q-type (`head="q"`): from the prefix x, one output per vocabulary token y: all candidates in one pass.
 - V-type (`head="v"`): the input is x·y, the output at y's position is the value of (x, y).
 The head's outputs parameterise the distribution of the return Z of pi_ref after (x, y):
-a Bernoulli logit, or logits over `num_atoms` evenly spaced atoms of [v_min, v_max].
+a Bernoulli logit, logits over `num_atoms` evenly spaced atoms of [v_min, v_max], or (the MSE
+ablation) a point estimate of E[Z].
+
+`save_pretrained` / `from_pretrained` store it like a Hugging Face model: `config.json` (the guide's
+settings), `model.safetensors` (head and stem) and the trunk as a standard HF model in `trunk/`.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
+from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerBase
 
@@ -20,24 +26,29 @@ from qsharp_exp import guidance
 from qsharp_exp.config import GuideConfig, as_dict
 from qsharp_exp.models.lm import build_trunk
 
+FORMAT = "qsharp_exp.return_model"
+
 
 class ReturnDistribution:
     """Loss, mean and guidance offset for one parameterisation of the return distribution."""
 
     def __init__(self, cfg: GuideConfig) -> None:
         self.kind = cfg.distribution
-        self.size = 1 if self.kind == "bernoulli" else cfg.num_atoms
+        self.size = cfg.num_atoms if self.kind == "histogram" else 1
         self.v_min, self.v_max = cfg.v_min, cfg.v_max
         self.atoms = torch.linspace(cfg.v_min, cfg.v_max, self.size) if self.kind == "histogram" else None
 
     def _unit(self, out: torch.Tensor) -> torch.Tensor:
-        return out.squeeze(-1) if self.kind == "bernoulli" else out
+        return out if self.kind == "histogram" else out.squeeze(-1)
 
     def loss(self, out: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:
-        """Per-example loss: BCE for Bernoulli, maximum likelihood of the projected label otherwise."""
+        """Per-example loss: BCE for Bernoulli, squared error for MSE, maximum likelihood of the
+        projected label for the histogram."""
         out = self._unit(out).float()
         if self.kind == "bernoulli":
             return F.binary_cross_entropy_with_logits(out, returns.float(), reduction="none")
+        if self.kind == "mse":
+            return (out - returns.float()) ** 2
         target = self.project(returns)
         return -(target * torch.log_softmax(out, dim=-1)).sum(-1)
 
@@ -56,12 +67,19 @@ class ReturnDistribution:
         out = self._unit(out)
         if self.kind == "bernoulli":
             return guidance.bernoulli_mean(out)
+        if self.kind == "mse":
+            return out.float().clamp(self.v_min, self.v_max)
         return guidance.histogram_mean(out, self.atoms.to(out.device))
 
     def offset(self, out: torch.Tensor, eta: float, algo: str) -> torch.Tensor:
-        """Log-multiplier of a candidate: Q# uses ln E[exp(Z/eta)], CD uses E[Z]/eta."""
+        """Log-multiplier of a candidate: Q# uses ln E[exp(Z/eta)], CD uses E[Z]/eta.
+
+        MSE knows only the mean; for Q# it is read as the two-point distribution on {v_min, v_max}
+        with that mean (for 0/1 rewards: the Bernoulli with p = the mean)."""
         if algo == "cd":
             return guidance.cd_offset(self.mean(out), eta)
+        if self.kind == "mse":
+            return guidance.two_point_qsharp_offset(self.mean(out), self.v_min, self.v_max, eta)
         out = self._unit(out)
         if self.kind == "bernoulli":
             return guidance.bernoulli_qsharp_offset(out, eta)
@@ -143,22 +161,34 @@ class ReturnModel(nn.Module):
         position_ids = (mask.long().cumsum(-1) - 1).clamp_min(0)
         return self.head_outputs(self.hidden(self.embed(ids, mask), mask, position_ids))
 
-    def save(self, path: Path) -> None:
+    def save_pretrained(self, path: str | Path) -> None:
+        path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.trunk.save_pretrained(path / "trunk")
-        extra = {k: v for k, v in self.state_dict().items() if not k.startswith("trunk.")}
-        torch.save(extra, path / "head.pt")
-        (path / "guide_config.json").write_text(json.dumps(as_dict(self.cfg), indent=2))
+        extra = {k: v.contiguous() for k, v in self.state_dict().items() if not k.startswith("trunk.")}
+        save_file(extra, path / "model.safetensors")
+        (path / "config.json").write_text(json.dumps({"format": FORMAT, "guide": as_dict(self.cfg)}, indent=2))
 
     @classmethod
-    def load(cls, path: Path, cfg: GuideConfig) -> ReturnModel:
-        model = cls(cfg, AutoModel.from_pretrained(path / "trunk"))
-        missing, unexpected = model.load_state_dict(torch.load(path / "head.pt", weights_only=True), strict=False)
+    def from_pretrained(cls, source: str | Path, dtype: torch.dtype | None = None) -> ReturnModel:
+        """Load a saved return model from a local directory or a hub repository id."""
+        path = Path(source)
+        if not path.is_dir():
+            from huggingface_hub import snapshot_download
+
+            path = Path(snapshot_download(str(source)))
+        meta = json.loads((path / "config.json").read_text())
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a return model saved by qsharp_exp (config.json has no format {FORMAT}).")
+        cfg: GuideConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(GuideConfig), meta["guide"]))
+        model = cls(cfg, AutoModel.from_pretrained(path / "trunk", dtype=dtype))
+        missing, unexpected = model.load_state_dict(load_file(path / "model.safetensors"), strict=False)
         stray = unexpected + [k for k in missing if not k.startswith("trunk.")]
         if stray:
-            raise ValueError(f"{path} does not match model.guide ({', '.join(stray)}): rebuild the return model.")
+            raise ValueError(f"{path}: head weights do not fit its config.json ({', '.join(stray)}).")
         return model
 
 
-def build_return_model(cfg: GuideConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> ReturnModel:
-    return ReturnModel(cfg, build_trunk(cfg.arch, tokenizer, seed))
+def build_return_model(cfg: GuideConfig, tokenizer: PreTrainedTokenizerBase, seed: int,
+                       dtype: torch.dtype | None = None) -> ReturnModel:
+    return ReturnModel(cfg, build_trunk(cfg.arch, tokenizer, seed, dtype=dtype))

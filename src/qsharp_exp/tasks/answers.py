@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from math_verify import parse, verify
 
@@ -56,15 +56,15 @@ def equivalent(gold: str, predicted: str | None, timeout_s: int = 5) -> bool:
     return bool(verify(gold_parsed, pred_parsed, timeout_seconds=limit))
 
 
-def majority_vote(answers: Sequence[str | None], timeout_s: int = 5) -> str | None:
-    """The answer of the largest group of equivalent answers; ties go to the group seen first.
-    Missing answers (no box) do not vote; None if nobody voted."""
+def majority_vote(answers: Sequence[str | None], same: Callable[[str, str], bool] = equivalent) -> str | None:
+    """The answer of the largest group of answers that are `same` (math-verify equivalence by default);
+    ties go to the group seen first. Missing answers (no box) do not vote; None if nobody voted."""
     groups: list[list[str]] = []
     for answer in answers:
         if answer is None or not answer.strip():
             continue
         for group in groups:
-            if equivalent(group[0], answer, timeout_s):
+            if same(group[0], answer):
                 group.append(answer)
                 break
         else:

@@ -11,7 +11,7 @@ from transformers import PreTrainedTokenizerFast
 @dataclass(frozen=True)
 class Problem:
     id: str
-    prompt: str  # the text pi_ref continues
+    prompt: str  # the user's message (math tasks put it in the chat template) or the text pi_ref continues
     answer: str  # the gold answer, in the task's own format
 
 
@@ -19,7 +19,15 @@ class Task(Protocol):
     name: str
 
     def problems(self, split: str) -> list[Problem]:
-        """`pretrain` (tasks that train pi_ref here), `train` (post-training) or `test`."""
+        """`pretrain` (for a pi_ref trained here), `train` (post-training) or `test`."""
+        ...
+
+    def answer_of(self, response: str) -> str | None:
+        """The final answer a response gives (None: it gives none), for majority votes and samples.jsonl."""
+        ...
+
+    def same_answer(self, a: str, b: str) -> bool:
+        """Whether two extracted answers are the same answer (majority votes group by this)."""
         ...
 
     def reward(self, problem: Problem, response: str) -> float:

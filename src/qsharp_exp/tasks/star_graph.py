@@ -95,6 +95,13 @@ class StarGraphTask:
             for i, g in enumerate(self._splits[split])
         ]
 
+    def answer_of(self, response: str) -> str | None:
+        path = parse_path(response)
+        return ",".join(map(str, path)) if path is not None else None
+
+    def same_answer(self, a: str, b: str) -> bool:
+        return a == b
+
     def reward(self, problem: Problem, response: str) -> float:
         return float(parse_path(response) == parse_path(problem.answer))
 

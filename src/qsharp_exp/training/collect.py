@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
-import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel
 
 from qsharp_exp.config import CollectConfig
 from qsharp_exp.decoding import Guidance, SamplingSpec
 from qsharp_exp.hardware import Hardware
+from qsharp_exp.prompts import PromptCodec
 from qsharp_exp.rollouts import sample_many
 from qsharp_exp.tasks import Problem, Task
+from qsharp_exp.training.common import progress
 
 
 @dataclass
@@ -38,7 +40,7 @@ def collect(
     task: Task,
     problems: list[Problem],
     pi_ref: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
+    codec: PromptCodec,
     roll_in: Guidance | None,
     cfg: CollectConfig,
     top_k: int,
@@ -46,16 +48,18 @@ def collect(
     hw: Hardware,
     seed: int,
     show_progress: bool = True,
+    checkpoint: Path | None = None,
 ) -> list[Rollout]:
+    """`checkpoint`: a directory where finished batches are kept, so that a killed collection resumes."""
     rng = random.Random(seed)
-    generator = torch.Generator(device=hw.device).manual_seed(seed)
     jobs = [p for p in problems for _ in range(cfg.samples_per_problem)]
-    prompts = [tokenizer(p.prompt, add_special_tokens=False)["input_ids"] for p in jobs]
+    prompts = codec.encode(jobs, spec.max_new_tokens)
     common = dict(
-        pi_ref=pi_ref, spec=spec, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, hw=hw,
-        generator=generator, batch_size=cfg.batch_size, show_progress=show_progress,
+        pi_ref=pi_ref, spec=spec, stop_ids=codec.stop_ids, pad_id=codec.pad_id, hw=hw,
+        batch_size=cfg.batch_size, show_progress=show_progress,
     )
-    roll_ins = sample_many(prompts=prompts, guide=roll_in, desc="collect: roll-in", **common)
+    roll_ins = sample_many(prompts=prompts, guide=roll_in, desc="collect: roll-in", seed=seed,
+                           checkpoint=checkpoint / "roll_in" if checkpoint else None, **common)
     switches = [rng.randrange(max(1, len(s.response))) for s in roll_ins]
     explore = [rng.random() < cfg.explore_prob for _ in jobs]
     # Rows that need a separate pi_ref roll-out: all of them when the roll-in was guided, else the explored.
@@ -65,14 +69,15 @@ def collect(
         prefixes = [prompts[i] + roll_ins[i].response[: switches[i]] for i in redo]
         roll_outs = sample_many(
             prompts=prefixes, explore=[explore[i] for i in redo], explore_top_k=top_k,
-            desc="collect: roll-out", **common,
+            desc="collect: roll-out", seed=seed + 1, checkpoint=checkpoint / "roll_out" if checkpoint else None,
+            **common,
         )
         for i, s in zip(redo, roll_outs, strict=True):
             # Cut to the response budget, as if the roll-out had max_new_tokens - switch tokens.
             responses[i] = (roll_ins[i].response[: switches[i]] + s.response)[: spec.max_new_tokens]
     rollouts = []
-    for i, problem in enumerate(jobs):
-        text = tokenizer.decode(responses[i], skip_special_tokens=True)
+    for i, problem in progress(list(enumerate(jobs)), desc="collect: rewards", enabled=show_progress):
+        text = codec.decode(responses[i])
         rollouts.append(
             Rollout(problem.id, prompts[i], responses[i], switches[i], task.reward(problem, text), explore[i])
         )

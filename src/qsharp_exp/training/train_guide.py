@@ -8,6 +8,7 @@ carry no signal about which action is better and are dropped (QSHARP.md, step 4)
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections import defaultdict
 
@@ -117,11 +118,6 @@ def train_return_model(
     train = [r for r in kept if r.problem_id not in val_ids] or val
     torch.manual_seed(seed)
     model.to(hw.device).train()
-    optimizer, schedule = adamw_with_schedule(
-        model.parameters(), cfg.lr, cfg.weight_decay, cfg.warmup_steps, cfg.steps
-    )
-    curve: list[dict] = [{"kept_rollouts": len(kept), "dropped_rollouts": len(rollouts) - len(kept)}]
-    bar = progress(range(cfg.steps), desc="train return model", enabled=show_progress)
     # Batches hold whole problems: the samples of one problem share their prefixes and differ in the
     # actions taken, so their contrasting labels arrive together. Same objective; on star-graph it made
     # no measurable difference to learning speed (docs/star_graph.md).
@@ -131,6 +127,10 @@ def train_return_model(
     groups = list(by_problem.values())
     per_problem = max(1, len(train) // len(groups))
     problems_per_batch = max(1, min(len(groups), cfg.batch_size // per_problem))
+    steps = cfg.steps if cfg.epochs is None else max(1, math.ceil(cfg.epochs * len(groups) / problems_per_batch))
+    optimizer, schedule = adamw_with_schedule(model.parameters(), cfg.lr, cfg.weight_decay, cfg.warmup_steps, steps)
+    curve: list[dict] = [{"kept_rollouts": len(kept), "dropped_rollouts": len(rollouts) - len(kept), "steps": steps}]
+    bar = progress(range(steps), desc="train return model", enabled=show_progress)
     running = 0.0
     for step in bar:
         batch = [r for group in rng.sample(groups, problems_per_batch) for r in group]
@@ -145,7 +145,7 @@ def train_return_model(
         optimizer.step()
         schedule.step()
         running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
-        if (step + 1) % cfg.eval_every == 0 or step == cfg.steps - 1:
+        if (step + 1) % cfg.eval_every == 0 or step == steps - 1:
             point = {"step": step + 1, "train_loss": round(running, 5), **evaluate_guide(model, val, pad_id, hw)}
             curve.append(point)
             log.info("return model step %d: %s", step + 1, point)

@@ -1,0 +1,75 @@
+"""From problems to token ids and back: the chat template, stop tokens, padding and the context check."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from qsharp_exp.config import UserError
+from qsharp_exp.tasks import Problem
+
+
+def context_length(model: PreTrainedModel) -> int | None:
+    config = model.config
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+
+
+@dataclass
+class PromptCodec:
+    tokenizer: PreTrainedTokenizerBase
+    chat_template: bool
+    stop_ids: list[int]  # any of them ends a response (EOS, end of turn)
+    max_positions: int | None  # the context of pi_ref (and of the guide, whichever is shorter)
+
+    @classmethod
+    def for_model(cls, tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, chat_template: bool) -> PromptCodec:
+        if chat_template and not getattr(tokenizer, "chat_template", None):
+            raise UserError("task.chat_template=true but pi_ref's tokenizer has no chat template: "
+                            "set task.chat_template=false to feed the bare prompt.")
+        stops = {tokenizer.eos_token_id}
+        generation = getattr(model, "generation_config", None)
+        extra = getattr(generation, "eos_token_id", None) if generation is not None else None
+        stops.update(extra if isinstance(extra, list) else [extra])
+        stops.discard(None)
+        if not stops:
+            raise UserError("pi_ref's tokenizer has no EOS token and its generation config none: "
+                            "set tokenizer.eos_token in the model's files.")
+        return cls(tokenizer, chat_template, sorted(stops), context_length(model))
+
+    @property
+    def pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return pad if pad is not None else self.stop_ids[0]  # padding is masked: any id will do
+
+    @property
+    def eos_id(self) -> int:
+        eos = self.tokenizer.eos_token_id
+        return eos if eos is not None else self.stop_ids[0]
+
+    def prompt_text(self, problem: Problem) -> str:
+        if not self.chat_template:
+            return problem.prompt
+        messages = [{"role": "user", "content": problem.prompt}]
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def encode(self, problems: list[Problem], max_new_tokens: int) -> list[list[int]]:
+        """Prompt ids; a prompt that leaves no room for `max_new_tokens` within the context is an error."""
+        encoded = self.tokenizer([self.prompt_text(p) for p in problems], add_special_tokens=False)["input_ids"]
+        if self.max_positions is not None and encoded:
+            longest = max(range(len(encoded)), key=lambda i: len(encoded[i]))
+            if len(encoded[longest]) + max_new_tokens > self.max_positions:
+                raise UserError(
+                    f"problem {problems[longest].id}: its prompt has {len(encoded[longest])} tokens and with "
+                    f"eval.max_new_tokens={max_new_tokens} exceeds the models' context of {self.max_positions} "
+                    "positions: lower eval.max_new_tokens, raise max_positions of the model, or use fewer/shorter "
+                    "problems."
+                )
+        return encoded
+
+    def response_ids(self, text: str) -> list[int]:
+        """A reference response as pi_ref should produce it: its tokens, then EOS."""
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.eos_id]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)

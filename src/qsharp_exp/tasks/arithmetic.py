@@ -1,0 +1,78 @@
+"""`arithmetic`: GSM8K-style multi-step word problems generated from templates.
+
+A CPU-sized stand-in for GSM8K: same prompt, same `\\boxed{}` answers, same reward and metrics, but
+small enough that a tiny pi_ref pretrained here reaches partial accuracy, so the return model has a
+real signal to learn from. Difficulty: `task.min_ops`..`task.max_ops` operations on numbers up to
+`task.max_number`.
+"""
+
+from __future__ import annotations
+
+import random
+
+from qsharp_exp.config import TaskConfig
+from qsharp_exp.tasks.math import MathRecord, MathTask
+
+NAMES = [("Tom", "He"), ("Anna", "She"), ("Ben", "He"), ("Mia", "She"), ("Leo", "He"), ("Zoe", "She")]
+ITEMS = ["apples", "marbles", "stickers", "books", "coins", "pencils", "cookies", "cards"]
+FRIENDS = ["a friend", "his sister", "her brother", "a neighbour", "the teacher"]
+
+
+def _step(rng: random.Random, value: int, max_number: int, pronoun: str) -> tuple[str, str, int]:
+    """One operation: (sentence of the problem, sentence of the solution, new value)."""
+    kinds = ["add", "mul"] + (["sub"] if value > 1 else [])
+    kind = rng.choice(kinds)
+    if kind == "add":
+        b = rng.randint(1, max_number)
+        return (f"{pronoun} buys {b} more.", f"After buying {b} more: {value} + {b} = {value + b}.", value + b)
+    if kind == "sub":
+        b = rng.randint(1, value - 1)
+        friend = rng.choice(FRIENDS)
+        return (f"{pronoun} gives {b} to {friend}.", f"After giving {b} away: {value} - {b} = {value - b}.",
+                value - b)
+    k = rng.randint(2, 3)
+    word = {2: "doubles", 3: "triples"}[k]
+    return (f"Then the number {word}.", f"After it {word}: {value} * {k} = {value * k}.", value * k)
+
+
+def word_problem(rng: random.Random, min_ops: int, max_ops: int, max_number: int) -> tuple[str, str, str]:
+    """(question, worked solution ending in \\boxed{answer}, answer)."""
+    name, pronoun = rng.choice(NAMES)
+    items = rng.choice(ITEMS)
+    value = rng.randint(2, max_number)
+    question = [f"{name} has {value} {items}."]
+    solution = [f"{name} starts with {value} {items}."]
+    for _ in range(rng.randint(min_ops, max_ops)):
+        asked, worked, value = _step(rng, value, max_number, pronoun)
+        question.append(asked)
+        solution.append(worked)
+    question.append(f"How many {items} does {name} have now?")
+    solution.append(f"The answer is \\boxed{{{value}}}.")
+    return " ".join(question), " ".join(solution), str(value)
+
+
+def generate_records(cfg: TaskConfig) -> dict[str, list[MathRecord]]:
+    """Deterministic by `cfg.seed`; one random stream per split, no question in two splits."""
+    sizes = {"test": cfg.num_test, "pretrain": cfg.num_pretrain, "train": cfg.num_train}
+    seen: set[str] = set()
+    records: dict[str, list[MathRecord]] = {}
+    for split, size in sizes.items():
+        rng = random.Random(f"{cfg.seed}-arithmetic-{split}")
+        rows: list[MathRecord] = []
+        for _ in range(50 * size + 1000):
+            if len(rows) == size:
+                break
+            question, solution, answer = word_problem(rng, cfg.min_ops, cfg.max_ops, cfg.max_number)
+            if question not in seen:
+                seen.add(question)
+                rows.append(MathRecord(f"{split}-{len(rows)}", question, solution, answer))
+        else:
+            raise ValueError(f"could not draw {size} distinct arithmetic problems for split '{split}': "
+                             "raise task.max_number or task.max_ops, or lower the split sizes.")
+        records[split] = rows
+    records["validation"] = []
+    return records
+
+
+def build_arithmetic_task(cfg: TaskConfig) -> MathTask:
+    return MathTask(cfg, generate_records(cfg))

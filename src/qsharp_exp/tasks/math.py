@@ -1,0 +1,156 @@
+"""Math word problems (GSM8K, MATH, and the synthetic `arithmetic` stand-in): QSHARP.md section 3.
+
+What the three share lives here: the paper's zero-shot prompt, the reward (last `\\boxed{}` of the
+response vs the gold answer under math-verify), answer extraction and equivalence for majority
+votes, and the reference response used when a small pi_ref is trained here. They differ only in
+where their records come from (`MathRecord` lists per split).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers import PreTrainedTokenizerFast
+
+from qsharp_exp.config import TaskConfig, UserError
+from qsharp_exp.tasks.answers import equivalent, gsm8k_gold, last_boxed
+from qsharp_exp.tasks.base import Problem
+from qsharp_exp.tasks.splits import reference_split
+from qsharp_exp.tasks.tokenizer import train_bpe_tokenizer
+
+PROMPT = "Problem:\n\n{question} Write your answer inside \\boxed{{}}.\n\nSolution:"
+_CALCULATOR = re.compile(r"<<[^>]*>>")
+
+
+@dataclass(frozen=True)
+class MathRecord:
+    id: str
+    question: str
+    solution: str  # a worked solution ending in \boxed{answer} (pretraining target)
+    answer: str  # the gold answer (content of a \boxed{})
+
+
+class MathTask:
+    """A task over `MathRecord`s per split (`pretrain`, `train`, `validation`, `test`)."""
+
+    def __init__(self, cfg: TaskConfig, records: dict[str, list[MathRecord]]) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self._records = records
+        self._by_id = {r.id: r for rows in records.values() for r in rows}
+
+    def problems(self, split: str) -> list[Problem]:
+        return [Problem(id=r.id, prompt=PROMPT.format(question=r.question), answer=r.answer)
+                for r in self._records[split]]
+
+    def target(self, problem: Problem) -> str:
+        return self._by_id[problem.id].solution
+
+    def answer_of(self, response: str) -> str | None:
+        return last_boxed(response)
+
+    def same_answer(self, a: str, b: str) -> bool:
+        return equivalent(a, b, self.cfg.verify_timeout_s)
+
+    def reward(self, problem: Problem, response: str) -> float:
+        return float(equivalent(problem.answer, last_boxed(response), self.cfg.verify_timeout_s))
+
+    def build_tokenizer(self) -> PreTrainedTokenizerFast:
+        """A BPE tokenizer (with a chat template) trained on this task's pretraining text, for tiny models."""
+        texts = [f"{p.prompt} {self.target(p)}" for p in self.problems("pretrain")]
+        return train_bpe_tokenizer(texts, self.cfg.tokenizer_vocab_size)
+
+
+# -- GSM8K and MATH: records from the hub or from a local JSONL directory --------------------------
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """Where a dataset's splits live on the hub and in a local directory (layout of ../shared/data)."""
+
+    hub_train: tuple[str, str | None, str]  # (path, config name, split)
+    hub_test: tuple[str, str | None, str]
+    local_train: str
+    local_test: str
+
+
+SOURCES = {
+    "gsm8k": DatasetSource(("openai/gsm8k", "main", "train"), ("openai/gsm8k", "main", "test"),
+                           "gsm8k_train.jsonl", "gsm8k_test.jsonl"),
+    "math": DatasetSource(("DigitalLearningGmbH/MATH-lighteval", "default", "train"),
+                          ("HuggingFaceH4/MATH-500", None, "test"), "math_train.jsonl", "math500_test.jsonl"),
+}
+
+
+def _record(task: str, split: str, index: int, row: dict) -> MathRecord:
+    """One dataset row -> MathRecord. GSM8K's gold is the number after '####' (or its `answer` field);
+    MATH's is the last boxed expression of the solution."""
+    question = row.get("problem") or row.get("question")
+    if question is None:
+        raise UserError(f"{task} {split} row {index} has neither 'problem' nor 'question': fix the data file.")
+    if task == "gsm8k":
+        if "####" in row.get("answer", "") and not row.get("solution"):  # hub layout
+            solution, gold = row["answer"].split("####")[0].strip(), gsm8k_gold(row["answer"])
+        else:
+            solution, gold = row["solution"], gsm8k_gold(str(row["answer"]))
+        solution = _CALCULATOR.sub("", solution).strip() + f"\nThe answer is \\boxed{{{gold}}}."
+    else:
+        solution = row["solution"]
+        gold = row.get("answer") or last_boxed(solution)
+        if gold is None:
+            raise UserError(f"{task} {split} row {index} has no answer and no \\boxed{{}} in its solution.")
+    return MathRecord(f"{split}-{index}", question, solution, gold)
+
+
+def _hub_offline() -> bool:
+    return any(os.environ.get(k, "").lower() in ("1", "true", "yes") for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def _no_hub_message(task: str, source: DatasetSource, why: str) -> str:
+    return (f"task={task}: cannot load {why} from the Hugging Face hub; set task.data_dir=<dir> to a directory "
+            f"with {source.local_train} and {source.local_test} (fields problem, solution, answer).")
+
+
+def _load_rows(task: str, split: str, cfg: TaskConfig) -> list[dict]:
+    source = SOURCES[task]
+    if cfg.data_dir is not None:
+        path = Path(cfg.data_dir) / (source.local_train if split == "train" else source.local_test)
+        if not path.exists():
+            raise UserError(f"task.data_dir={cfg.data_dir} has no {path.name}: add it (JSONL with fields problem, "
+                            "solution, answer) or unset task.data_dir to use the hub.")
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    hub_path, name, hub_split = source.hub_train if split == "train" else source.hub_test
+    if _hub_offline():
+        raise UserError(_no_hub_message(task, source, f"{hub_path} (the hub is marked offline)"))
+    import datasets
+
+    try:
+        return list(datasets.load_dataset(hub_path, name, split=hub_split))
+    except Exception as err:  # no network, no such dataset, no access: all end the same way for the user
+        raise UserError(_no_hub_message(task, source, f"{hub_path} ({type(err).__name__})")) from None
+
+
+def _first(rows: list, count: int | None) -> list:
+    return rows if count is None else rows[:count]
+
+
+def dataset_records(cfg: TaskConfig) -> dict[str, list[MathRecord]]:
+    """Train/validation by the published seed-47 split of the full training set; test as published."""
+    train_rows = _load_rows(cfg.name, "train", cfg)
+    test_rows = _load_rows(cfg.name, "test", cfg)
+    train_idx, val_idx = reference_split(len(train_rows))
+    train = [_record(cfg.name, "train", i, train_rows[i]) for i in train_idx]
+    return {
+        "pretrain": _first(train, cfg.num_pretrain),
+        "train": _first(train, cfg.num_train),
+        "validation": [_record(cfg.name, "train", i, train_rows[i]) for i in val_idx],
+        "test": _first([_record(cfg.name, "test", i, row) for i, row in enumerate(test_rows)], cfg.num_test),
+    }
+
+
+def build_dataset_task(cfg: TaskConfig) -> MathTask:
+    return MathTask(cfg, dataset_records(cfg))

@@ -1,0 +1,99 @@
+"""Evaluation metrics (pass@1, maj1@k, pass@k, KL) and resumable sampling."""
+
+import pytest
+
+import qsharp_exp.evaluation as evaluation
+from helpers import codec, make_guide
+from qsharp_exp.config import CollectConfig, HardwareConfig, TaskConfig
+from qsharp_exp.decoding import Guidance, SamplingSpec
+from qsharp_exp.hardware import Hardware
+from qsharp_exp.rollouts import Sampled
+from qsharp_exp.tasks import build_task
+from qsharp_exp.training import collect as collect_module
+
+HW = Hardware(HardwareConfig())
+
+
+def test_metrics_count_single_samples_majorities_and_any_correct(monkeypatch, tokenizer, pi_ref):
+    task = build_task(TaskConfig(name="arithmetic", num_pretrain=20, num_train=2, num_test=3))
+    problems = task.problems("test")
+    gold = [p.answer for p in problems]
+    wrong = [str(int(g) + 1) for g in gold]
+    answers = [
+        [gold[0], gold[0], wrong[0], None],  # majority right, 2 of 4 right
+        [wrong[1], wrong[1], gold[1], f"{gold[1]}.0"],  # tie 2-2: the group seen first (wrong) wins
+        [None, None, None, None],  # nothing answered
+    ]
+    texts = [f"\\boxed{{{a}}}" if a is not None else "no box" for row in answers for a in row]
+    lookup = {i: t for i, t in enumerate(texts)}
+
+    def fake_sample_many(pi_ref, prompts, *args, **kwargs):
+        return [Sampled(response=[i], kl=0.5 * (i % 2)) for i in range(len(prompts))]
+
+    monkeypatch.setattr(evaluation, "sample_many", fake_sample_many)
+    fake_codec = codec(tokenizer, pi_ref)
+    fake_codec.decode = lambda ids: lookup[ids[0]]
+    fake_codec.encode = lambda jobs, n: [[0]] * len(jobs)
+    metrics, samples = evaluation.evaluate(task, problems, pi_ref, fake_codec, None, SamplingSpec(), 4, 8, HW, 0,
+                                           show_progress=False)
+    assert metrics["pass@1"] == pytest.approx(4 / 12)
+    assert metrics["maj1@4"] == pytest.approx(1 / 3)
+    assert metrics["pass@4"] == pytest.approx(2 / 3)
+    assert metrics["kl_mean"] == pytest.approx(0.25)
+    assert metrics["answered"] == pytest.approx(7 / 12)
+    assert samples[0] == {"problem_id": problems[0].id, "sample": 0, "response": texts[0], "answer": gold[0],
+                          "correct": 1.0, "kl": 0.0}
+    assert samples[3]["answer"] is None and samples[3]["correct"] == 0.0
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_killed_collection_resumes_to_the_result_of_an_uninterrupted_run(monkeypatch, tiny_task, pi_ref, tokenizer,
+                                                                         tmp_path):
+    cfg = CollectConfig(samples_per_problem=3, explore_prob=0.5, batch_size=4)
+    roll_in = Guidance(make_guide(tokenizer), "qsharp", 0.1, 4)
+    args = (tiny_task, tiny_task.problems("train")[:6], pi_ref, codec(tokenizer, pi_ref), roll_in, cfg, 4,
+            SamplingSpec(max_new_tokens=8), HW, 7, False)
+    uninterrupted = collect_module.collect(*args)
+
+    import qsharp_exp.rollouts as rollouts
+
+    real_generate, calls = rollouts.generate, {"n": 0}
+
+    def dies_on_the_seventh_batch(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 7:  # 5 roll-in batches done, one roll-out batch done
+            raise Interrupt
+        return real_generate(*a, **k)
+
+    monkeypatch.setattr(rollouts, "generate", dies_on_the_seventh_batch)
+    with pytest.raises(Interrupt):
+        collect_module.collect(*args, checkpoint=tmp_path)
+    assert len(list((tmp_path / "roll_in").glob("batch*.json"))) == 5
+    assert len(list((tmp_path / "roll_out").glob("batch*.json"))) == 1
+    calls["n"] = -100
+    resumed = collect_module.collect(*args, checkpoint=tmp_path)
+    assert calls["n"] == -100 + 4  # only the unfinished roll-out batches ran
+    assert [r.to_dict() for r in resumed] == [r.to_dict() for r in uninterrupted]
+
+
+def test_killed_evaluation_resumes_to_the_same_samples(monkeypatch, tiny_task, pi_ref, tokenizer, tmp_path):
+    args = (tiny_task, tiny_task.problems("test")[:6], pi_ref, codec(tokenizer, pi_ref), None,
+            SamplingSpec(max_new_tokens=8), 2, 4, HW, 3)
+    uninterrupted = evaluation.evaluate(*args, show_progress=False)
+    import qsharp_exp.rollouts as rollouts
+
+    real_generate, calls = rollouts.generate, {"n": 0}
+
+    def dies_on_the_second_batch(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_generate(*a, **k)
+
+    monkeypatch.setattr(rollouts, "generate", dies_on_the_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        evaluation.evaluate(*args, show_progress=False, checkpoint=tmp_path)
+    assert evaluation.evaluate(*args, show_progress=False, checkpoint=tmp_path) == uninterrupted

@@ -1,0 +1,123 @@
+"""The math tasks: data sources and their errors, the prompt and chat template, arithmetic generation."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from qsharp_exp.config import TaskConfig, UserError
+from qsharp_exp.models.lm import build_causal_lm, load_pretrained_lm
+from qsharp_exp.prompts import PromptCodec
+from qsharp_exp.tasks import build_task
+from qsharp_exp.tasks.arithmetic import generate_records
+from qsharp_exp.tasks.math import PROMPT
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+needs_shared_data = pytest.mark.skipif(not (SHARED_DATA / "gsm8k_test.jsonl").exists(),
+                                       reason="../shared/data is not present")
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.fixture
+def gsm8k_dir(tmp_path):
+    rows = [{"problem": f"Tom has {i} apples and buys 2 more. How many?", "solution": f"{i} + 2 = <<{i}+2={i + 2}>>{i + 2}",
+             "answer": f"{i + 2:,}"} for i in range(998, 1018)]
+    write_jsonl(tmp_path / "gsm8k_train.jsonl", rows)
+    write_jsonl(tmp_path / "gsm8k_test.jsonl", rows[:5])
+    return tmp_path
+
+
+def test_local_gsm8k_uses_the_published_split_and_numeric_gold(gsm8k_dir):
+    task = build_task(TaskConfig(name="gsm8k", data_dir=str(gsm8k_dir), num_pretrain=None, num_train=None,
+                                 num_test=None))
+    train, test = task.problems("train"), task.problems("test")
+    assert len(train) == 18 and len(task.problems("validation")) == 2 and len(test) == 5
+    assert {p.id for p in train}.isdisjoint(p.id for p in task.problems("validation"))
+    first = test[0]
+    assert first.prompt == PROMPT.format(question="Tom has 998 apples and buys 2 more. How many?")
+    assert first.answer == "1000"  # thousands separator removed
+    target = task.target(task.problems("pretrain")[0])
+    assert "<<" not in target and target.endswith("\\boxed{" + task.problems("pretrain")[0].answer + "}.")
+    assert task.reward(first, "so \\boxed{1,000}") == 1.0
+    assert task.reward(first, "1000 without a box") == 0.0
+
+
+def test_missing_local_file_is_one_clear_error(tmp_path):
+    with pytest.raises(UserError, match="gsm8k_train.jsonl"):
+        build_task(TaskConfig(name="gsm8k", data_dir=str(tmp_path)))
+
+
+def test_offline_hub_without_data_dir_fails_at_once_naming_the_setting(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="task.data_dir"):
+        build_task(TaskConfig(name="math"))
+
+
+def test_offline_hub_model_id_is_one_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="model.pi_ref.pretrained"):
+        load_pretrained_lm("meta-llama/Meta-Llama-3-8B-Instruct", "model.pi_ref.pretrained", None)
+
+
+@needs_shared_data
+def test_shared_gsm8k_and_math500_test_sets_load_with_their_gold_answers(tmp_path):
+    for name in ("gsm8k_test.jsonl", "math500_test.jsonl"):
+        (tmp_path / name).symlink_to(SHARED_DATA / name)
+        # Training files are not shared: the test set stands in, to check loading only.
+        (tmp_path / name.replace("500_test", "_train").replace("_test", "_train")).symlink_to(SHARED_DATA / name)
+    gsm8k = build_task(TaskConfig(name="gsm8k", data_dir=str(tmp_path), num_test=None))
+    test = gsm8k.problems("test")
+    assert len(test) == 1319 and test[0].answer == "18"
+    rows = [json.loads(line) for line in (SHARED_DATA / "gsm8k_test.jsonl").read_text().splitlines()[:3]]
+    assert [p.prompt for p in test[:3]] == [r["prompt"] for r in rows]  # the paper's prompt, verbatim
+    math = build_task(TaskConfig(name="math", data_dir=str(tmp_path), num_test=None))
+    test = math.problems("test")
+    assert len(test) == 500 and test[0].answer == "\\left( 3, \\frac{\\pi}{2} \\right)"
+    assert math.reward(test[0], "so $(r, \\theta) = \\boxed{(3, \\frac{\\pi}{2})}$") == 1.0
+    assert len(math.problems("train")) == 450  # the seed-47 90% of 500
+
+
+def test_arithmetic_problems_are_deterministic_disjoint_and_their_solutions_are_right():
+    cfg = TaskConfig(name="arithmetic", num_pretrain=300, num_train=100, num_test=50, max_ops=3)
+    records = generate_records(cfg)
+    assert records == generate_records(cfg)
+    questions = [{r.question for r in records[s]} for s in ("pretrain", "train", "test")]
+    assert not (questions[0] & questions[1] or questions[0] & questions[2] or questions[1] & questions[2])
+    task = build_task(cfg)
+    for problem in task.problems("pretrain"):
+        solution = task.target(problem)
+        for a, op, b, result in re.findall(r"(\d+) ([-+*]) (\d+) = (\d+)", solution):
+            assert eval(f"{a} {op} {b}") == int(result)
+        assert task.reward(problem, solution) == 1.0
+        assert problem.prompt.startswith("Problem:\n\n") and problem.prompt.endswith("\\boxed{}.\n\nSolution:")
+
+
+def test_chat_template_switch_wraps_the_prompt_or_not():
+    task = build_task(TaskConfig(name="arithmetic", num_pretrain=50, num_train=5, num_test=5))
+    tokenizer = task.build_tokenizer()
+    from helpers import tiny_arch
+
+    model = build_causal_lm(tiny_arch("llama"), tokenizer, 0)
+    problem = task.problems("test")[0]
+    chat = PromptCodec.for_model(tokenizer, model, chat_template=True)
+    bare = PromptCodec.for_model(tokenizer, model, chat_template=False)
+    assert chat.prompt_text(problem) == f"<|user|>{problem.prompt}<|assistant|>"
+    assert bare.prompt_text(problem) == problem.prompt
+    assert chat.decode(chat.encode([problem], 4)[0]) == problem.prompt
+
+
+def test_chat_template_without_one_in_the_tokenizer_names_the_switch(tokenizer, pi_ref):
+    with pytest.raises(UserError, match="task.chat_template=false"):
+        PromptCodec.for_model(tokenizer, pi_ref, chat_template=True)
+
+
+def test_prompt_longer_than_the_context_is_one_clear_error(tokenizer, pi_ref, tiny_task):
+    codec = PromptCodec.for_model(tokenizer, pi_ref, chat_template=False)
+    problems = tiny_task.problems("test")[:2]
+    codec.encode(problems, 8)
+    with pytest.raises(UserError, match="eval.max_new_tokens=200"):
+        codec.encode(problems, 200)
