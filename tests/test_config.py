@@ -1,5 +1,7 @@
 """Config composition and validation: bad values stop the run before any work, naming key and fix."""
 
+from pathlib import Path
+
 import pytest
 from hydra import compose, initialize_config_dir
 
@@ -57,3 +59,37 @@ def test_unknown_key_is_rejected_with_its_name():
 def test_wrong_type_is_rejected_with_its_name():
     with pytest.raises(ConfigError, match="degree"):
         load_run_config(compose_cfg("task.degree=two"))
+
+
+@pytest.mark.parametrize("task", ["gsm8k", "math"])
+def test_math_tasks_carry_the_papers_protocol(task):
+    cfg = load_run_config(compose_cfg(f"task={task}"))
+    assert cfg.task.name == task and cfg.task.chat_template
+    assert cfg.model.pi_ref.pretrained == "meta-llama/Meta-Llama-3-8B-Instruct"
+    assert cfg.model.guide.arch.pretrained == "meta-llama/Llama-3.2-1B-Instruct"
+    assert (cfg.model.guide.head, cfg.model.guide.distribution) == ("v", "bernoulli")
+    assert (cfg.algo.eta, cfg.algo.top_k) == (0.1, 20)
+    assert (cfg.collect.rounds, cfg.collect.samples_per_problem, cfg.collect.explore_prob) == (2, 16, 0.0)
+    assert (cfg.guide_train.lr, cfg.guide_train.weight_decay, cfg.guide_train.epochs) == (2e-5, 0.01, 5)
+    assert (cfg.eval.num_samples, cfg.eval.temperature, cfg.eval.top_p, cfg.eval.max_new_tokens) == (8, 0.8, 0.9, 1024)
+    assert cfg.hardware.bf16 and not cfg.eval.paper_compat
+    assert (cfg.task.num_train, cfg.task.num_test) == (None, None)  # all of them
+
+
+MODELS = sorted(p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_model_config_composes_with_every_task(model):
+    for task in ("star_graph", "gsm8k", "arithmetic"):
+        assert load_run_config(compose_cfg(f"task={task}", f"model={model}")).model.name == model
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [("task.num_train=null", "task.num_train"), ("model.guide.distribution=l2", "model.guide.distribution"),
+     ("guide_train.epochs=0", "guide_train.epochs"), ("task.max_ops=0", "task.max_ops")],
+)
+def test_bad_arithmetic_values_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_run_config(compose_cfg("task=arithmetic", override))

@@ -24,8 +24,8 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 @pytest.fixture
 def gsm8k_dir(tmp_path):
-    rows = [{"problem": f"Tom has {i} apples and buys 2 more. How many?", "solution": f"{i} + 2 = <<{i}+2={i + 2}>>{i + 2}",
-             "answer": f"{i + 2:,}"} for i in range(998, 1018)]
+    rows = [{"problem": f"Tom has {i} apples and buys 2 more. How many?",
+             "solution": f"{i} + 2 = <<{i}+2={i + 2}>>{i + 2}", "answer": f"{i + 2:,}"} for i in range(998, 1018)]
     write_jsonl(tmp_path / "gsm8k_train.jsonl", rows)
     write_jsonl(tmp_path / "gsm8k_test.jsonl", rows[:5])
     return tmp_path

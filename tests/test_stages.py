@@ -43,3 +43,22 @@ def test_partial_directories_of_dead_processes_are_cleared_on_the_next_build(tmp
     done = run_stage(tmp_path, "demo", {"a": 2}, lambda out: None)
     assert done.key == key and not abandoned.exists()
     assert own_other.exists()  # another key's: left for that key's next build
+
+
+def test_resumable_stage_keeps_its_resume_directory_across_an_interruption(tmp_path):
+    seen = []
+
+    def build(out, resume):
+        resume.mkdir(exist_ok=True)
+        seen.append(sorted(p.name for p in resume.iterdir()))
+        (resume / f"batch{len(seen)}").write_text("done")
+        if len(seen) == 1:
+            raise KeyboardInterrupt
+        (out / "result.txt").write_text("ok")
+
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(tmp_path, "collect", {"a": 1}, build, resumable=True)
+    result = run_stage(tmp_path, "collect", {"a": 1}, build, resumable=True)
+    assert seen == [[], ["batch1"]]  # the second run found the first run's finished batch
+    assert (result.path / "result.txt").read_text() == "ok"
+    assert not result.path.with_name(f"{result.key}.resume").exists()  # cleared once complete

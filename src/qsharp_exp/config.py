@@ -218,6 +218,9 @@ def validate(cfg: RunConfig) -> None:
         _at_least("task.max_number", cfg.task.max_number, 2)
     for key in ("num_pretrain", "num_train", "num_test"):
         value = getattr(cfg.task, key)
+        if value is None and cfg.task.name in ("star_graph", "arithmetic"):
+            raise ConfigError(f"task.{key}=null: task={cfg.task.name} generates its problems, so it needs a size, "
+                              f"e.g. task.{key}=1000.")
         if value is not None:
             _at_least(f"task.{key}", value, 1)
     _positive("algo.eta", cfg.algo.eta)

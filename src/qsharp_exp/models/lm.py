@@ -23,6 +23,7 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.utils import logging as hf_logging
 
 from qsharp_exp.config import ArchConfig, UserError
 
@@ -85,7 +86,13 @@ def build_trunk(arch: ArchConfig, tokenizer: PreTrainedTokenizerBase, seed: int,
     when `arch.pretrained` is set, else the configured architecture with random init."""
     torch.manual_seed(seed)
     if arch.pretrained is not None:
-        return _from_hub(AutoModel, arch.pretrained, f"{key}.pretrained", dtype=dtype)
+        # Loading a causal LM's weights without its LM head reports lm_head as unexpected: that is the point.
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            return _from_hub(AutoModel, arch.pretrained, f"{key}.pretrained", dtype=dtype)
+        finally:
+            hf_logging.set_verbosity(verbosity)
     config = hf_config(arch, tokenizer)
     cls = GPT2Model if arch.arch == "gpt2" else LlamaModel
     return cls(config)
