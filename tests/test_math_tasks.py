@@ -46,6 +46,16 @@ def test_local_gsm8k_uses_the_published_split_and_numeric_gold(gsm8k_dir):
     assert task.reward(first, "1000 without a box") == 0.0
 
 
+def test_gsm8k_rows_in_the_hub_layout_are_read_too(tmp_path):
+    rows = [{"question": "Anna has 3 pens and buys 4. How many?", "answer": "3 + 4 = <<3+4=7>>7\n#### 7"}] * 3
+    write_jsonl(tmp_path / "gsm8k_train.jsonl", rows)
+    write_jsonl(tmp_path / "gsm8k_test.jsonl", rows)
+    task = build_task(TaskConfig(name="gsm8k", data_dir=str(tmp_path), num_pretrain=None))
+    problem = task.problems("test")[0]
+    assert problem.answer == "7" and "Anna has 3 pens" in problem.prompt
+    assert task.target(task.problems("pretrain")[0]) == "3 + 4 = 7\nThe answer is \\boxed{7}."
+
+
 def test_missing_local_file_is_one_clear_error(tmp_path):
     with pytest.raises(UserError, match="gsm8k_train.jsonl"):
         build_task(TaskConfig(name="gsm8k", data_dir=str(tmp_path)))

@@ -27,6 +27,16 @@ def test_bernoulli_loss_is_binary_cross_entropy():
     torch.testing.assert_close(loss, torch.tensor(expected))
 
 
+def test_mse_ablation_is_squared_error_on_a_mean_clamped_to_the_return_range():
+    dist = ReturnDistribution(GuideConfig(distribution="mse"))
+    out = torch.tensor([[0.3], [1.4]])
+    torch.testing.assert_close(dist.loss(out, torch.tensor([1.0, 0.0])), torch.tensor([0.49, 1.96]))
+    torch.testing.assert_close(dist.mean(out), torch.tensor([0.3, 1.0]))
+    torch.testing.assert_close(dist.offset(out, 0.5, "cd"), torch.tensor([0.6, 2.0]))
+    expected = torch.log(torch.tensor([0.7 + 0.3 * math.exp(2.0), math.exp(2.0)]))
+    torch.testing.assert_close(dist.offset(out, 0.5, "qsharp"), expected)
+
+
 def test_histogram_labels_are_projected_with_their_real_value_and_clamped():
     dist = ReturnDistribution(GuideConfig(distribution="histogram", num_atoms=5, v_min=-1.0, v_max=1.0))
     target = dist.project(torch.tensor([-1.0, 0.25, 1.0, 3.0, -7.0]))
