@@ -97,3 +97,45 @@ def test_killed_evaluation_resumes_to_the_same_samples(monkeypatch, tiny_task, p
     with pytest.raises(KeyboardInterrupt):
         evaluation.evaluate(*args, show_progress=False, checkpoint=tmp_path)
     assert evaluation.evaluate(*args, show_progress=False, checkpoint=tmp_path) == uninterrupted
+
+
+@pytest.mark.parametrize("head", ["q", "v"])
+def test_reward_model_score_is_the_guides_value_at_the_final_token(tokenizer, pi_ref, head):
+    guide = make_guide(tokenizer, head=head)
+    c = codec(tokenizer, pi_ref)
+    prompts = [[5, 6, 7], [8, 9]]
+    sampled = [Sampled([10, 11, c.eos_id], 0.0), Sampled([12, 13], 0.0)]  # the second was cut: EOS appended
+    scores = evaluation.final_values(guide, prompts, sampled, c, HW, batch_size=2)
+    import torch
+
+    for prompt, s, score in zip(prompts, sampled, scores, strict=True):
+        response = s.response if s.response[-1] == c.eos_id else [*s.response, c.eos_id]
+        seq = torch.tensor([prompt + response])
+        with torch.no_grad():
+            out = guide(seq, torch.ones_like(seq))[0]
+        value = out[-1] if head == "v" else out[-2, c.eos_id]
+        assert score == pytest.approx(guide.dist.mean(value).item(), abs=1e-5)
+
+
+def test_reward_model_metrics_pick_the_best_scored_sample_and_the_heaviest_answer(monkeypatch, tokenizer, pi_ref):
+    task = build_task(TaskConfig(name="arithmetic", num_pretrain=20, num_train=2, num_test=2))
+    problems = task.problems("test")
+    g0, g1 = problems[0].answer, problems[1].answer
+    w0, w1 = str(int(g0) + 1), str(int(g1) + 1)
+    answers = [g0, w0, w0, w0, w1, w1, g1, None]
+    rm = [0.9, 0.3, 0.2, 0.2, 0.1, 0.1, 0.5, 0.99]
+    # problem 0: best-scored sample right (0.9), weighted vote right (0.9 vs 0.7); majority wrong.
+    # problem 1: best-scored sample has no answer (wrong); weighted vote right (0.5 vs 0.2); majority wrong.
+    texts = {i: f"\\boxed{{{a}}}" if a else "none" for i, a in enumerate(answers)}
+    monkeypatch.setattr(evaluation, "sample_many",
+                        lambda pi_ref, prompts, *a, **k: [Sampled([i], 0.0) for i in range(len(prompts))])
+    monkeypatch.setattr(evaluation, "final_values", lambda *a, **k: rm)
+    fake_codec = codec(tokenizer, pi_ref)
+    fake_codec.decode = lambda ids: texts[ids[0]]
+    fake_codec.encode = lambda jobs, n: [[0]] * len(jobs)
+    metrics, samples = evaluation.evaluate(task, problems, pi_ref, fake_codec, None, SamplingSpec(), 4, 8, HW, 0,
+                                           show_progress=False, reward_model=object())
+    assert metrics["maj1@4"] == 0.0
+    assert metrics["rm_best_of_4"] == 0.5
+    assert metrics["rm_maj1@4"] == 1.0
+    assert samples[0]["rm_score"] == 0.9

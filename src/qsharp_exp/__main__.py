@@ -8,6 +8,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from qsharp_exp.config import ConfigError, UserError, load_run_config
@@ -30,8 +31,11 @@ def main(cfg: DictConfig) -> dict:
         sys.exit(f"config error: {err}")
     from qsharp_exp.pipeline import run  # heavy imports only once the config is known to be good
 
+    hydra_cfg = HydraConfig.get()
+    # All jobs of one sweep share a tracker group: the sweep directory's name.
+    group = Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode == RunMode.MULTIRUN else None
     try:
-        return run(run_cfg, Path(HydraConfig.get().runtime.output_dir))
+        return run(run_cfg, Path(hydra_cfg.runtime.output_dir), group)
     except UserError as err:
         sys.exit(f"error: {err}")
 

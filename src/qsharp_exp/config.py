@@ -155,6 +155,9 @@ class EvalConfig:
     # temperature), top-p applied after guidance, KL measured against pi_ref without top-p. Off = our
     # semantics (guidance multiplies the sampler's distribution; KL exactly 0 without guidance).
     paper_compat: bool = False
+    # Also score every finished response with the last round's return model (Q# as a reward model:
+    # rm_best_of_k, rm_maj1@k). Needs the return models even for algo=pi_ref.
+    reward_model: bool = True
 
 
 @dataclass
@@ -163,6 +166,16 @@ class HardwareConfig:
     device: str = "cpu"  # cpu | cuda
     bf16: bool = False  # bf16 autocast (GPU)
     num_threads: int = 0  # torch CPU threads; 0 = torch's default
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "none"  # none | wandb
+    project: str = "qsharp_exp"
+    entity: str | None = None
+    mode: str = "online"  # online | offline | disabled
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -175,6 +188,7 @@ class RunConfig:
     collect: CollectConfig = field(default_factory=CollectConfig)
     guide_train: GuideTrainConfig = field(default_factory=GuideTrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 0
     cache_dir: str = ".qsharp_cache"
     progress: bool = True
@@ -265,6 +279,8 @@ def validate(cfg: RunConfig) -> None:
     if cfg.guide_train.epochs is not None:
         _positive("guide_train.epochs", cfg.guide_train.epochs)
     _choice("hardware.device", cfg.hardware.device, ("cpu", "cuda"))
+    _choice("logger.name", cfg.logger.name, ("none", "wandb"))
+    _choice("logger.mode", cfg.logger.mode, ("online", "offline", "disabled"))
 
 
 def load_run_config(cfg: DictConfig) -> RunConfig:

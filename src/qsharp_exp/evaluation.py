@@ -3,6 +3,10 @@
 pass@1 = mean correctness of single samples; maj1@k = the majority answer of a problem's k samples
 (answers grouped by the task's equivalence) is right; pass@k = at least one of the k is right;
 kl_mean = per-response KL(pi || pi_ref) in nats, averaged over samples.
+With a `reward_model` (the trained return model; Q# as a reward model, the paper's Table 3), every
+finished response is also scored by its value at the end (the final token, EOS, after the response):
+rm_best_of_k = the highest-scored of a problem's k samples is right; rm_maj1@k = the answer group with
+the largest summed score is right.
 """
 
 from __future__ import annotations
@@ -10,15 +14,55 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+import torch
 from transformers import PreTrainedModel
 
 from qsharp_exp.decoding import Guidance, SamplingSpec
 from qsharp_exp.hardware import Hardware
+from qsharp_exp.models.return_model import ReturnModel
 from qsharp_exp.prompts import PromptCodec
-from qsharp_exp.rollouts import sample_many
+from qsharp_exp.rollouts import Sampled, sample_many
 from qsharp_exp.tasks import Problem, Task
 from qsharp_exp.tasks.answers import majority_vote
+from qsharp_exp.training.collect import Rollout
 from qsharp_exp.training.common import progress
+from qsharp_exp.training.train_guide import batch_tensors, example_outputs
+
+
+@torch.no_grad()
+def final_values(model: ReturnModel, prompts: list[list[int]], sampled: list[Sampled], codec: PromptCodec,
+                 hw: Hardware, batch_size: int) -> list[float]:
+    """The return model's expected return at the last token of each response (a stop token is appended to
+    responses cut by the token budget, so every response is scored as finished)."""
+    rows = []
+    for prompt, s in zip(prompts, sampled, strict=True):
+        response = s.response if s.response and s.response[-1] in codec.stop_ids else [*s.response, codec.eos_id]
+        rows.append(Rollout("", prompt, response, switch=len(response) - 1, reward=0.0))
+    scores: list[float] = []
+    for start in range(0, len(rows), batch_size):
+        ids, mask, index, cols, actions, _, _ = batch_tensors(model, rows[start : start + batch_size], codec.pad_id)
+        dev = hw.device
+        with hw.autocast():
+            out = example_outputs(model, ids.to(dev), mask.to(dev), index.to(dev), cols.to(dev), actions.to(dev))
+        scores.extend(model.dist.mean(out).float().cpu().tolist())
+    return scores
+
+
+def _weighted_vote(task: Task, rows: list[dict]) -> str | None:
+    """The answer whose group of equivalent answers has the largest summed reward-model score."""
+    groups: list[list[dict]] = []
+    for row in rows:
+        if row["answer"] is None:
+            continue
+        for group in groups:
+            if task.same_answer(group[0]["answer"], row["answer"]):
+                group.append(row)
+                break
+        else:
+            groups.append([row])
+    if not groups:
+        return None
+    return max(groups, key=lambda g: sum(r["rm_score"] for r in g))[0]["answer"]
 
 
 def evaluate(
@@ -35,25 +79,34 @@ def evaluate(
     desc: str = "evaluate",
     show_progress: bool = True,
     checkpoint: Path | None = None,
+    reward_model: ReturnModel | None = None,
 ) -> tuple[dict, list[dict]]:
     jobs = [p for p in problems for _ in range(num_samples)]
+    prompts = codec.encode(jobs, spec.max_new_tokens)
     sampled = sample_many(
-        pi_ref, codec.encode(jobs, spec.max_new_tokens), spec, codec.stop_ids, codec.pad_id, hw, seed, batch_size,
+        pi_ref, prompts, spec, codec.stop_ids, codec.pad_id, hw, seed, batch_size,
         guide=guide, desc=desc, show_progress=show_progress, checkpoint=checkpoint,
     )
+    scores = final_values(reward_model, prompts, sampled, codec, hw, batch_size) if reward_model else None
     samples, by_problem = [], defaultdict(list)
     for i, (problem, s) in enumerate(zip(jobs, sampled, strict=True)):
         text = codec.decode(s.response)
         sample = {"problem_id": problem.id, "sample": i % num_samples, "response": text,
                   "answer": task.answer_of(text), "correct": task.reward(problem, text), "kl": round(s.kl, 6)}
+        if scores is not None:
+            sample["rm_score"] = round(scores[i], 6)
         samples.append(sample)
         by_problem[problem.id].append(sample)
-    majority_right = []
+    majority_right, rm_best_right, rm_vote_right = [], [], []
     gold = {p.id: p.answer for p in problems}
     for pid, rows in progress(by_problem.items(), total=len(by_problem), desc="majority vote",
                               enabled=show_progress and num_samples > 1):
         voted = majority_vote([r["answer"] for r in rows], task.same_answer)
         majority_right.append(voted is not None and task.same_answer(gold[pid], voted))
+        if scores is not None:
+            rm_best_right.append(max(rows, key=lambda r: r["rm_score"])["correct"] > 0)
+            weighted = _weighted_vote(task, rows)
+            rm_vote_right.append(weighted is not None and task.same_answer(gold[pid], weighted))
     pass_at_1 = sum(s["correct"] for s in samples) / len(samples)
     metrics = {
         "accuracy": pass_at_1,
@@ -63,6 +116,8 @@ def evaluate(
         / len(by_problem),
         "kl_mean": sum(s["kl"] for s in samples) / len(samples),
         "answered": sum(s["answer"] is not None for s in samples) / len(samples),
+        **({f"rm_best_of_{num_samples}": sum(rm_best_right) / len(rm_best_right),
+            f"rm_maj1@{num_samples}": sum(rm_vote_right) / len(rm_vote_right)} if scores is not None else {}),
         "num_problems": len(problems),
         "num_samples": num_samples,
     }

@@ -25,6 +25,7 @@ from qsharp_exp.prompts import PromptCodec
 from qsharp_exp.reporting import plot_guide_curve, print_summary
 from qsharp_exp.stages import StageResult, run_stage, stage_key
 from qsharp_exp.tasks import Task, build_task
+from qsharp_exp.tracking import log_run
 from qsharp_exp.training.collect import Rollout, collect
 from qsharp_exp.training.pretrain import pretrain
 from qsharp_exp.training.train_guide import NoSignalError, train_return_model
@@ -213,11 +214,14 @@ class Run:
     def evaluate(self) -> dict:
         cfg = self.cfg
         pi_ref, codec = self.pi_ref()
-        guide_stage = None
-        if cfg.algo.name != "pi_ref":
-            guide_stage = self.return_models(pi_ref, codec, self.guide_round())[-1]
-        algo_inputs = as_dict(cfg.algo) if guide_stage else {"name": "pi_ref"}
+        guided = cfg.algo.name != "pi_ref"
+        rounds = cfg.collect.rounds if cfg.eval.reward_model else self.guide_round() if guided else 0
+        guides = self.return_models(pi_ref, codec, rounds) if rounds else []
+        guide_stage = guides[self.guide_round() - 1] if guided else None
+        rm_stage = guides[-1] if cfg.eval.reward_model else None
+        algo_inputs = as_dict(cfg.algo) if guided else {"name": "pi_ref"}
         inputs = {"pi_ref": self.pi_ref_key, "guide": guide_stage.key if guide_stage else None,
+                  "reward_model": rm_stage.key if rm_stage else None,
                   "algo": algo_inputs, "eval": as_dict(cfg.eval), "seed": cfg.seed,
                   "task": self._task_inputs("num_train", "num_pretrain")}
 
@@ -226,17 +230,17 @@ class Run:
             if guide_stage is not None:
                 guide = Guidance(self._load_guide(guide_stage.path), cfg.algo.name, cfg.algo.eta, cfg.algo.top_k,
                                  cfg.algo.non_candidates == "mask")
+            reward_model = self._load_guide(rm_stage.path) if rm_stage is not None else None
             metrics, samples = evaluate(self.task, self.task.problems("test"), pi_ref, codec, guide, self.spec,
                                         cfg.eval.num_samples, cfg.eval.batch_size, self.hw, cfg.seed,
-                                        f"evaluate {cfg.algo.name}", cfg.progress, resume)
+                                        f"evaluate {cfg.algo.name}", cfg.progress, resume, reward_model)
             _write_json(out / "metrics.json", metrics)
             _write_jsonl(out / "samples.jsonl", samples)
 
         self.stages["evaluation"] = run_stage(self.root, "evaluation", inputs, build, resumable=True)
         metrics = json.loads((self.stages["evaluation"].path / "metrics.json").read_text())
-        guided = cfg.algo.name != "pi_ref"
         result = {
-            "task": cfg.task.name, "algo": cfg.algo.name,
+            "task": cfg.task.name, "model": cfg.model.name, "algo": cfg.algo.name,
             "eta": cfg.algo.eta if guided else None,
             "top_k": cfg.algo.top_k if guided else None,
             "guide_round": self.guide_round() if guided else None,
@@ -251,7 +255,7 @@ class Run:
         return result
 
 
-def run(cfg: RunConfig, out_dir: Path) -> dict:
+def run(cfg: RunConfig, out_dir: Path, tracker_group: str | None = None) -> dict:
     hf_logging.disable_progress_bar()  # our own bars cover the long stages
     torch.manual_seed(cfg.seed)
     metrics = Run(cfg).evaluate()
@@ -260,4 +264,5 @@ def run(cfg: RunConfig, out_dir: Path) -> dict:
     samples = Path(metrics["dir_evaluation"]) / "samples.jsonl"
     (out_dir / "samples.jsonl").write_text(samples.read_text())
     print_summary(metrics)
+    log_run(cfg, metrics, out_dir, tracker_group)
     return metrics

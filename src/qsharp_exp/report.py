@@ -1,0 +1,164 @@
+"""`python -m qsharp_exp.report DIR [DIR ...]`: tables and plots from the metrics.json of runs and sweeps.
+
+Writes, into the first DIR (or `--out`): `report.md` and `report.csv` in the paper's layout (rows
+pi_ref / CD / Q# per model and task, and per eta where a sweep has several), `reward_vs_kl.png` (the
+paper's Pareto picture: reward against KL across eta, one line per method) and
+`reward_vs_inverse_eta.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+ALGO_ORDER = {"pi_ref": 0, "cd": 1, "qsharp": 2}
+ALGO_LABEL = {"pi_ref": "pi_ref", "cd": "CD", "qsharp": "Q#"}
+STYLE = {"cd": ("tab:orange", "s"), "qsharp": ("tab:blue", "o")}
+
+
+def find_metrics(dirs: list[Path]) -> list[dict]:
+    """Every run's metrics.json under `dirs`; runs that reused the same evaluation (the same stage
+    directory, so the same numbers) count once."""
+    runs: dict[str, dict] = {}
+    for root in dirs:
+        if not root.exists():
+            raise SystemExit(f"report: {root} does not exist: give run or sweep directories (outputs/..., "
+                             "multirun/...).")
+        for path in sorted(root.rglob("metrics.json")):
+            metrics = json.loads(path.read_text())
+            if "algo" not in metrics or "task" not in metrics:
+                continue  # not a run's metrics (e.g. a stage's own file)
+            key = metrics.get("dir_evaluation") or str(path)
+            runs.setdefault(key, {**metrics, "_path": str(path.parent)})
+    return list(runs.values())
+
+
+def reward_name(task: str) -> str:
+    return "accuracy" if task == "star_graph" else "pass@1"
+
+
+def columns(rows: list[dict]) -> list[str]:
+    """The paper's columns for these rows' task: pass@1, maj1@k (math) or accuracy (star-graph), then KL,
+    then Q# as a reward model where it was measured."""
+    task = rows[0]["task"]
+    names = [reward_name(task)]
+    if task != "star_graph":
+        names += sorted({k for r in rows for k in r if k.startswith("maj1@")})
+    names.append("kl_mean")
+    names += sorted({k for r in rows for k in r if k.startswith(("rm_best_of_", "rm_maj1@"))})
+    return names
+
+
+def _sort_key(m: dict):
+    return ALGO_ORDER.get(m["algo"], 9), m.get("eta") or 0.0
+
+
+def groups(runs: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    by: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for m in runs:
+        by[(m.get("model") or "?", m["task"])].append(m)
+    return {k: sorted(v, key=_sort_key) for k, v in sorted(by.items())}
+
+
+def _fmt(value, name: str) -> str:
+    if value is None:
+        return "-"
+    if name == "kl_mean":
+        return f"{value:.3f}"
+    return f"{100 * value:.1f}"
+
+
+def write_tables(runs: list[dict], out: Path) -> None:
+    lines = ["# Results", "", "Rewards in %, KL in nats per response (mean over samples). "
+             "Source: the metrics.json files under the given directories.", ""]
+    csv_rows = []
+    for (model, task), rows in groups(runs).items():
+        cols = columns(rows)
+        lines += [f"## {model} / {task}", "", "| method | eta | " + " | ".join(cols) + " |",
+                  "|---|---|" + "---|" * len(cols)]
+        for m in rows:
+            eta = "-" if m["algo"] == "pi_ref" else f"{m['eta']:g}"
+            lines.append(f"| {ALGO_LABEL.get(m['algo'], m['algo'])} | {eta} | "
+                         + " | ".join(_fmt(m.get(c), c) for c in cols) + " |")
+            csv_rows.append({"model": model, "task": task, "method": ALGO_LABEL.get(m["algo"], m["algo"]),
+                             "eta": m.get("eta") if m["algo"] != "pi_ref" else "",
+                             **{c: m.get(c, "") for c in cols}, "run_dir": m["_path"]})
+        lines.append("")
+    (out / "report.md").write_text("\n".join(lines))
+    fields = ["model", "task", "method", "eta"]
+    fields += sorted({k for r in csv_rows for k in r} - set(fields) - {"run_dir"}) + ["run_dir"]
+    with (out / "report.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(csv_rows)
+
+
+def write_plots(runs: list[dict], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    by_group = groups(runs)
+    several = len(by_group) > 1
+    for name, x_of, x_label, log_x in (
+        ("reward_vs_kl.png", lambda m: m["kl_mean"], "KL(pi || pi_ref), nats per response", False),
+        ("reward_vs_inverse_eta.png", lambda m: 1.0 / m["eta"], "1 / eta", True),
+    ):
+        fig, axes = plt.subplots(1, len(by_group), figsize=(5.5 * len(by_group), 4.2), squeeze=False)
+        for ax, ((model, task), rows) in zip(axes[0], by_group.items(), strict=True):
+            metric = reward_name(task)
+            for algo in ("cd", "qsharp"):
+                points = sorted((m for m in rows if m["algo"] == algo), key=x_of)
+                if not points:
+                    continue
+                color, marker = STYLE[algo]
+                xs, ys = [x_of(m) for m in points], [m[metric] for m in points]
+                ax.plot(xs, ys, marker=marker, color=color, label=ALGO_LABEL[algo])
+                for m, x, y in zip(points, xs, ys, strict=True):
+                    ax.annotate(f"eta={m['eta']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                                color=color)
+            for m in rows:
+                if m["algo"] == "pi_ref":
+                    ax.axhline(m[metric], color="gray", linestyle="--", label="pi_ref")
+                    break
+            if log_x:
+                ax.set_xscale("log")
+            ax.set_xlabel(x_label)
+            ax.set_ylabel(metric)
+            ax.set_title(f"{model} / {task}" if several else f"{task}: {metric} against "
+                         + ("KL" if not log_x else "1/eta"))
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=120)
+        plt.close(fig)
+        written.append(out / name)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m qsharp_exp.report", description=__doc__.splitlines()[0])
+    parser.add_argument("dirs", nargs="+", type=Path, help="run or sweep directories (searched recursively)")
+    parser.add_argument("--out", type=Path, default=None, help="where to write the report (default: the first dir)")
+    args = parser.parse_args(argv)
+    runs = find_metrics(args.dirs)
+    if not runs:
+        print(f"report: no metrics.json of a run under {', '.join(map(str, args.dirs))}.", file=sys.stderr)
+        return 1
+    out = args.out or args.dirs[0]
+    out.mkdir(parents=True, exist_ok=True)
+    write_tables(runs, out)
+    plots = write_plots(runs, out)
+    print((out / "report.md").read_text())
+    print("wrote " + ", ".join(str(p) for p in [out / "report.md", out / "report.csv", *plots]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

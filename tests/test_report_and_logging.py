@@ -1,0 +1,66 @@
+"""The report command and wandb logging, on a tiny two-job sweep through the real CLI."""
+
+import csv
+import json
+
+import pytest
+
+from qsharp_exp import report
+from test_cli import cli
+
+TINY = ["+experiment=smoke", "eval.num_samples=2", "progress=false"]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    work = tmp_path_factory.mktemp("sweep")
+    cli("-m", *TINY, "algo=cd,qsharp", "algo.eta=0.1,1", f"cache_dir={work / 'cache'}",
+        f"hydra.sweep.dir={work / 'sweep'}", cwd=work)
+    cli(*TINY, "algo=pi_ref", f"cache_dir={work / 'cache'}", f"hydra.run.dir={work / 'sweep' / 'pi_ref'}", cwd=work)
+    return work / "sweep"
+
+
+def test_report_writes_the_papers_table_and_both_plots_next_to_the_runs(sweep):
+    assert report.main([str(sweep)]) == 0
+    table = (sweep / "report.md").read_text()
+    assert "| method | eta | accuracy | kl_mean | rm_best_of_2 | rm_maj1@2 |" in table
+    methods = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    assert methods == ["method", "pi_ref", "CD", "CD", "Q#", "Q#"]
+    rows = list(csv.DictReader((sweep / "report.csv").open()))
+    assert {(r["method"], r["eta"]) for r in rows} == {("pi_ref", ""), ("CD", "0.1"), ("CD", "1.0"), ("Q#", "0.1"),
+                                                      ("Q#", "1.0")}
+    for name in ("reward_vs_kl.png", "reward_vs_inverse_eta.png"):
+        assert (sweep / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_on_a_directory_without_runs_says_so(tmp_path, capsys):
+    assert report.main([str(tmp_path)]) == 1
+    assert "no metrics.json" in capsys.readouterr().err
+
+
+def test_wandb_offline_run_leaves_its_files_and_a_disabled_run_none(sweep, tmp_path, monkeypatch):
+    work = sweep.parent
+    for mode in ("offline", "disabled"):
+        run_dir = tmp_path / mode
+        cli(*TINY, "algo=qsharp", "logger=wandb", f"logger.mode={mode}", f"cache_dir={work / 'cache'}",
+            f"hydra.run.dir={run_dir}", cwd=tmp_path)
+        assert json.loads((run_dir / "metrics.json").read_text())["algo"] == "qsharp"
+    offline = list((tmp_path / "offline" / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1 and any(offline[0].rglob("*.wandb"))
+    assert not (tmp_path / "disabled" / "wandb").exists()
+
+
+def test_wandb_online_without_a_key_falls_back_to_offline(sweep, tmp_path):
+    work = sweep.parent
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB")}
+    env["HOME"] = str(tmp_path)  # no ~/.netrc, so no stored key
+    result = subprocess.run([sys.executable, "-m", "qsharp_exp", *TINY, "algo=qsharp", "logger=wandb",
+                             f"cache_dir={work / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "logging offline" in result.stdout + result.stderr
+    assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
