@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install run test test-slow lint clean-cache
+.PHONY: install run test test-slow lint report reproduce-table2 reproduce-star-graph clean-cache
 
 $(VENV)/installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,19 @@ test: install
 
 test-slow: install
 	$(PY) -m pytest -q -m slow
+
+# make report DIRS="multirun/2026-11-27/10-00-00_star_graph outputs/..."
+report: install
+	$(PY) -m qsharp_exp.report $(DIRS)
+
+# The paper's Table 2 on a GPU machine with hub access; DRY_RUN=1 lists and checks the 12 jobs offline.
+reproduce-table2: install
+	$(PY) experiments/reproduce.py table2 $(if $(filter 1,$(DRY_RUN)),--dry-run) $(ARGS)
+
+# pi_ref / CD / Q# on star-graph: CPU-sized by default, SCALE=paper for G(2,5), G(5,5), G(3,8) on a GPU.
+reproduce-star-graph: install
+	$(PY) experiments/reproduce.py star-graph $(if $(filter paper,$(SCALE)),--paper-scale) \
+		$(if $(filter 1,$(DRY_RUN)),--dry-run) $(ARGS)
 
 lint: install
 	$(PY) -m ruff check src tests experiments

@@ -1,5 +1,6 @@
 """Every experiment preset composes and validates."""
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,13 +9,17 @@ from qsharp_exp.__main__ import CONF_DIR
 from qsharp_exp.config import load_run_config
 from test_config import compose_cfg
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+import reproduce  # noqa: E402
+
 PRESETS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_preset_composes_and_validates(preset):
     cfg = load_run_config(compose_cfg(f"+experiment={preset}"))
-    assert cfg.task.name == "star_graph"
+    expected_task = "star_graph" if preset.startswith(("star_graph", "smoke")) else preset.rsplit("_", 1)[-1]
+    assert cfg.task.name == expected_task
 
 
 def test_paper_presets_carry_the_papers_settings():
@@ -27,3 +32,23 @@ def test_paper_presets_carry_the_papers_settings():
     g38 = load_run_config(compose_cfg("+experiment=star_graph_g38_paper"))
     assert g38.model.pi_ref.n_layer == 24 and g38.model.pi_ref.n_embd == 1024
     assert g38.hardware.device == "cuda"
+
+
+def test_reproduce_table2_dry_run_lists_the_twelve_jobs_and_checks_them(capsys):
+    assert reproduce.main(["table2", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    jobs = [line for line in out.splitlines() if line.startswith("[")]
+    assert len(jobs) == 12
+    assert sum("pi_ref=meta-llama/Meta-Llama-3-8B-Instruct" in j for j in jobs) == 6
+    assert sum("task=math" in j for j in jobs) == 6 and all("guide=meta-llama/Llama-3.2-1B-Instruct" in j for j in jobs)
+    assert "all checked settings match the paper's" in out
+
+
+def test_reproduce_dry_run_flags_a_setting_that_differs_from_the_paper(capsys):
+    assert reproduce.main(["table2", "--dry-run", "eval.top_p=1.0"]) == 1
+    assert "MISMATCH eval.top_p: 1.0, the paper's is 0.9" in capsys.readouterr().out
+
+
+def test_reproduce_star_graph_at_paper_scale_checks_the_three_graphs(capsys):
+    assert reproduce.main(["star-graph", "--paper-scale", "--dry-run"]) == 0
+    assert len([line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]) == 9

@@ -1,0 +1,132 @@
+"""Reproduce the paper's main table (Table 2) or the star-graph comparison with one command.
+
+    python experiments/reproduce.py table2 [--dry-run] [override ...]
+    python experiments/reproduce.py star-graph [--paper-scale] [--dry-run] [override ...]
+
+Each job is a preset of conf/experiment/ times an algo. `--dry-run` composes every job's config
+(no model is loaded, nothing is downloaded), prints its resolved settings and checks them against the
+paper's; it exits non-zero if one differs. Without it, each preset runs as one Hydra multirun into
+multirun/reproduce_<name>/<preset>/ and the report (tables and plots) is written there.
+Extra `key=value` overrides go to every job (e.g. eval.paper_compat=true to decode as the published code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+from qsharp_exp.__main__ import CONF_DIR
+from qsharp_exp.config import RunConfig, load_run_config
+
+REPO = Path(__file__).resolve().parents[1]
+ALGOS = ("pi_ref", "cd", "qsharp")
+
+# The paper's math protocol (Section 3.2, Appendix E; ../shared/docs/QSHARP.md).
+MATH_PROTOCOL = {
+    "algo.eta": 0.1, "algo.top_k": 20, "collect.rounds": 2, "collect.samples_per_problem": 16,
+    "collect.eta": 0.1, "collect.explore_prob": 0.0, "guide_train.lr": 2e-5, "guide_train.weight_decay": 0.01,
+    "guide_train.epochs": 5, "eval.temperature": 0.8, "eval.top_p": 0.9, "eval.num_samples": 8,
+    "eval.max_new_tokens": 1024, "task.num_test": None, "task.chat_template": True,
+    "model.guide.arch.pretrained": "meta-llama/Llama-3.2-1B-Instruct", "model.guide.head": "v",
+    "model.guide.distribution": "bernoulli",
+}
+STAR_GRAPH_PROTOCOL = {"algo.eta": 0.1, "algo.top_k": 10, "eval.temperature": 1.0}
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str  # conf/experiment/<name>.yaml; "" = the defaults
+    expected: dict
+
+
+def table2_presets() -> list[Preset]:
+    out = []
+    for model, pi_ref in (("llama3_8b", "meta-llama/Meta-Llama-3-8B-Instruct"),
+                          ("llama31_8b", "meta-llama/Llama-3.1-8B-Instruct")):
+        for task in ("gsm8k", "math"):
+            expected = {**MATH_PROTOCOL, "task.name": task, "model.pi_ref.pretrained": pi_ref}
+            out.append(Preset(f"table2_{model}_{task}", expected))
+    return out
+
+
+def star_graph_presets(paper_scale: bool) -> list[Preset]:
+    if not paper_scale:
+        return [Preset("", {**STAR_GRAPH_PROTOCOL, "task.degree": 2, "task.path_length": 3})]
+    shapes = {"star_graph_g25_paper": (2, 5, 12), "star_graph_g55_paper": (5, 5, 12),
+              "star_graph_g38_paper": (3, 8, 24)}
+    return [Preset(name, {**STAR_GRAPH_PROTOCOL, "task.degree": d, "task.path_length": length,
+                          "task.num_nodes": 50, "model.pi_ref.n_layer": layers, "pretrain.lr": 2.5e-4})
+            for name, (d, length, layers) in shapes.items()]
+
+
+def resolved(cfg: RunConfig, key: str):
+    value = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def job_config(preset: Preset, algo: str, overrides: list[str]) -> RunConfig:
+    args = ([f"+experiment={preset.name}"] if preset.name else []) + [f"algo={algo}", *overrides]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return load_run_config(compose(config_name="config", overrides=args))
+
+
+def dry_run(presets: list[Preset], overrides: list[str]) -> int:
+    failures = 0
+    jobs = 0
+    for preset in presets:
+        for algo in ALGOS:
+            jobs += 1
+            cfg = job_config(preset, algo, overrides)
+            guide = cfg.model.guide.arch.pretrained or ("random init" if not cfg.model.guide.init_from_pi_ref
+                                                         else "from pi_ref")
+            print(f"[{jobs:2d}] {preset.name or 'defaults'} algo={algo}: task={cfg.task.name} "
+                  f"pi_ref={cfg.model.pi_ref.pretrained or cfg.model.name} guide={guide} eta={cfg.algo.eta} "
+                  f"top_k={cfg.algo.top_k} rounds={cfg.collect.rounds} samples={cfg.collect.samples_per_problem} "
+                  f"T={cfg.eval.temperature} top_p={cfg.eval.top_p} eval_samples={cfg.eval.num_samples} "
+                  f"max_new_tokens={cfg.eval.max_new_tokens} device={cfg.hardware.device}")
+            for key, want in preset.expected.items():
+                got = resolved(cfg, key)
+                if got != want:
+                    failures += 1
+                    print(f"     MISMATCH {key}: {got!r}, the paper's is {want!r}")
+    print(f"{jobs} jobs, {failures} settings differ from the paper's" if failures
+          else f"{jobs} jobs, all checked settings match the paper's")
+    return 1 if failures else 0
+
+
+def launch(name: str, presets: list[Preset], overrides: list[str]) -> int:
+    root = REPO / "multirun" / f"reproduce_{name}"
+    for preset in presets:
+        sweep_dir = root / (preset.name or "defaults")
+        command = [sys.executable, "-m", "qsharp_exp", "-m", *([f"+experiment={preset.name}"] if preset.name else []),
+                   f"algo={','.join(ALGOS)}", f"hydra.sweep.dir={sweep_dir}", *overrides]
+        print("+", " ".join(command), flush=True)
+        if subprocess.run(command, cwd=REPO).returncode:
+            print(f"{preset.name or 'defaults'} failed: rerun the same command to resume (finished stages and "
+                  "batches are kept).", file=sys.stderr)
+            return 1
+    return subprocess.run([sys.executable, "-m", "qsharp_exp.report", str(root)], cwd=REPO).returncode
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=("table2", "star-graph"))
+    parser.add_argument("--dry-run", action="store_true", help="print and check every job; load nothing")
+    parser.add_argument("--paper-scale", action="store_true", help="star-graph: the paper's G(2,5), G(5,5), G(3,8)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides for every job")
+    args = parser.parse_intermixed_args(argv)
+    presets = table2_presets() if args.what == "table2" else star_graph_presets(args.paper_scale)
+    if args.dry_run:
+        return dry_run(presets, args.overrides)
+    return launch(args.what.replace("-", "_"), presets, args.overrides)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
