@@ -36,11 +36,11 @@ def test_gsm8k_with_a_tiny_model_runs_two_rounds_and_writes_metrics_and_samples(
         cwd=tmp_path)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["task"] == "gsm8k" and metrics["num_problems"] == 16 and metrics["num_samples"] == 8
-    for key in ("pass@1", "maj1@8", "pass@8", "kl_mean", "time_return_model_round2_s"):
+    for key in ("pass@1", "maj1@8", "pass@8", "kl_mean", "rm_best_of_8", "rm_maj1@8", "time_return_model_round2_s"):
         assert key in metrics, key
     samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 16 * 8
-    assert set(samples[0]) == {"problem_id", "sample", "response", "answer", "correct", "kl"}
+    assert set(samples[0]) == {"problem_id", "sample", "response", "answer", "correct", "kl", "rm_score"}
     rollouts = Path(metrics["dir_rollouts_round2"]) / "rollouts.jsonl"
     assert len(rollouts.read_text().splitlines()) == 32 * 4
 

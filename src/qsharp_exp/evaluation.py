@@ -87,7 +87,9 @@ def evaluate(
         pi_ref, prompts, spec, codec.stop_ids, codec.pad_id, hw, seed, batch_size,
         guide=guide, desc=desc, show_progress=show_progress, checkpoint=checkpoint,
     )
-    scores = final_values(reward_model, prompts, sampled, codec, hw, batch_size) if reward_model else None
+    # Ranking needs several samples: with one, best-of-1 and the weighted vote are just pass@1.
+    rank = reward_model is not None and num_samples > 1
+    scores = final_values(reward_model, prompts, sampled, codec, hw, batch_size) if rank else None
     samples, by_problem = [], defaultdict(list)
     for i, (problem, s) in enumerate(zip(jobs, sampled, strict=True)):
         text = codec.decode(s.response)

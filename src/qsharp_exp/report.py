@@ -49,7 +49,9 @@ def columns(rows: list[dict]) -> list[str]:
     if task != "star_graph":
         names += sorted({k for r in rows for k in r if k.startswith("maj1@")})
     names.append("kl_mean")
-    names += sorted({k for r in rows for k in r if k.startswith(("rm_best_of_", "rm_maj1@"))})
+    # Q# as a reward model ranks several samples; with one sample per problem it would repeat the reward.
+    names += sorted({k for r in rows for k in r if k.startswith(("rm_best_of_", "rm_maj1@"))
+                     and r.get("num_samples", 1) > 1})
     return names
 
 
@@ -120,9 +122,12 @@ def write_plots(runs: list[dict], out: Path) -> list[Path]:
                 color, marker = STYLE[algo]
                 xs, ys = [x_of(m) for m in points], [m[metric] for m in points]
                 ax.plot(xs, ys, marker=marker, color=color, label=ALGO_LABEL[algo])
+                labels: dict[tuple[float, float], list[str]] = defaultdict(list)  # one label per drawn point
                 for m, x, y in zip(points, xs, ys, strict=True):
-                    ax.annotate(f"eta={m['eta']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7,
-                                color=color)
+                    labels[(x, y)].append(f"{m['eta']:g}")
+                for (x, y), etas in labels.items():
+                    ax.annotate("eta=" + ", ".join(etas), (x, y), textcoords="offset points", xytext=(4, 4),
+                                fontsize=7, color=color)
             for m in rows:
                 if m["algo"] == "pi_ref":
                     ax.axhline(m[metric], color="gray", linestyle="--", label="pi_ref")
