@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from helpers import make_guide
-from qsharp_exp.config import GuideConfig
+from qsharp_exp.config import GuideConfig, GuideTrainConfig
 from qsharp_exp.models.return_model import ReturnDistribution, ReturnModel
 from qsharp_exp.training.collect import Rollout
 from qsharp_exp.training.train_guide import (
@@ -99,12 +99,43 @@ def test_return_model_learns_a_deterministic_label_and_survives_save_and_load(to
     model = make_guide(tokenizer, head="q")
     with torch.no_grad():
         model.head.weight.normal_(0, 0.02)
-    curve = train_return_model(model, rollouts, GuideTrainConfig(steps=60, batch_size=16, lr=3e-3, eval_every=60,
-                                                                 val_fraction=0.25),
-                               tokenizer.pad_token_id, Hardware(HardwareConfig()), 0, show_progress=False)
+    cfg = GuideTrainConfig(steps=60, batch_size=16, lr=3e-3, eval_every=60, val_fraction=0.25)
+    model, curve, _ = train_return_model(model, rollouts, cfg, tokenizer.pad_token_id, Hardware(HardwareConfig()), 0,
+                                         show_progress=False)
     assert curve[-1]["val_acc"] == 1.0
     model.save_pretrained(tmp_path / "guide")
     loaded = ReturnModel.from_pretrained(tmp_path / "guide").eval()
     assert loaded.cfg == model.cfg
     ids = torch.tensor([[7, 8, 9, 5, 6]])
     torch.testing.assert_close(loaded(ids, torch.ones_like(ids)), model.eval()(ids, torch.ones_like(ids)))
+
+
+def test_training_killed_after_a_checkpoint_resumes_to_the_same_weights(tokenizer, tmp_path, monkeypatch):
+    import qsharp_exp.training.train_guide as train_guide
+    from qsharp_exp.config import HardwareConfig
+    from qsharp_exp.hardware import Hardware
+
+    rollouts = [rollout(f"p{i // 2}", float(a == 5), i % 2, (a, 6, 2)) for i, a in enumerate([5, 9, 9, 5] * 16)]
+    cfg = GuideTrainConfig(steps=20, batch_size=8, lr=3e-3, eval_every=10, val_fraction=0.25, checkpoint_every=6)
+    hw = Hardware(HardwareConfig())
+    uninterrupted, curve, _ = train_return_model(make_guide(tokenizer, head="v"), rollouts, cfg, 0, hw, 0,
+                                                 show_progress=False)
+    real_loss, calls = train_guide.sequence_mean_loss, {"n": 0}
+
+    def killed_at_step_15(*args):
+        calls["n"] += 1
+        if calls["n"] == 15:
+            raise KeyboardInterrupt
+        return real_loss(*args)
+
+    monkeypatch.setattr(train_guide, "sequence_mean_loss", killed_at_step_15)
+    with pytest.raises(KeyboardInterrupt):
+        train_return_model(make_guide(tokenizer, head="v"), rollouts, cfg, 0, hw, 0, False, tmp_path)
+    assert (tmp_path / "latest").read_text() == "global_step_12"
+    calls["n"] = -100
+    resumed, resumed_curve, _ = train_return_model(make_guide(tokenizer, head="v"), rollouts, cfg, 0, hw, 0, False,
+                                                   tmp_path)
+    assert calls["n"] == -100 + 8  # steps 13..20 only
+    assert resumed_curve == curve
+    for (name, a), b in zip(uninterrupted.state_dict().items(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -25,6 +27,8 @@ def _exit_on_sigterm(signum, frame) -> None:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> dict:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    if int(os.environ.get("RANK", "0")) != 0:
+        logging.getLogger().setLevel(logging.WARNING)  # under torchrun, rank 0 reports
     try:
         run_cfg = load_run_config(cfg)
     except ConfigError as err:

@@ -142,6 +142,8 @@ class GuideTrainConfig:
     warmup_steps: int = 100
     eval_every: int = 250
     val_fraction: float = 0.05
+    # Save a resumable checkpoint (model, optimizer, schedule, data position, RNG) every N steps; 0 = never.
+    checkpoint_every: int = 0
 
 
 @dataclass
@@ -166,6 +168,11 @@ class HardwareConfig:
     device: str = "cpu"  # cpu | cuda
     bf16: bool = False  # bf16 autocast (GPU)
     num_threads: int = 0  # torch CPU threads; 0 = torch's default
+    # Return-model training under DeepSpeed ZeRO (data-parallel over the torchrun ranks): 0 = plain
+    # PyTorch, 2 = optimizer state and gradients sharded, 3 = parameters sharded too.
+    zero_stage: int = 0
+    # ZeRO-3 only: keep parameters and optimizer state in CPU memory between uses.
+    offload: bool = False
 
 
 @dataclass
@@ -279,6 +286,11 @@ def validate(cfg: RunConfig) -> None:
     if cfg.guide_train.epochs is not None:
         _positive("guide_train.epochs", cfg.guide_train.epochs)
     _choice("hardware.device", cfg.hardware.device, ("cpu", "cuda"))
+    if cfg.hardware.zero_stage not in (0, 2, 3):
+        raise ConfigError(f"hardware.zero_stage={cfg.hardware.zero_stage} is not supported: use 0 (no DeepSpeed), "
+                          "2 or 3 (e.g. hardware=zero2, hardware=zero3).")
+    if cfg.hardware.offload and cfg.hardware.zero_stage != 3:
+        raise ConfigError("hardware.offload=true needs hardware.zero_stage=3 (use hardware=zero3_offload).")
     _choice("logger.name", cfg.logger.name, ("none", "wandb"))
     _choice("logger.mode", cfg.logger.mode, ("online", "offline", "disabled"))
 

@@ -7,15 +7,19 @@ import contextlib
 import torch
 
 from qsharp_exp.config import HardwareConfig, UserError
+from qsharp_exp.distributed import Dist, init_distributed
 
 
 class Hardware:
-    def __init__(self, cfg: HardwareConfig) -> None:
+    def __init__(self, cfg: HardwareConfig, dist: Dist | None = None) -> None:
         if cfg.device == "cuda" and not torch.cuda.is_available():
-            raise UserError("hardware=gpu needs a CUDA device and none is visible: use hardware=cpu.")
+            raise UserError(f"hardware={cfg.name} needs a CUDA device and none is visible: use hardware=cpu "
+                            "(or hardware.device=cpu).")
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
-        self.device = torch.device(cfg.device)
+        self.cfg = cfg
+        self.dist = dist if dist is not None else init_distributed(cfg.device)
+        self.device = torch.device(f"cuda:{torch.cuda.current_device()}" if cfg.device == "cuda" else cfg.device)
         self.bf16 = cfg.bf16
 
     def autocast(self) -> contextlib.AbstractContextManager:

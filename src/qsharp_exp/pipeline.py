@@ -131,7 +131,7 @@ class Run:
             _write_json(out / "pretrain_metrics.json", metrics)
             _write_jsonl(out / "curve.jsonl", curve)
 
-        self.stages["pi_ref"] = run_stage(self.root, "pi_ref", inputs, build)
+        self.stages["pi_ref"] = run_stage(self.root, "pi_ref", inputs, build, dist=self.hw.dist)
 
     # -- Algorithm 1 ----------------------------------------------------------------------------
     def _check_guide_tokenizer(self, codec: PromptCodec) -> None:
@@ -174,12 +174,12 @@ class Run:
                 _write_json(out / "summary.json", {"rollouts": len(rollouts), "mean_reward": mean})
 
             rollout_stages.append(run_stage(self.root, f"rollouts_round{r}", collect_inputs, build_rollouts,
-                                            resumable=True))
+                                            resumable=True, dist=self.hw.dist))
             guide_inputs = {"rollouts": [s.key for s in rollout_stages], "guide": as_dict(cfg.model.guide),
                             "train": as_dict(cfg.guide_train), "seed": cfg.seed,
                             "init": self.pi_ref_key if cfg.model.guide.init_from_pi_ref else None}
 
-            def build_guide(out: Path, r=r) -> None:
+            def build_guide(out: Path, resume: Path, r=r) -> None:
                 rollouts = [Rollout(**row) for s in rollout_stages for row in _read_jsonl(s.path / "rollouts.jsonl")]
                 guide_cfg = cfg.model.guide
                 if guide_cfg.init_from_pi_ref:
@@ -187,16 +187,19 @@ class Run:
                 model = build_return_model(guide_cfg, codec.tokenizer, cfg.seed + r, self.dtype)
                 log.info("round %d: training the return model on %d rollouts (%d parameters)", r, len(rollouts),
                          sum(p.numel() for p in model.parameters()))
+                resume.mkdir(parents=True, exist_ok=True)
                 try:
-                    curve = train_return_model(model, rollouts, cfg.guide_train, codec.pad_id, self.hw,
-                                               cfg.seed + r, cfg.progress)
+                    model, curve, whole = train_return_model(model, rollouts, cfg.guide_train, codec.pad_id, self.hw,
+                                                             cfg.seed + r, cfg.progress, resume)
                 except NoSignalError as err:
                     raise NoSignalError(f"round {r}: {err}") from None
-                model.save_pretrained(out / "model")
+                with whole:  # under ZeRO-3 every rank takes part in gathering the parameters
+                    model.save_pretrained(out / "model")
                 _write_jsonl(out / "curve.jsonl", curve)
                 plot_guide_curve(curve, out / "curve.png")
 
-            guides.append(run_stage(self.root, f"return_model_round{r}", guide_inputs, build_guide))
+            guides.append(run_stage(self.root, f"return_model_round{r}", guide_inputs, build_guide, resumable=True,
+                                      dist=self.hw.dist))
             self.stages[f"rollouts_round{r}"] = rollout_stages[-1]
             self.stages[f"return_model_round{r}"] = guides[-1]
         return guides
@@ -237,7 +240,8 @@ class Run:
             _write_json(out / "metrics.json", metrics)
             _write_jsonl(out / "samples.jsonl", samples)
 
-        self.stages["evaluation"] = run_stage(self.root, "evaluation", inputs, build, resumable=True)
+        self.stages["evaluation"] = run_stage(self.root, "evaluation", inputs, build, resumable=True,
+                                               dist=self.hw.dist)
         metrics = json.loads((self.stages["evaluation"].path / "metrics.json").read_text())
         result = {
             "task": cfg.task.name, "model": cfg.model.name, "algo": cfg.algo.name,
@@ -258,7 +262,10 @@ class Run:
 def run(cfg: RunConfig, out_dir: Path, tracker_group: str | None = None) -> dict:
     hf_logging.disable_progress_bar()  # our own bars cover the long stages
     torch.manual_seed(cfg.seed)
-    metrics = Run(cfg).evaluate()
+    runner = Run(cfg)
+    metrics = runner.evaluate()
+    if not runner.hw.dist.is_main:
+        return metrics  # rank 0 owns the run directory and the tracker
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_json(out_dir / "metrics.json", metrics)
     samples = Path(metrics["dir_evaluation"]) / "samples.jsonl"

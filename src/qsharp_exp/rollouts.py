@@ -3,6 +3,8 @@
 Each batch draws from its own generator (seeded by the run's seed and the batch's index) and, with a
 `checkpoint` directory, is written there as soon as it is done: an interrupted run continues from the
 last finished batch and ends with exactly what an uninterrupted run with the same seed produces.
+Under several processes, rank r samples the batches whose index is r modulo the number of ranks and
+every rank gets all batches back in order: the samples do not depend on the number of ranks.
 """
 
 from __future__ import annotations
@@ -58,17 +60,19 @@ def sample_many(
     show_progress: bool = True,
     checkpoint: Path | None = None,
 ) -> list[Sampled]:
-    out: list[Sampled] = []
     stops = torch.tensor(stop_ids, dtype=torch.long)
     if checkpoint is not None:
         checkpoint.mkdir(parents=True, exist_ok=True)
-    starts = range(0, len(prompts), batch_size)
-    bar = progress(starts, total=len(starts), desc=desc, enabled=show_progress and len(starts) > 1)
-    for index, start in enumerate(bar):
+    dist = hw.dist
+    mine = list(range(0, len(prompts), batch_size))[dist.rank :: dist.world]
+    bar = progress(mine, total=len(mine), desc=desc, enabled=show_progress and dist.is_main and len(mine) > 1)
+    done: dict[int, list[Sampled]] = {}
+    for start in bar:
+        index = start // batch_size
         saved = checkpoint / f"batch{index:06d}.json" if checkpoint is not None else None
-        done = _load_batch(saved) if saved is not None else None
-        if done is not None:
-            out.extend(done)
+        finished = _load_batch(saved) if saved is not None else None
+        if finished is not None:
+            done[index] = finished
             continue
         chunk = prompts[start : start + batch_size]
         ids, mask = left_pad(chunk, pad_id)
@@ -85,5 +89,7 @@ def sample_many(
         batch = [Sampled(tokens[i, : lengths[i]].tolist(), float(kl[i])) for i in range(len(chunk))]
         if saved is not None:
             _save_batch(saved, batch)
-        out.extend(batch)
-    return out
+        done[index] = batch
+    for part in dist.gather(done) if dist.active else []:
+        done.update(part)
+    return [s for index in sorted(done) for s in done[index]]

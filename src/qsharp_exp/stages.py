@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qsharp_exp.distributed import SINGLE, Dist
+
 log = logging.getLogger(__name__)
 
 
@@ -58,17 +60,23 @@ def _remove_abandoned_partials(final: Path) -> None:
 
 
 def run_stage(
-    root: Path, stage: str, inputs: dict[str, Any], build: Callable[..., None], resumable: bool = False
+    root: Path, stage: str, inputs: dict[str, Any], build: Callable[..., None], resumable: bool = False,
+    dist: Dist = SINGLE,
 ) -> StageResult:
-    """`build(out)` writes the stage's files into `out`; a resumable stage's is `build(out, resume_dir)`."""
+    """`build(out)` writes the stage's files into `out`; a resumable stage's is `build(out, resume_dir)`.
+
+    Under several processes every rank runs `build` (the work inside may be collective) into its own
+    temporary directory, and rank 0's becomes the stage directory."""
     key = stage_key({"stage": stage, **inputs})
     final = root / stage / key
     started = time.perf_counter()
-    if (final / "stage.json").exists():
+    if dist.broadcast((final / "stage.json").exists()):
         info = json.loads((final / "stage.json").read_text())
         log.info("%s: reusing %s", stage, final)
         return StageResult(final, key, time.perf_counter() - started, info["build_seconds"], True)
-    _remove_abandoned_partials(final)
+    if dist.is_main:
+        _remove_abandoned_partials(final)
+    dist.barrier()
     tmp = final.with_name(f"{key}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -79,11 +87,16 @@ def run_stage(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    seconds = time.perf_counter() - started
-    (tmp / "inputs.json").write_text(json.dumps(inputs, indent=2, sort_keys=True, default=str))
-    (tmp / "stage.json").write_text(json.dumps({"stage": stage, "build_seconds": round(seconds, 2)}))
-    if final.exists():  # a stale, incomplete directory (no stage.json): replace it
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    shutil.rmtree(resume, ignore_errors=True)
+    seconds = dist.broadcast(time.perf_counter() - started)
+    if dist.is_main:
+        (tmp / "inputs.json").write_text(json.dumps(inputs, indent=2, sort_keys=True, default=str))
+        (tmp / "stage.json").write_text(json.dumps({"stage": stage, "build_seconds": round(seconds, 2)}))
+        if final.exists():  # a stale, incomplete directory (no stage.json): replace it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+    dist.barrier()
+    if dist.is_main:
+        shutil.rmtree(resume, ignore_errors=True)
     return StageResult(final, key, seconds, seconds, False)

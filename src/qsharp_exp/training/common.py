@@ -46,6 +46,6 @@ def adamw_with_schedule(
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def progress(iterable=None, total: int | None = None, desc: str = "", enabled: bool = True):
+def progress(iterable=None, total: int | None = None, desc: str = "", enabled: bool = True, initial: int = 0):
     return tqdm(iterable, total=total, desc=desc, disable=not enabled, file=sys.stderr, dynamic_ncols=True,
-                mininterval=1.0)
+                mininterval=1.0, initial=initial)

@@ -7,10 +7,12 @@ carry no signal about which action is better and are dropped (QSHARP.md, step 4)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 
@@ -19,6 +21,7 @@ from qsharp_exp.hardware import Hardware
 from qsharp_exp.models.return_model import ReturnModel
 from qsharp_exp.training.collect import Rollout
 from qsharp_exp.training.common import adamw_with_schedule, progress, right_pad
+from qsharp_exp.training.engine import latest_step, make_trainer
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +104,14 @@ def train_return_model(
     hw: Hardware,
     seed: int,
     show_progress: bool = True,
-) -> list[dict]:
-    """Trains `model` in place; returns the learning curve (train loss, validation metrics)."""
+    checkpoints: Path | None = None,
+) -> tuple[ReturnModel, list[dict], contextlib.AbstractContextManager]:
+    """Trains `model`; returns (the trained module, the learning curve, a context in which the module's
+    parameters are whole, for saving). With `checkpoints`, a resumable checkpoint is kept there every
+    `cfg.checkpoint_every` steps and training resumes from the latest one found.
+
+    Under several processes each rank takes its share of every batch's problems (data parallel); the
+    batches themselves are drawn the same on every rank, so the run matches a single process."""
     kept = drop_constant_problems(rollouts)
     if not kept:
         raise NoSignalError(
@@ -126,29 +135,57 @@ def train_return_model(
         by_problem[r.problem_id].append(r)
     groups = list(by_problem.values())
     per_problem = max(1, len(train) // len(groups))
+    dist = hw.dist
     problems_per_batch = max(1, min(len(groups), cfg.batch_size // per_problem))
+    problems_per_batch = max(dist.world, problems_per_batch // dist.world * dist.world)  # equal shares per rank
+    if problems_per_batch > len(groups):
+        raise NoSignalError(f"only {len(groups)} training problems have variation, fewer than the {dist.world} "
+                            "ranks: use fewer processes or more training problems.")
     steps = cfg.steps if cfg.epochs is None else max(1, math.ceil(cfg.epochs * len(groups) / problems_per_batch))
     optimizer, schedule = adamw_with_schedule(model.parameters(), cfg.lr, cfg.weight_decay, cfg.warmup_steps, steps)
+    trainer = make_trainer(model, optimizer, schedule, hw, problems_per_batch // dist.world * per_problem)
+    model = trainer.module
     curve: list[dict] = [{"kept_rollouts": len(kept), "dropped_rollouts": len(rollouts) - len(kept), "steps": steps}]
-    bar = progress(range(steps), desc="train return model", enabled=show_progress)
-    running = 0.0
+    first, running = 0, 0.0
+    resume_step = latest_step(checkpoints) if checkpoints is not None else None
+    if resume_step is not None:
+        state = trainer.load(checkpoints, resume_step)
+        first, running, curve = state["step"], state["running"], state["curve"]
+        rng.setstate(_tuple_state(state["rng"]))
+        torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+        log.info("return model: resuming from step %d (%s)", first, checkpoints)
+    bar = progress(range(first, steps), total=steps, initial=first, desc="train return model",
+                   enabled=show_progress and dist.is_main)
     for step in bar:
-        batch = [r for group in rng.sample(groups, problems_per_batch) for r in group]
+        problems = rng.sample(groups, problems_per_batch)
+        batch = [r for group in problems[dist.rank :: dist.world] for r in group]
         ids, mask, rows, cols, actions, _, returns = batch_tensors(model, batch, pad_id)
         dev = hw.device
         with hw.autocast():
             out = example_outputs(model, ids.to(dev), mask.to(dev), rows.to(dev), cols.to(dev), actions.to(dev))
         loss = sequence_mean_loss(model.dist.loss(out, returns.to(dev)), rows.to(dev), len(batch))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
+        trainer.backward(loss)
+        trainer.step()
+        value = _mean_over_ranks(loss.item(), dist)
+        running = 0.98 * running + 0.02 * value if step else value
         if (step + 1) % cfg.eval_every == 0 or step == steps - 1:
             point = {"step": step + 1, "train_loss": round(running, 5), **evaluate_guide(model, val, pad_id, hw)}
             curve.append(point)
-            log.info("return model step %d: %s", step + 1, point)
+            if dist.is_main:
+                log.info("return model step %d: %s", step + 1, point)
             bar.set_postfix(loss=f"{running:.4f}", val_acc=point["val_acc"])
+        if checkpoints is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
+            state = {"step": step + 1, "running": running, "curve": curve, "rng": rng.getstate(),
+                     "torch_rng": torch.get_rng_state().tolist()}
+            trainer.save(checkpoints, step + 1, state)
     model.eval()
-    return curve
+    return model, curve, trainer.full_parameters()
+
+
+def _mean_over_ranks(value: float, dist) -> float:
+    return sum(dist.gather(value)) / dist.world if dist.active else value
+
+
+def _tuple_state(state):
+    """random.Random state after a JSON/pickle round trip (lists back to tuples)."""
+    return tuple(_tuple_state(x) for x in state) if isinstance(state, list | tuple) else state

@@ -1,0 +1,125 @@
+"""The optimisation step of return-model training, plain PyTorch or DeepSpeed ZeRO, with checkpoints.
+
+Both keep the same contract: `backward(loss)`, `step()` (gradient clipping at 1, AdamW, schedule),
+`save(dir, state)` / `load(dir)` of a resumable checkpoint `global_step_N/` plus a `latest` file, and
+`full_parameters()` to read the whole model (gathered under ZeRO-3) for export.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qsharp_exp.hardware import Hardware
+
+LATEST = "latest"
+
+
+def deepspeed_config(hw: Hardware, micro_batch_size: int) -> dict[str, Any]:
+    """DeepSpeed's config, generated from the Hydra hardware config (no hand-kept JSON)."""
+    zero: dict[str, Any] = {"stage": hw.cfg.zero_stage}
+    if hw.cfg.offload:
+        zero["offload_param"] = {"device": "cpu"}
+        zero["offload_optimizer"] = {"device": "cpu"}
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch_size,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": 1.0,
+        "bf16": {"enabled": hw.bf16},
+        "zero_optimization": zero,
+        # Our torch AdamW, not DeepSpeed's JIT-compiled ones: the same optimiser with or without ZeRO.
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def latest_step(directory: Path) -> int | None:
+    path = directory / LATEST
+    if not path.exists():
+        return None
+    return int(path.read_text().strip().removeprefix("global_step_"))
+
+
+class PlainTrainer:
+    def __init__(self, model: torch.nn.Module, optimizer, schedule, hw: Hardware) -> None:
+        self.module, self.optimizer, self.schedule, self.hw = model, optimizer, schedule, hw
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+
+    def step(self) -> None:
+        torch.nn.utils.clip_grad_norm_(self.module.parameters(), 1.0)
+        self.optimizer.step()
+        self.schedule.step()
+
+    def save(self, directory: Path, step: int, state: dict) -> None:
+        if not self.hw.dist.is_main:
+            return
+        target = directory / f"global_step_{step}"
+        target.mkdir(parents=True, exist_ok=True)
+        torch.save({"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                    "schedule": self.schedule.state_dict(), "client": state}, target / "state.pt")
+        _write_latest(directory, step)
+
+    def load(self, directory: Path, step: int) -> dict:
+        saved = torch.load(directory / f"global_step_{step}" / "state.pt", weights_only=False)
+        self.module.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.schedule.load_state_dict(saved["schedule"])
+        return saved["client"]
+
+    def full_parameters(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+
+class DeepSpeedTrainer:
+    def __init__(self, model: torch.nn.Module, optimizer, schedule, hw: Hardware, micro_batch_size: int) -> None:
+        import deepspeed
+
+        self.hw = hw
+        self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
+                                               config=deepspeed_config(hw, micro_batch_size))
+        self.module = self.engine.module
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
+
+    def step(self) -> None:
+        self.engine.step()
+
+    def save(self, directory: Path, step: int, state: dict) -> None:
+        self.engine.save_checkpoint(str(directory), tag=f"global_step_{step}", client_state={"client": state},
+                                    save_latest=False)
+        if self.hw.dist.is_main:
+            _write_latest(directory, step)
+        self.hw.dist.barrier()
+
+    def load(self, directory: Path, step: int) -> dict:
+        _, client = self.engine.load_checkpoint(str(directory), tag=f"global_step_{step}")
+        return client["client"]
+
+    def full_parameters(self) -> contextlib.AbstractContextManager:
+        if self.hw.cfg.zero_stage != 3:
+            return contextlib.nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(list(self.module.parameters()), modifier_rank=None)
+
+
+def _write_latest(directory: Path, step: int) -> None:
+    tmp = directory / f"{LATEST}.tmp-{os.getpid()}"
+    tmp.write_text(f"global_step_{step}")
+    os.replace(tmp, directory / LATEST)
+
+
+def make_trainer(model: torch.nn.Module, optimizer, schedule, hw: Hardware, micro_batch_size: int):
+    if hw.cfg.zero_stage:
+        return DeepSpeedTrainer(model, optimizer, schedule, hw, micro_batch_size)
+    return PlainTrainer(model, optimizer, schedule, hw)
