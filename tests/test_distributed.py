@@ -49,3 +49,53 @@ def test_two_ranks_under_zero_give_the_metrics_of_one_process(single_process, ha
             assert metrics[key] == value, key
     # Both ranks sampled, one wrote: every stage directory exists once, no partial directory is left.
     assert not list((tmp_path / "cache").glob("*/*.partial-*"))
+
+
+@pytest.fixture
+def deepspeed_group(monkeypatch):
+    """A one-process gloo group, as torchrun would describe it, for DeepSpeed in this process."""
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": "29533", "DS_ACCELERATOR": "cpu"}.items():
+        monkeypatch.setenv(key, value)
+    import torch.distributed as torch_dist
+
+    from qsharp_exp.distributed import _skip_shm_build
+
+    import deepspeed.comm.torch  # noqa: F401
+    _skip_shm_build()
+    if not torch_dist.is_initialized():
+        torch_dist.init_process_group("gloo", rank=0, world_size=1)
+    yield
+    torch_dist.destroy_process_group()
+
+
+def test_zero_training_killed_after_a_checkpoint_resumes_to_the_same_weights(deepspeed_group, tokenizer, tmp_path,
+                                                                            monkeypatch):
+    import torch
+
+    import qsharp_exp.training.train_guide as train_guide
+    from helpers import make_guide
+    from qsharp_exp.config import GuideTrainConfig, HardwareConfig
+    from qsharp_exp.hardware import Hardware
+    from test_return_model import rollout
+
+    hw = Hardware(HardwareConfig(zero_stage=2))
+    rollouts = [rollout(f"p{i // 2}", float(a == 5), i % 2, (a, 6, 2)) for i, a in enumerate([5, 9, 9, 5] * 16)]
+    cfg = GuideTrainConfig(steps=12, batch_size=8, lr=3e-3, eval_every=6, val_fraction=0.25, checkpoint_every=4)
+    reference, _, _ = train_guide.train_return_model(make_guide(tokenizer, head="v"), rollouts, cfg, 0, hw, 0, False)
+    real_loss, calls = train_guide.sequence_mean_loss, {"n": 0}
+
+    def killed_at_step_7(*args):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise KeyboardInterrupt
+        return real_loss(*args)
+
+    monkeypatch.setattr(train_guide, "sequence_mean_loss", killed_at_step_7)
+    with pytest.raises(KeyboardInterrupt):
+        train_guide.train_return_model(make_guide(tokenizer, head="v"), rollouts, cfg, 0, hw, 0, False, tmp_path)
+    assert (tmp_path / "latest").read_text() == "global_step_4"
+    resumed, _, _ = train_guide.train_return_model(make_guide(tokenizer, head="v"), rollouts, cfg, 0, hw, 0, False,
+                                                   tmp_path)
+    for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
