@@ -39,6 +39,7 @@ def test_two_ranks_under_zero_give_the_metrics_of_one_process(single_process, ha
         cwd=tmp_path, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert ("pi_ref: sharded with ZeRO-3 across 2 ranks" in result.stdout + result.stderr) == (hardware == "zero3")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     for key, value in single_process.items():
         if key.startswith(("dir_", "time_", "build_time_")):

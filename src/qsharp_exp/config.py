@@ -173,6 +173,9 @@ class HardwareConfig:
     zero_stage: int = 0
     # ZeRO-3 only: keep parameters and optimizer state in CPU memory between uses.
     offload: bool = False
+    # Shard the frozen pi_ref across ranks with ZeRO-3 for sampling (when it does not fit one device);
+    # false = a full copy per rank (ZeRO stage 0), faster when it fits.
+    shard_pi_ref: bool = False
 
 
 @dataclass

@@ -15,6 +15,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from qsharp_exp import guidance as G
+from qsharp_exp.distributed import Dist
 from qsharp_exp.models.return_model import ReturnModel
 
 
@@ -137,12 +138,15 @@ def generate(
     guide: Guidance | None = None,
     explore: torch.Tensor | None = None,
     explore_top_k: int = 0,
+    lockstep: Dist | None = None,
 ) -> Generation:
     """Sample responses to left-padded prompts `ids` [B, L] (mask 1 = real token) until a token of
     `stop_ids` (EOS, end of turn) or `spec.max_new_tokens`.
 
     `explore` [B] bool: those rows draw their first token uniformly from pi_ref's top `explore_top_k`
     tokens (the exploratory switch of Algorithm 2), then continue as usual.
+    `lockstep`: ranks that share a ZeRO-3-sharded pi_ref; every rank keeps stepping (finished rows feed
+    masked pads) until all ranks are done, because each forward gathers parameters collectively.
     """
     b = ids.shape[0]
     device = ids.device
@@ -183,7 +187,8 @@ def generate(
         tokens.append(token)
         lengths += alive.long()
         alive = alive & ~torch.isin(token, stop_ids)
-        if not bool(alive.any()):
+        running = bool(alive.any())
+        if not (lockstep.any(running) if lockstep is not None else running):
             break
         step_mask = torch.cat([mask, alive.to(mask.dtype).unsqueeze(1)], dim=1)
         # Finished rows get a masked pad so that every row keeps the same cache length.

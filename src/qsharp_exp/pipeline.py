@@ -27,6 +27,7 @@ from qsharp_exp.stages import StageResult, run_stage, stage_key
 from qsharp_exp.tasks import Task, build_task
 from qsharp_exp.tracking import log_run
 from qsharp_exp.training.collect import Rollout, collect
+from qsharp_exp.training.engine import shard_for_inference
 from qsharp_exp.training.pretrain import pretrain
 from qsharp_exp.training.train_guide import NoSignalError, train_return_model
 
@@ -72,18 +73,30 @@ class Run:
         cfg = self.cfg
         source = cfg.model.pi_ref.pretrained
         if source is not None:
-            model = load_pretrained_lm(source, "model.pi_ref.pretrained", self.dtype).to(self.hw.device).eval()
+            model = load_pretrained_lm(source, "model.pi_ref.pretrained", self.dtype)
+            model = self._place_pi_ref(model)
             codec = self._codec(load_tokenizer(source, "model.pi_ref.pretrained"), model)
             self.pi_ref_key = stage_key({"pretrained": source})
             self.pi_ref_source = source
             return model, codec
         self._pretrain_pi_ref()
         path = self.stages["pi_ref"].path
-        model = AutoModelForCausalLM.from_pretrained(path / "model").to(self.hw.device).eval()
+        model = self._place_pi_ref(AutoModelForCausalLM.from_pretrained(path / "model"))
         self.pi_ref_key = self.stages["pi_ref"].key
         self.pi_ref_source = str(path / "model")
         self.pi_ref_metrics = json.loads((path / "pretrain_metrics.json").read_text())
         return model, self._codec(AutoTokenizer.from_pretrained(path / "model"), model)
+
+    def _place_pi_ref(self, model: PreTrainedModel) -> PreTrainedModel:
+        """On this rank's device: whole (replicated), or a ZeRO-3 shard of it (hardware.shard_pi_ref)."""
+        if self.hw.cfg.shard_pi_ref and self.hw.dist.active:
+            model = shard_for_inference(model.eval(), self.hw)
+            log.info("pi_ref: sharded with ZeRO-3 across %d ranks (%d of %d parameters held here)",
+                     self.hw.dist.world,
+                     sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in model.parameters()),
+                     sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters()))
+            return model
+        return model.to(self.hw.device).eval()
 
     def _task_inputs(self, *unused: str) -> dict:
         """The task's settings a stage depends on (problem counts of splits it does not read left out)."""

@@ -64,27 +64,36 @@ def sample_many(
     if checkpoint is not None:
         checkpoint.mkdir(parents=True, exist_ok=True)
     dist = hw.dist
-    mine = list(range(0, len(prompts), batch_size))[dist.rank :: dist.world]
-    bar = progress(mine, total=len(mine), desc=desc, enabled=show_progress and dist.is_main and len(mine) > 1)
+    count = -(-len(prompts) // batch_size)
+    # A sharded pi_ref needs every rank in every forward: all ranks take part in every slot of batches,
+    # a rank without a batch of its own (or with it already on disk) generating a throwaway one.
+    lockstep = dist if dist.active and hw.cfg.shard_pi_ref else None
+    slots = range(-(-count // dist.world))
+    bar = progress(slots, total=len(slots), desc=desc, enabled=show_progress and dist.is_main and len(slots) > 1)
     done: dict[int, list[Sampled]] = {}
-    for start in bar:
-        index = start // batch_size
-        saved = checkpoint / f"batch{index:06d}.json" if checkpoint is not None else None
+    for slot in bar:
+        index = slot * dist.world + dist.rank
+        saved = checkpoint / f"batch{index:06d}.json" if checkpoint is not None and index < count else None
         finished = _load_batch(saved) if saved is not None else None
         if finished is not None:
             done[index] = finished
+        mine = index < count and finished is None
+        if not (lockstep.any(mine) if lockstep is not None else mine):
             continue
-        chunk = prompts[start : start + batch_size]
+        start = index * batch_size if mine else 0
+        chunk = prompts[start : start + batch_size] if mine else prompts[:1]
         ids, mask = left_pad(chunk, pad_id)
         rows_explore = None
         if explore is not None:
-            rows_explore = torch.tensor(explore[start : start + batch_size], device=hw.device)
+            rows_explore = torch.tensor(explore[start : start + len(chunk)], device=hw.device)
         generator = torch.Generator(device=hw.device).manual_seed(batch_seed(seed, index))
         with hw.autocast():
             gen = generate(
                 pi_ref, ids.to(hw.device), mask.to(hw.device), spec, stops, pad_id, generator,
-                guide=guide, explore=rows_explore, explore_top_k=explore_top_k,
+                guide=guide, explore=rows_explore, explore_top_k=explore_top_k, lockstep=lockstep,
             )
+        if not mine:
+            continue  # kept this rank in step with the others; nothing to keep
         tokens, lengths, kl = gen.tokens.cpu(), gen.lengths.cpu(), gen.kl.cpu()
         batch = [Sampled(tokens[i, : lengths[i]].tolist(), float(kl[i])) for i in range(len(chunk))]
         if saved is not None:

@@ -123,3 +123,18 @@ def make_trainer(model: torch.nn.Module, optimizer, schedule, hw: Hardware, micr
     if hw.cfg.zero_stage:
         return DeepSpeedTrainer(model, optimizer, schedule, hw, micro_batch_size)
     return PlainTrainer(model, optimizer, schedule, hw)
+
+
+def shard_for_inference(model: torch.nn.Module, hw: Hardware) -> torch.nn.Module:
+    """A frozen model partitioned with ZeRO-3 across the ranks; its forward gathers parameters, so all
+    ranks must call it together (decoding's `lockstep`)."""
+    import deepspeed
+
+    zero: dict[str, Any] = {"stage": 3}
+    if hw.cfg.offload:
+        zero["offload_param"] = {"device": "cpu"}
+    config = {"train_micro_batch_size_per_gpu": 1, "bf16": {"enabled": hw.bf16}, "zero_optimization": zero,
+              "steps_per_print": 10**9}
+    engine, *_ = deepspeed.initialize(model=model, config=config)
+    engine.module.eval()
+    return engine.module
