@@ -58,11 +58,10 @@ def deepspeed_group(monkeypatch):
     for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
                        "MASTER_PORT": "29533", "DS_ACCELERATOR": "cpu"}.items():
         monkeypatch.setenv(key, value)
+    import deepspeed.comm.torch  # noqa: F401
     import torch.distributed as torch_dist
 
     from qsharp_exp.distributed import _skip_shm_build
-
-    import deepspeed.comm.torch  # noqa: F401
     _skip_shm_build()
     if not torch_dist.is_initialized():
         torch_dist.init_process_group("gloo", rank=0, world_size=1)
