@@ -99,3 +99,24 @@ def test_zero_training_killed_after_a_checkpoint_resumes_to_the_same_weights(dee
                                                    tmp_path)
     for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_memory_estimate_by_hand_for_llama3_8b_with_a_1b_guide():
+    from qsharp_exp.memory import GIB, SIZES, estimate, main
+
+    ref, guide = SIZES["meta-llama/Meta-Llama-3-8B-Instruct"], SIZES["meta-llama/Llama-3.2-1B-Instruct"]
+    one = estimate(ref, guide, "gpu", 1, batch=64, tokens=1536)
+    assert one["pi_ref_weights"] == pytest.approx(2 * 8.03e9 / GIB)
+    kv = 64 * 1536 * (2 * 32 * 8 * 128 * 2 + 2 * 16 * 8 * 64 * 2)  # keys and values of both models, bf16
+    assert one["sampling"] == pytest.approx((kv + 2 * 1.24e9) / GIB)
+    assert one["guide_training"] == pytest.approx(16 * 1.24e9 / GIB)
+    zero3 = estimate(ref, guide, "zero3", 4, batch=64, tokens=1536)
+    assert zero3["pi_ref_weights"] == pytest.approx(one["pi_ref_weights"] / 4)
+    assert zero3["guide_training"] == pytest.approx(one["guide_training"] / 4)
+    zero2 = estimate(ref, guide, "zero2", 4, batch=64, tokens=1536)
+    assert zero2["guide_training"] == pytest.approx((2 + 14 / 4) * 1.24e9 / GIB)
+    with pytest.raises(ValueError):
+        estimate(ref, guide, "gpu", 2, 64, 1536)
+    big = estimate(SIZES["meta-llama/Llama-3.1-70B-Instruct"], guide, "gpu", 1, 64, 1536)
+    assert big["peak"] > 80  # a 70B pi_ref does not fit one 80 GB GPU
+    assert main(["--gpus", "2"]) == 0

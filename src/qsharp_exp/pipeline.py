@@ -197,7 +197,8 @@ class Run:
                 guide_cfg = cfg.model.guide
                 if guide_cfg.init_from_pi_ref:
                     guide_cfg = replace(guide_cfg, arch=replace(guide_cfg.arch, pretrained=self.pi_ref_source))
-                model = build_return_model(guide_cfg, codec.tokenizer, cfg.seed + r, self.dtype)
+                # Trained in float32 under bf16 autocast: AdamW's small updates would round away in bf16 weights.
+                model = build_return_model(guide_cfg, codec.tokenizer, cfg.seed + r)
                 log.info("round %d: training the return model on %d rollouts (%d parameters)", r, len(rollouts),
                          sum(p.numel() for p in model.parameters()))
                 resume.mkdir(parents=True, exist_ok=True)
