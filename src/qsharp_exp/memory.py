@@ -3,8 +3,8 @@
 An estimate from parameter counts, not a measurement: frozen weights in bf16 (2 bytes per
 parameter); the guide's training state as mixed-precision AdamW keeps it (fp32 weights or bf16
 weights plus fp32 master copy, gradients, two fp32 moments: 16 bytes per parameter); the KV caches
-of pi_ref and the guide while sampling. ZeRO-2 shards gradients and optimizer state over the GPUs, ZeRO-3 the weights too, and
-offload moves weights and optimizer state to CPU memory (not counted below). Activations of guide
+of pi_ref and the guide while sampling. ZeRO-2 shards gradients and optimizer state over the GPUs,
+ZeRO-3 the weights too, and offload moves weights and optimizer state to CPU memory (not counted). Activations of guide
 training and framework overheads (CUDA context, allocator slack: budget 3-6 GiB) come on top.
 """
 
