@@ -120,3 +120,26 @@ def test_memory_estimate_by_hand_for_llama3_8b_with_a_1b_guide():
     big = estimate(SIZES["meta-llama/Llama-3.1-70B-Instruct"], guide, "gpu", 1, 64, 1536)
     assert big["peak"] > 80  # a 70B pi_ref does not fit one 80 GB GPU
     assert main(["--gpus", "2"]) == 0
+
+
+def test_slurm_tasks_become_ranks_of_one_process_group():
+    from qsharp_exp.distributed import slurm_environment
+
+    env = {"SLURM_NTASKS": "16", "SLURM_PROCID": "9", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "123"}
+    assert slurm_environment(env, ["node07", "node08"]) == {
+        "RANK": "9", "WORLD_SIZE": "16", "LOCAL_RANK": "1", "MASTER_ADDR": "node07", "MASTER_PORT": "20123"}
+    assert slurm_environment({**env, "WORLD_SIZE": "16"}, ["node07"]) == {}  # torchrun inside SLURM wins
+    assert slurm_environment({"SLURM_NTASKS": "1"}, ["node07"]) == {}
+
+
+def test_slurm_launcher_config_composes_for_a_sweep():
+    from hydra import compose, initialize_config_dir
+
+    from qsharp_exp.__main__ import CONF_DIR
+
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["hydra/launcher=slurm", "hardware=zero3"],
+                      return_hydra_config=True)
+    assert cfg.hydra.launcher.tasks_per_node == cfg.hydra.launcher.gpus_per_node == 8
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")

@@ -70,8 +70,26 @@ def _skip_shm_build() -> None:
         module.build_shm_op = lambda: None
 
 
+def slurm_environment(env: dict[str, str], hostnames: list[str]) -> dict[str, str]:
+    """torchrun's variables for a task of a SLURM job step (hydra/launcher=slurm), or {} outside one."""
+    if "WORLD_SIZE" in env or int(env.get("SLURM_NTASKS", "1")) <= 1:
+        return {}
+    return {
+        "RANK": env["SLURM_PROCID"], "WORLD_SIZE": env["SLURM_NTASKS"], "LOCAL_RANK": env["SLURM_LOCALID"],
+        "MASTER_ADDR": hostnames[0], "MASTER_PORT": str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000),
+    }
+
+
+def _submitit_hostnames() -> list[str]:
+    import submitit
+
+    return list(submitit.JobEnvironment().hostnames)
+
+
 def init_distributed(device: str) -> Dist:
-    """Join the process group that torchrun describes (WORLD_SIZE > 1), through DeepSpeed."""
+    """Join the process group that torchrun (or a SLURM job step) describes, through DeepSpeed."""
+    if "SLURM_NTASKS" in os.environ and "WORLD_SIZE" not in os.environ:
+        os.environ.update(slurm_environment(dict(os.environ), _submitit_hostnames()))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return SINGLE

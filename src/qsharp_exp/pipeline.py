@@ -270,6 +270,8 @@ class Run:
             result[f"time_{name}_s"] = round(stage.seconds, 2)
             result[f"build_time_{name}_s"] = stage.build_seconds
             result[f"dir_{name}"] = str(stage.path)
+            if stage.peak_gpu_gib is not None:
+                result[f"peak_gpu_gib_{name}"] = stage.peak_gpu_gib
         return result
 
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from qsharp_exp.distributed import SINGLE, Dist
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,7 @@ class StageResult:
     seconds: float  # spent in this call (about 0 when reused)
     build_seconds: float  # what building it took when it was built
     reused: bool
+    peak_gpu_gib: float | None = None  # peak GPU memory allocated while building (CUDA only)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -81,6 +84,8 @@ def run_stage(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     resume = final.with_name(f"{key}.resume")
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
     log.info("%s: %s %s", stage, "resuming" if resume.exists() else "building", final)
     try:
         build(tmp, resume) if resumable else build(tmp)
@@ -88,6 +93,7 @@ def run_stage(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     seconds = dist.broadcast(time.perf_counter() - started)
+    peak = round(torch.cuda.max_memory_allocated() / 2**30, 3) if torch.cuda.is_available() else None
     if dist.is_main:
         (tmp / "inputs.json").write_text(json.dumps(inputs, indent=2, sort_keys=True, default=str))
         (tmp / "stage.json").write_text(json.dumps({"stage": stage, "build_seconds": round(seconds, 2)}))
@@ -99,4 +105,4 @@ def run_stage(
     dist.barrier()
     if dist.is_main:
         shutil.rmtree(resume, ignore_errors=True)
-    return StageResult(final, key, seconds, seconds, False)
+    return StageResult(final, key, seconds, seconds, False, peak)
