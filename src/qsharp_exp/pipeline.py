@@ -279,6 +279,7 @@ def run(cfg: RunConfig, out_dir: Path, tracker_group: str | None = None) -> dict
     hf_logging.disable_progress_bar()  # our own bars cover the long stages
     torch.manual_seed(cfg.seed)
     runner = Run(cfg)
+    out_dir = runner.hw.dist.broadcast(out_dir)  # every rank resolved Hydra's ${now}; rank 0's dir is the run's
     metrics = runner.evaluate()
     if not runner.hw.dist.is_main:
         return metrics  # rank 0 owns the run directory and the tracker
