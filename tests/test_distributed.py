@@ -60,11 +60,10 @@ def deepspeed_group():
            "DS_ACCELERATOR": "cpu"}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
+    import deepspeed.comm.torch  # noqa: F401
     import torch.distributed as torch_dist
 
     from qsharp_exp.distributed import _skip_shm_build
-
-    import deepspeed.comm.torch  # noqa: F401
     _skip_shm_build()
     if not torch_dist.is_initialized():
         torch_dist.init_process_group("gloo", rank=0, world_size=1)
