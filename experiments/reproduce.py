@@ -24,7 +24,8 @@ from qsharp_exp.__main__ import CONF_DIR
 from qsharp_exp.config import RunConfig, load_run_config
 
 REPO = Path(__file__).resolve().parents[1]
-ALGOS = ("pi_ref", "cd", "qsharp")
+MATH_ALGOS = ("pi_ref", "cd", "qsharp")
+STAR_GRAPH_ALGOS = ("pi_ref", "reinforce", "dpo", "rpo", "cd", "qsharp")  # the paper's Figure 2b
 
 # The paper's math protocol (Section 3.2, Appendix E; ../shared/docs/QSHARP.md).
 MATH_PROTOCOL = {
@@ -60,7 +61,8 @@ def star_graph_presets(paper_scale: bool) -> list[Preset]:
     shapes = {"star_graph_g25_paper": (2, 5, 12), "star_graph_g55_paper": (5, 5, 12),
               "star_graph_g38_paper": (3, 8, 24)}
     return [Preset(name, {**STAR_GRAPH_PROTOCOL, "task.degree": d, "task.path_length": length,
-                          "task.num_nodes": 50, "model.pi_ref.n_layer": layers, "pretrain.lr": 2.5e-4})
+                          "task.num_nodes": 50, "model.pi_ref.n_layer": layers, "pretrain.lr": 2.5e-4,
+                          "algo.policy.steps": 7813, "algo.policy.batch_size": 256})
             for name, (d, length, layers) in shapes.items()]
 
 
@@ -77,11 +79,11 @@ def job_config(preset: Preset, algo: str, overrides: list[str]) -> RunConfig:
         return load_run_config(compose(config_name="config", overrides=args))
 
 
-def dry_run(presets: list[Preset], overrides: list[str]) -> int:
+def dry_run(presets: list[Preset], algos: tuple[str, ...], overrides: list[str]) -> int:
     failures = 0
     jobs = 0
     for preset in presets:
-        for algo in ALGOS:
+        for algo in algos:
             jobs += 1
             cfg = job_config(preset, algo, overrides)
             guide = cfg.model.guide.arch.pretrained or ("random init" if not cfg.model.guide.init_from_pi_ref
@@ -101,12 +103,12 @@ def dry_run(presets: list[Preset], overrides: list[str]) -> int:
     return 1 if failures else 0
 
 
-def launch(name: str, presets: list[Preset], overrides: list[str]) -> int:
+def launch(name: str, presets: list[Preset], algos: tuple[str, ...], overrides: list[str]) -> int:
     root = REPO / "multirun" / f"reproduce_{name}"
     for preset in presets:
         sweep_dir = root / (preset.name or "defaults")
         command = [sys.executable, "-m", "qsharp_exp", "-m", *([f"+experiment={preset.name}"] if preset.name else []),
-                   f"algo={','.join(ALGOS)}", f"hydra.sweep.dir={sweep_dir}", *overrides]
+                   f"algo={','.join(algos)}", f"hydra.sweep.dir={sweep_dir}", *overrides]
         print("+", " ".join(command), flush=True)
         if subprocess.run(command, cwd=REPO).returncode:
             print(f"{preset.name or 'defaults'} failed: rerun the same command to resume (finished stages and "
@@ -122,10 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--paper-scale", action="store_true", help="star-graph: the paper's G(2,5), G(5,5), G(3,8)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every job")
     args = parser.parse_intermixed_args(argv)
-    presets = table2_presets() if args.what == "table2" else star_graph_presets(args.paper_scale)
+    if args.what == "table2":
+        presets, algos = table2_presets(), MATH_ALGOS
+    else:
+        presets, algos = star_graph_presets(args.paper_scale), STAR_GRAPH_ALGOS
     if args.dry_run:
-        return dry_run(presets, args.overrides)
-    return launch(args.what.replace("-", "_"), presets, args.overrides)
+        return dry_run(presets, algos, args.overrides)
+    return launch(args.what.replace("-", "_"), presets, algos, args.overrides)
 
 
 if __name__ == "__main__":

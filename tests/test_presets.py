@@ -51,4 +51,4 @@ def test_reproduce_dry_run_flags_a_setting_that_differs_from_the_paper(capsys):
 
 def test_reproduce_star_graph_at_paper_scale_checks_the_three_graphs(capsys):
     assert reproduce.main(["star-graph", "--paper-scale", "--dry-run"]) == 0
-    assert len([line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]) == 9
+    assert len([line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]) == 18

@@ -94,8 +94,29 @@ class ModelConfig:
 
 
 @dataclass
+class PolicyConfig:
+    """Policy-based post-training (algo=reinforce|dpo|rpo): a copy of pi_ref fine-tuned on the training
+    problems, then sampled like pi_ref (QSHARP.md section 5)."""
+
+    lr: float = 1e-5
+    steps: int = 500
+    batch_size: int = 64
+    weight_decay: float = 0.1
+    warmup_steps: int = 10
+    # REINFORCE: reward of a correct / wrong sampled path, with the batch-mean baseline subtracted.
+    reward_correct: float = 1.0
+    reward_wrong: float = -0.1
+    sample_temperature: float = 1.0  # REINFORCE samples at this temperature (1: it explores)
+    # DPO / RPO: chosen = the correct path, rejected = a wrong path sampled from pi_ref (up to
+    # `rejected_tries` samples per problem; problems where pi_ref was always right give no pair).
+    beta: float = 0.1
+    rejected_tries: int = 4
+    nll_weight: float = 1.0  # RPO: + nll_weight * per-token NLL of the chosen path
+
+
+@dataclass
 class AlgoConfig:
-    name: str = "qsharp"  # qsharp | cd | pi_ref
+    name: str = "qsharp"  # qsharp | cd | pi_ref | reinforce | dpo | rpo
     eta: float = 0.1  # KL weight (paper convention): larger = closer to pi_ref
     top_k: int = 10  # pi_ref's top-k tokens are scored by the guide
     # What tokens outside the top-k get: keep (multiplier 1, so eta -> inf gives pi_ref exactly) | mask.
@@ -103,6 +124,7 @@ class AlgoConfig:
     # Which round's return model guides decoding; None = the last round. CD's default is 1 (trained on
     # pi_ref's own rollouts only), as the paper describes CD.
     guide_round: int | None = None
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
 
 
 @dataclass
@@ -205,7 +227,9 @@ class RunConfig:
 
 
 TASKS = ("star_graph", "gsm8k", "math", "arithmetic")
-ALGOS = ("qsharp", "cd", "pi_ref")
+GUIDED_ALGOS = ("qsharp", "cd")
+POLICY_ALGOS = ("reinforce", "dpo", "rpo")
+ALGOS = ("pi_ref", *GUIDED_ALGOS, *POLICY_ALGOS)
 
 
 def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -286,6 +310,12 @@ def validate(cfg: RunConfig) -> None:
     ):
         for key in keys:
             _at_least(f"{section}.{key}", getattr(getattr(cfg, section), key), 1)
+    policy = cfg.algo.policy
+    _positive("algo.policy.lr", policy.lr)
+    _positive("algo.policy.beta", policy.beta)
+    _positive("algo.policy.sample_temperature", policy.sample_temperature)
+    for key in ("steps", "batch_size", "rejected_tries"):
+        _at_least(f"algo.policy.{key}", getattr(policy, key), 1)
     if cfg.guide_train.epochs is not None:
         _positive("guide_train.epochs", cfg.guide_train.epochs)
     _choice("hardware.device", cfg.hardware.device, ("cpu", "cuda"))

@@ -139,12 +139,15 @@ def generate(
     explore: torch.Tensor | None = None,
     explore_top_k: int = 0,
     lockstep: Dist | None = None,
+    policy: PreTrainedModel | None = None,
 ) -> Generation:
     """Sample responses to left-padded prompts `ids` [B, L] (mask 1 = real token) until a token of
     `stop_ids` (EOS, end of turn) or `spec.max_new_tokens`.
 
     `explore` [B] bool: those rows draw their first token uniformly from pi_ref's top `explore_top_k`
     tokens (the exploratory switch of Algorithm 2), then continue as usual.
+    `policy`: a fine-tuned copy of pi_ref (REINFORCE, DPO, RPO) that samples instead, with its own KV
+    cache; KL is then KL(policy || pi_ref), both as the sampler sees them.
     `lockstep`: ranks that share a ZeRO-3-sharded pi_ref; every rank keeps stepping (finished rows feed
     masked pads) until all ranks are done, because each forward gathers parameters collectively.
     """
@@ -157,6 +160,10 @@ def generate(
         input_ids=ids, attention_mask=mask, position_ids=positions(mask), cache=cache, use_cache=True
     ).logits[:, -1]
     state = GuideState(guide.model, ids, mask) if guide is not None else None
+    policy_cache = DynamicCache(config=policy.config) if policy is not None else None
+    if policy is not None:
+        policy_logits = policy(input_ids=ids, attention_mask=mask, position_ids=positions(mask), cache=policy_cache,
+                               use_cache=True).logits[:, -1]
     alive = torch.ones(b, dtype=torch.bool, device=device)
     lengths = torch.zeros(b, dtype=torch.long, device=device)
     kl = torch.zeros(b, device=device)
@@ -174,6 +181,9 @@ def generate(
             kl += G.kl_divergence(logp, kl_ref) * alive
         elif state is not None:
             logp = G.guided_logprobs(ref_logp, candidates, offsets, guide.mask_non_candidates)
+            kl += G.kl_divergence(logp, ref_logp) * alive
+        elif policy is not None:
+            logp = G.sampler_logprobs(policy_logits, spec.temperature, spec.top_p)
             kl += G.kl_divergence(logp, ref_logp) * alive
         else:
             logp = ref_logp
@@ -196,6 +206,9 @@ def generate(
             input_ids=token.unsqueeze(1), attention_mask=step_mask, position_ids=next_pos.unsqueeze(1),
             cache=cache, use_cache=True,
         ).logits[:, -1]
+        if policy is not None:
+            policy_logits = policy(input_ids=token.unsqueeze(1), attention_mask=step_mask,
+                                   position_ids=next_pos.unsqueeze(1), cache=policy_cache, use_cache=True).logits[:, -1]
         mask = step_mask
         next_pos = next_pos + alive.long()
         if state is not None:

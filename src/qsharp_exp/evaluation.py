@@ -80,12 +80,13 @@ def evaluate(
     show_progress: bool = True,
     checkpoint: Path | None = None,
     reward_model: ReturnModel | None = None,
+    policy: PreTrainedModel | None = None,
 ) -> tuple[dict, list[dict]]:
     jobs = [p for p in problems for _ in range(num_samples)]
     prompts = codec.encode(jobs, spec.max_new_tokens)
     sampled = sample_many(
         pi_ref, prompts, spec, codec.stop_ids, codec.pad_id, hw, seed, batch_size,
-        guide=guide, desc=desc, show_progress=show_progress, checkpoint=checkpoint,
+        guide=guide, desc=desc, show_progress=show_progress, checkpoint=checkpoint, policy=policy,
     )
     # Ranking needs several samples: with one, best-of-1 and the weighted vote are just pass@1.
     rank = reward_model is not None and num_samples > 1

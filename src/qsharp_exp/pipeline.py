@@ -6,6 +6,7 @@ Each stage's directory under `cache_dir` is named by its inputs (see stages.py),
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from dataclasses import replace
@@ -15,7 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-from qsharp_exp.config import RunConfig, UserError, as_dict
+from qsharp_exp.config import GUIDED_ALGOS, POLICY_ALGOS, RunConfig, UserError, as_dict
 from qsharp_exp.decoding import Guidance, SamplingSpec
 from qsharp_exp.evaluation import evaluate
 from qsharp_exp.hardware import Hardware
@@ -28,6 +29,7 @@ from qsharp_exp.tasks import Task, build_task
 from qsharp_exp.tracking import log_run
 from qsharp_exp.training.collect import Rollout, collect
 from qsharp_exp.training.engine import shard_for_inference
+from qsharp_exp.training.policy import train_policy
 from qsharp_exp.training.pretrain import pretrain
 from qsharp_exp.training.train_guide import NoSignalError, train_return_model
 
@@ -221,6 +223,24 @@ class Run:
     def _load_guide(self, path: Path) -> ReturnModel:
         return ReturnModel.from_pretrained(path / "model", dtype=self.dtype).to(self.hw.device).eval()
 
+    # -- policy-based baselines ---------------------------------------------------------------------
+    def policy(self, pi_ref: PreTrainedModel, codec: PromptCodec) -> StageResult:
+        """REINFORCE / DPO / RPO: a copy of pi_ref fine-tuned on the training problems."""
+        cfg = self.cfg
+        inputs = {"pi_ref": self.pi_ref_key, "algo": cfg.algo.name, "policy": as_dict(cfg.algo.policy),
+                  "task": self._task_inputs("num_test"), "sampling": self.sampling_inputs, "seed": cfg.seed}
+
+        def build(out: Path) -> None:
+            policy = copy.deepcopy(pi_ref)
+            curve = train_policy(cfg.algo.name, policy, pi_ref, self.task, codec, cfg.algo.policy, self.spec,
+                                 self.hw, cfg.seed, cfg.progress)
+            policy.save_pretrained(out / "model")
+            codec.tokenizer.save_pretrained(out / "model")
+            _write_jsonl(out / "curve.jsonl", curve)
+
+        self.stages["policy"] = run_stage(self.root, f"policy_{cfg.algo.name}", inputs, build, dist=self.hw.dist)
+        return self.stages["policy"]
+
     # -- evaluation -----------------------------------------------------------------------------
     def guide_round(self) -> int:
         algo = self.cfg.algo
@@ -231,13 +251,21 @@ class Run:
     def evaluate(self) -> dict:
         cfg = self.cfg
         pi_ref, codec = self.pi_ref()
-        guided = cfg.algo.name != "pi_ref"
-        rounds = cfg.collect.rounds if cfg.eval.reward_model else self.guide_round() if guided else 0
+        guided = cfg.algo.name in GUIDED_ALGOS
+        # Q# as a reward model ranks several samples per problem; with one there is nothing to rank.
+        ranking = cfg.eval.reward_model and cfg.eval.num_samples > 1
+        rounds = cfg.collect.rounds if ranking else self.guide_round() if guided else 0
         guides = self.return_models(pi_ref, codec, rounds) if rounds else []
         guide_stage = guides[self.guide_round() - 1] if guided else None
-        rm_stage = guides[-1] if cfg.eval.reward_model else None
-        algo_inputs = as_dict(cfg.algo) if guided else {"name": "pi_ref"}
+        rm_stage = guides[-1] if ranking else None
+        policy_stage = self.policy(pi_ref, codec) if cfg.algo.name in POLICY_ALGOS else None
+        if guided:
+            algo_inputs = as_dict(cfg.algo)
+            algo_inputs.pop("policy")
+        else:
+            algo_inputs = {"name": cfg.algo.name}
         inputs = {"pi_ref": self.pi_ref_key, "guide": guide_stage.key if guide_stage else None,
+                  "policy": policy_stage.key if policy_stage else None,
                   "reward_model": rm_stage.key if rm_stage else None,
                   "algo": algo_inputs, "eval": as_dict(cfg.eval), "seed": cfg.seed,
                   "task": self._task_inputs("num_train", "num_pretrain")}
@@ -248,9 +276,12 @@ class Run:
                 guide = Guidance(self._load_guide(guide_stage.path), cfg.algo.name, cfg.algo.eta, cfg.algo.top_k,
                                  cfg.algo.non_candidates == "mask")
             reward_model = self._load_guide(rm_stage.path) if rm_stage is not None else None
+            policy = None
+            if policy_stage is not None:
+                policy = AutoModelForCausalLM.from_pretrained(policy_stage.path / "model").to(self.hw.device).eval()
             metrics, samples = evaluate(self.task, self.task.problems("test"), pi_ref, codec, guide, self.spec,
                                         cfg.eval.num_samples, cfg.eval.batch_size, self.hw, cfg.seed,
-                                        f"evaluate {cfg.algo.name}", cfg.progress, resume, reward_model)
+                                        f"evaluate {cfg.algo.name}", cfg.progress, resume, reward_model, policy)
             _write_json(out / "metrics.json", metrics)
             _write_jsonl(out / "samples.jsonl", samples)
 
@@ -259,6 +290,8 @@ class Run:
         metrics = json.loads((self.stages["evaluation"].path / "metrics.json").read_text())
         result = {
             "task": cfg.task.name, "model": cfg.model.name, "algo": cfg.algo.name,
+            **({"graph": f"G({cfg.task.degree},{cfg.task.path_length})", "degree": cfg.task.degree}
+               if cfg.task.name == "star_graph" else {}),
             "eta": cfg.algo.eta if guided else None,
             "top_k": cfg.algo.top_k if guided else None,
             "guide_round": self.guide_round() if guided else None,

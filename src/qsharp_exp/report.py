@@ -1,9 +1,10 @@
 """`python -m qsharp_exp.report DIR [DIR ...]`: tables and plots from the metrics.json of runs and sweeps.
 
 Writes, into the first DIR (or `--out`): `report.md` and `report.csv` in the paper's layout (rows
-pi_ref / CD / Q# per model and task, and per eta where a sweep has several), `reward_vs_kl.png` (the
-paper's Pareto picture: reward against KL across eta, one line per method) and
-`reward_vs_inverse_eta.png`.
+pi_ref / REINFORCE / DPO / RPO / CD / Q# per model and task, and per eta where a sweep has several),
+`reward_vs_kl.png` (the paper's Pareto picture: reward against KL across eta, one line per method),
+`reward_vs_inverse_eta.png`, and for star-graph `accuracy_by_method.png` (the paper's Figure 2b:
+accuracy per method per graph shape, with the 1/d level of the next-token shortcut).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-ALGO_ORDER = {"pi_ref": 0, "cd": 1, "qsharp": 2}
-ALGO_LABEL = {"pi_ref": "pi_ref", "cd": "CD", "qsharp": "Q#"}
+ALGO_ORDER = {"pi_ref": 0, "reinforce": 1, "dpo": 2, "rpo": 3, "cd": 4, "qsharp": 5}
+ALGO_LABEL = {"pi_ref": "pi_ref", "reinforce": "REINFORCE", "dpo": "DPO", "rpo": "RPO", "cd": "CD", "qsharp": "Q#"}
 STYLE = {"cd": ("tab:orange", "s"), "qsharp": ("tab:blue", "o")}
 
 
@@ -60,9 +61,11 @@ def _sort_key(m: dict):
 
 
 def groups(runs: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    """Runs by (model, task), the task with its graph shape for star-graph (e.g. star_graph G(2,5))."""
     by: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for m in runs:
-        by[(m.get("model") or "?", m["task"])].append(m)
+        task = f"{m['task']} {m['graph']}" if m.get("graph") else m["task"]
+        by[(m.get("model") or "?", task)].append(m)
     return {k: sorted(v, key=_sort_key) for k, v in sorted(by.items())}
 
 
@@ -83,11 +86,11 @@ def write_tables(runs: list[dict], out: Path) -> None:
         lines += [f"## {model} / {task}", "", "| method | eta | " + " | ".join(cols) + " |",
                   "|---|---|" + "---|" * len(cols)]
         for m in rows:
-            eta = "-" if m["algo"] == "pi_ref" else f"{m['eta']:g}"
+            eta = f"{m['eta']:g}" if m.get("eta") is not None else "-"
             lines.append(f"| {ALGO_LABEL.get(m['algo'], m['algo'])} | {eta} | "
                          + " | ".join(_fmt(m.get(c), c) for c in cols) + " |")
             csv_rows.append({"model": model, "task": task, "method": ALGO_LABEL.get(m["algo"], m["algo"]),
-                             "eta": m.get("eta") if m["algo"] != "pi_ref" else "",
+                             "eta": m.get("eta") if m.get("eta") is not None else "",
                              **{c: m.get(c, "") for c in cols}, "run_dir": m["_path"]})
         lines.append("")
     (out / "report.md").write_text("\n".join(lines))
@@ -106,7 +109,9 @@ def write_plots(runs: list[dict], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     written = []
-    by_group = groups(runs)
+    by_group = {k: v for k, v in groups(runs).items() if any(m["algo"] in STYLE for m in v)}
+    if not by_group:
+        return written
     several = len(by_group) > 1
     for name, x_of, x_label, log_x in (
         ("reward_vs_kl.png", lambda m: m["kl_mean"], "KL(pi || pi_ref), nats per response", False),
@@ -147,6 +152,44 @@ def write_plots(runs: list[dict], out: Path) -> list[Path]:
     return written
 
 
+def write_bar_chart(runs: list[dict], out: Path) -> Path | None:
+    """Star-graph accuracy per method, grouped by graph shape, with the 1/d line of the shortcut."""
+    star = [m for m in runs if m["task"] == "star_graph" and m.get("graph")]
+    if not star:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shapes = sorted({m["graph"] for m in star})
+    algos = sorted({m["algo"] for m in star}, key=lambda a: ALGO_ORDER.get(a, 9))
+    width = 0.8 / len(algos)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(shapes) * len(algos) / 3, 4.2))
+    for j, algo in enumerate(algos):
+        values = []
+        for shape in shapes:
+            # one bar per method and shape: eta 0.1 (the paper's) where a sweep has several
+            points = [m for m in star if m["graph"] == shape and m["algo"] == algo]
+            best = min(points, key=lambda m: abs((m.get("eta") or 0.1) - 0.1)) if points else None
+            values.append(best["accuracy"] if best else float("nan"))
+        xs = [i + (j - (len(algos) - 1) / 2) * width for i in range(len(shapes))]
+        ax.bar(xs, values, width=width, label=ALGO_LABEL.get(algo, algo))
+    for i, shape in enumerate(shapes):
+        degree = next(m["degree"] for m in star if m["graph"] == shape)
+        ax.hlines(1 / degree, i - 0.45, i + 0.45, colors="black", linestyles="--",
+                  label="1/d (shortcut)" if i == 0 else None)
+    ax.set_xticks(range(len(shapes)), shapes)
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1.05)
+    ax.set_title("Star-graph: policy-based post-training vs value guidance (eta 0.1)")
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_by_method.png", dpi=120)
+    plt.close(fig)
+    return out / "accuracy_by_method.png"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m qsharp_exp.report", description=__doc__.splitlines()[0])
     parser.add_argument("dirs", nargs="+", type=Path, help="run or sweep directories (searched recursively)")
@@ -160,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     write_tables(runs, out)
     plots = write_plots(runs, out)
+    bars = write_bar_chart(runs, out)
+    plots += [bars] if bars else []
     print((out / "report.md").read_text())
     print("wrote " + ", ".join(str(p) for p in [out / "report.md", out / "report.csv", *plots]))
     return 0

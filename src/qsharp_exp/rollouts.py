@@ -59,6 +59,7 @@ def sample_many(
     desc: str = "sample",
     show_progress: bool = True,
     checkpoint: Path | None = None,
+    policy: PreTrainedModel | None = None,
 ) -> list[Sampled]:
     stops = torch.tensor(stop_ids, dtype=torch.long)
     if checkpoint is not None:
@@ -90,7 +91,7 @@ def sample_many(
         with hw.autocast():
             gen = generate(
                 pi_ref, ids.to(hw.device), mask.to(hw.device), spec, stops, pad_id, generator,
-                guide=guide, explore=rows_explore, explore_top_k=explore_top_k, lockstep=lockstep,
+                guide=guide, explore=rows_explore, explore_top_k=explore_top_k, lockstep=lockstep, policy=policy,
             )
         if not mine:
             continue  # kept this rank in step with the others; nothing to keep

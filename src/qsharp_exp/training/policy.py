@@ -1,0 +1,158 @@
+"""Policy-based post-training baselines: REINFORCE, DPO and RPO on a copy of pi_ref (QSHARP.md section 5).
+
+The paper's contrast on star-graph: these fine-tune the policy itself and stay at the next-token
+shortcut's 1/d, where value guidance (CD, Q#) escapes it. Each loss is a pure function of sequence
+log-probabilities, tested against hand-computed values.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel
+
+from qsharp_exp.config import PolicyConfig, UserError
+from qsharp_exp.decoding import SamplingSpec
+from qsharp_exp.hardware import Hardware
+from qsharp_exp.prompts import PromptCodec
+from qsharp_exp.rollouts import sample_many
+from qsharp_exp.tasks import Problem, Task
+from qsharp_exp.training.common import adamw_with_schedule, progress, right_pad
+
+log = logging.getLogger(__name__)
+
+
+def shaped_rewards(correct: torch.Tensor, cfg: PolicyConfig) -> torch.Tensor:
+    """REINFORCE's reward: `reward_correct` for a correct path, `reward_wrong` otherwise."""
+    return torch.where(correct, torch.tensor(cfg.reward_correct), torch.tensor(cfg.reward_wrong))
+
+
+def reinforce_loss(logp: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
+    """-mean((R - mean R) * log pi(y|x)): the policy gradient with the batch-mean baseline."""
+    advantage = (rewards - rewards.mean()).detach()
+    return -(advantage * logp).mean()
+
+
+def dpo_margin(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: float) -> torch.Tensor:
+    """beta * (log-ratio of the chosen path - log-ratio of the rejected path), ratios against pi_ref."""
+    return beta * ((policy_chosen - ref_chosen) - (policy_rejected - ref_rejected))
+
+
+def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: float) -> torch.Tensor:
+    return -F.logsigmoid(dpo_margin(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)).mean()
+
+
+def rpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, chosen_lengths, beta: float,
+             nll_weight: float) -> torch.Tensor:
+    """DPO plus the per-token negative log-likelihood of the chosen path."""
+    nll = -(policy_chosen / chosen_lengths).mean()
+    return dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta) + nll_weight * nll
+
+
+def sequence_logprobs(model: PreTrainedModel, prompts: list[list[int]], responses: list[list[int]], pad_id: int,
+                      hw: Hardware) -> torch.Tensor:
+    """Sum over each response of log p(token | prefix) under `model` [B]."""
+    ids, mask = right_pad([p + r for p, r in zip(prompts, responses, strict=True)], pad_id)
+    ids, mask = ids.to(hw.device), mask.to(hw.device)
+    with hw.autocast():
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+    token_logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    in_response = torch.zeros_like(token_logp, dtype=torch.bool)
+    for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):
+        in_response[i, len(p) - 1 : len(p) - 1 + len(r)] = True
+    return (token_logp * in_response).sum(-1)
+
+
+def _reinforce(policy, task: Task, problems: list[Problem], codec: PromptCodec, cfg: PolicyConfig,
+               spec: SamplingSpec, hw: Hardware, seed: int, optimizer, schedule, show_progress: bool) -> list[dict]:
+    rng = random.Random(seed)
+    explore = SamplingSpec(cfg.sample_temperature, 1.0, spec.max_new_tokens)
+    curve = []
+    for step in progress(range(cfg.steps), desc="REINFORCE", enabled=show_progress and hw.dist.is_main):
+        batch = rng.sample(problems, min(cfg.batch_size, len(problems)))
+        prompts = codec.encode(batch, spec.max_new_tokens)
+        policy.eval()
+        sampled = sample_many(policy, prompts, explore, codec.stop_ids, codec.pad_id, hw, seed * 7919 + step,
+                              len(prompts), show_progress=False)
+        policy.train()
+        responses = [s.response for s in sampled]
+        correct = torch.tensor([task.reward(p, codec.decode(r)) > 0 for p, r in zip(batch, responses, strict=True)])
+        rewards = shaped_rewards(correct, cfg).to(hw.device)
+        loss = reinforce_loss(sequence_logprobs(policy, prompts, responses, codec.pad_id, hw), rewards)
+        _step(policy, loss, optimizer, schedule)
+        if step % 10 == 0 or step == cfg.steps - 1:
+            curve.append({"step": step, "loss": round(loss.item(), 5), "accuracy": correct.float().mean().item()})
+    return curve
+
+
+def preference_pairs(task: Task, problems: list[Problem], pi_ref, codec: PromptCodec, cfg: PolicyConfig,
+                     spec: SamplingSpec, hw: Hardware, seed: int, show_progress: bool):
+    """(prompt, chosen = the correct path, rejected = pi_ref's first wrong sample) per problem that has one."""
+    prompts = codec.encode(problems, spec.max_new_tokens)
+    jobs = [i for i in range(len(problems)) for _ in range(cfg.rejected_tries)]
+    sampled = sample_many(pi_ref, [prompts[i] for i in jobs], spec, codec.stop_ids, codec.pad_id, hw, seed,
+                          512, desc="DPO: sample rejected paths", show_progress=show_progress)
+    rejected: dict[int, list[int]] = {}
+    for i, s in zip(jobs, sampled, strict=True):
+        if i not in rejected and task.reward(problems[i], codec.decode(s.response)) == 0:
+            rejected[i] = s.response
+    return [(prompts[i], codec.response_ids(task.target(problems[i])), rejected[i]) for i in sorted(rejected)]
+
+
+def _preference(algo: str, policy, pi_ref, task: Task, problems: list[Problem], codec: PromptCodec,
+                cfg: PolicyConfig, spec: SamplingSpec, hw: Hardware, seed: int, optimizer, schedule,
+                show_progress: bool) -> list[dict]:
+    pairs = preference_pairs(task, problems, pi_ref, codec, cfg, spec, hw, seed, show_progress)
+    if not pairs:
+        raise UserError(f"algo={algo}: pi_ref answered every training problem right in all "
+                        f"{cfg.rejected_tries} tries, so there is no rejected path: raise algo.policy.rejected_tries.")
+    log.info("%s: %d preference pairs from %d problems", algo, len(pairs), len(problems))
+    rng = random.Random(seed)
+    curve = []
+    for step in progress(range(cfg.steps), desc=algo.upper(), enabled=show_progress and hw.dist.is_main):
+        batch = rng.sample(pairs, min(cfg.batch_size, len(pairs)))
+        prompts, chosen, rejected = (list(x) for x in zip(*batch, strict=True))
+        with torch.no_grad():
+            ref_c = sequence_logprobs(pi_ref, prompts, chosen, codec.pad_id, hw)
+            ref_r = sequence_logprobs(pi_ref, prompts, rejected, codec.pad_id, hw)
+        pol_c = sequence_logprobs(policy, prompts, chosen, codec.pad_id, hw)
+        pol_r = sequence_logprobs(policy, prompts, rejected, codec.pad_id, hw)
+        if algo == "rpo":
+            lengths = torch.tensor([len(c) for c in chosen], dtype=torch.float, device=hw.device)
+            loss = rpo_loss(pol_c, pol_r, ref_c, ref_r, lengths, cfg.beta, cfg.nll_weight)
+        else:
+            loss = dpo_loss(pol_c, pol_r, ref_c, ref_r, cfg.beta)
+        _step(policy, loss, optimizer, schedule)
+        if step % 10 == 0 or step == cfg.steps - 1:
+            margin = dpo_margin(pol_c, pol_r, ref_c, ref_r, cfg.beta).mean().item()
+            curve.append({"step": step, "loss": round(loss.item(), 5), "margin": round(margin, 5)})
+    return curve
+
+
+def _step(model, loss, optimizer, schedule) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    schedule.step()
+
+
+def train_policy(algo: str, policy: PreTrainedModel, pi_ref: PreTrainedModel, task: Task, codec: PromptCodec,
+                 cfg: PolicyConfig, spec: SamplingSpec, hw: Hardware, seed: int,
+                 show_progress: bool = True) -> list[dict]:
+    """Fine-tunes `policy` (a copy of pi_ref) in place with `algo`; returns its learning curve."""
+    torch.manual_seed(seed)
+    policy.to(hw.device).train()
+    optimizer, schedule = adamw_with_schedule(policy.parameters(), cfg.lr, cfg.weight_decay, cfg.warmup_steps,
+                                              cfg.steps)
+    problems = task.problems("train")
+    if algo == "reinforce":
+        curve = _reinforce(policy, task, problems, codec, cfg, spec, hw, seed, optimizer, schedule, show_progress)
+    else:
+        curve = _preference(algo, policy, pi_ref, task, problems, codec, cfg, spec, hw, seed, optimizer, schedule,
+                            show_progress)
+    policy.eval()
+    return curve
