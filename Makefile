@@ -30,7 +30,7 @@ report: install
 reproduce-table2: install
 	$(PY) experiments/reproduce.py table2 $(if $(filter 1,$(DRY_RUN)),--dry-run) $(ARGS)
 
-# pi_ref / CD / Q# on star-graph: CPU-sized by default, SCALE=paper for G(2,5), G(5,5), G(3,8) on a GPU.
+# pi_ref, REINFORCE, DPO, RPO, CD, Q# on star-graph: CPU-sized by default, SCALE=paper for G(2,5), G(5,5), G(3,8) on a GPU.
 reproduce-star-graph: install
 	$(PY) experiments/reproduce.py star-graph $(if $(filter paper,$(SCALE)),--paper-scale) \
 		$(if $(filter 1,$(DRY_RUN)),--dry-run) $(ARGS)

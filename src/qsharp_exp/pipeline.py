@@ -190,8 +190,10 @@ class Run:
 
             rollout_stages.append(run_stage(self.root, f"rollouts_round{r}", collect_inputs, build_rollouts,
                                             resumable=True, dist=self.hw.dist))
+            # How often checkpoints are written does not change the trained model.
+            train_inputs = {k: v for k, v in as_dict(cfg.guide_train).items() if k != "checkpoint_every"}
             guide_inputs = {"rollouts": [s.key for s in rollout_stages], "guide": as_dict(cfg.model.guide),
-                            "train": as_dict(cfg.guide_train), "seed": cfg.seed,
+                            "train": train_inputs, "seed": cfg.seed,
                             "init": self.pi_ref_key if cfg.model.guide.init_from_pi_ref else None}
 
             def build_guide(out: Path, resume: Path, r=r) -> None:

@@ -165,7 +165,7 @@ def write_bar_chart(runs: list[dict], out: Path) -> Path | None:
     shapes = sorted({m["graph"] for m in star})
     algos = sorted({m["algo"] for m in star}, key=lambda a: ALGO_ORDER.get(a, 9))
     width = 0.8 / len(algos)
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(shapes) * len(algos) / 3, 4.2))
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.6 + 1.4 * len(shapes) * len(algos) / 3), 4.2))
     for j, algo in enumerate(algos):
         values = []
         for shape in shapes:
