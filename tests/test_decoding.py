@@ -104,18 +104,18 @@ def test_v_type_scores_k_candidates_in_one_pass_like_k_forwards_and_restores_cac
 
 
 @pytest.mark.parametrize("head", ["q", "v"])
-def test_guide_makes_one_pass_per_decoding_step(pi_ref, tokenizer, tiny_task, head):
+@pytest.mark.parametrize("mask_non_candidates", [False, True])
+def test_guide_makes_one_pass_per_decoding_step(pi_ref, tokenizer, tiny_task, head, mask_non_candidates):
     guide = make_guide(tokenizer, head=head)
     rows = prompts(tokenizer, tiny_task, 4)
     ids, mask = left_pad(rows, tokenizer.pad_token_id)
     spec = SamplingSpec(max_new_tokens=5)
-    # mask_non_candidates: every sampled token is a scored candidate, so V-type reuses its cache entry.
-    gen = generate(pi_ref, ids, mask, spec, stops(tokenizer), tokenizer.pad_token_id,
-                   torch.Generator().manual_seed(0), guide=Guidance(guide, "qsharp", 0.1, 5, True))
-    steps = gen.tokens.shape[1]
-    # prefill + one pass per step (the last step's token needs no pass when decoding stops there)
-    assert gen.guide_passes <= 1 + steps
-    assert gen.guide_passes >= steps
+    never_stop = torch.tensor([-1])  # every row runs all 5 steps
+    gen = generate(pi_ref, ids, mask, spec, never_stop, tokenizer.pad_token_id, torch.Generator().manual_seed(0),
+                   guide=Guidance(guide, "qsharp", 0.1, 5, mask_non_candidates))
+    # the prefill, then one pass per step: V-type scores each step's candidates (taking in the token
+    # sampled before them in the same pass); Q-type takes in each sampled token
+    assert gen.tokens.shape[1] == 5 and gen.guide_passes == 1 + 5
 
 
 def test_explore_draws_first_token_from_top_k(pi_ref, tokenizer, tiny_task):

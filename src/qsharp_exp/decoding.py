@@ -49,7 +49,14 @@ def positions(mask: torch.Tensor) -> torch.Tensor:
 
 
 class GuideState:
-    """The guide's KV cache and its per-step outputs, kept in step with pi_ref's."""
+    """The guide's KV cache and its per-step outputs, kept in step with pi_ref's: one guide pass per step.
+
+    Q-type: the pass takes in the sampled token and yields every next candidate's value at once.
+    V-type: the sampled token is kept pending and goes into the next step's scoring pass together with
+    the k candidates: the pending token sees the prefix, each candidate the prefix, the pending token
+    and itself. The candidates' cache entries are dropped after the pass; nothing is recomputed and no
+    per-step branch depends on device values.
+    """
 
     def __init__(self, model: ReturnModel, ids: torch.Tensor, mask: torch.Tensor) -> None:
         self.model = model
@@ -60,7 +67,8 @@ class GuideState:
         self.recent_ids = ids[:, ids.shape[1] - width :] if width else None
         self.recent_mask = mask[:, mask.shape[1] - width :] if width else None
         self.passes = 0
-        self._stash: tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]] | None = None
+        # V-type: the sampled token not yet in the cache, its position and the embedding of it.
+        self._pending: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         out = self._forward(model.embed(ids, mask), mask, positions(mask))
         self.q_outputs = out[:, -1] if model.cfg.head == "q" else None  # [B, V, D]
 
@@ -83,43 +91,34 @@ class GuideState:
         if self.q_outputs is not None:
             return self.q_outputs.gather(1, candidates.unsqueeze(-1).expand(-1, -1, self.q_outputs.shape[-1]))
         b, k = candidates.shape
-        # V-type: the k candidates go through in one pass, each seeing the prefix and itself only.
-        prefix = self.mask.bool().unsqueeze(1).expand(b, k, -1)
-        own = torch.eye(k, dtype=torch.bool, device=candidates.device).expand(b, k, k)
-        attn = torch.cat([prefix, own], dim=-1).unsqueeze(1)
-        pos = self.next_pos.unsqueeze(1).expand(b, k)
-        length = self.cache.get_seq_length()
-        out = self._forward(self._embed_new(candidates), attn, pos)
-        # Take the candidates' entries back out, so the cache is the prefix's again.
-        stash = []
-        for layer in self.cache.layers:
-            stash.append((layer.keys[:, :, length:], layer.values[:, :, length:]))
-            layer.keys, layer.values = layer.keys[:, :, :length], layer.values[:, :, :length]
-        self._stash = (candidates, stash)
+        device = candidates.device
+        embeds, cand_pos = self._embed_new(candidates), self.next_pos.unsqueeze(1).expand(b, k)
+        own = torch.eye(k, dtype=torch.bool, device=device).expand(b, k, k)
+        seen = self.mask.bool()  # the prefix, the pending token's column included
+        attn = torch.cat([seen.unsqueeze(1).expand(b, k, -1), own], dim=-1)
+        pos = cand_pos
+        if self._pending is not None:
+            pending_embed, pending_pos, _ = self._pending
+            embeds = torch.cat([pending_embed, embeds], dim=1)
+            pos = torch.cat([pending_pos.unsqueeze(1), cand_pos], dim=1)
+            pending_row = torch.cat([seen, torch.zeros(b, k, dtype=torch.bool, device=device)], dim=-1)
+            attn = torch.cat([pending_row.unsqueeze(1), attn], dim=1)
+        keep = self.cache.get_seq_length() + (1 if self._pending is not None else 0)
+        out = self._forward(embeds, attn.unsqueeze(1), pos)[:, -k:]
+        for layer in self.cache.layers:  # drop the candidates' entries: the cache is the prefix's again
+            layer.keys, layer.values = layer.keys[:, :, :keep], layer.values[:, :, :keep]
+        self._pending = None
         return out
 
     def advance(self, tokens: torch.Tensor, alive: torch.Tensor) -> None:
         """Append the sampled token of every row (a masked pad for finished rows)."""
         step_mask = alive.to(self.mask.dtype).unsqueeze(1)
         self.mask = torch.cat([self.mask, step_mask], dim=1)
-        reusable = None
-        if self._stash is not None:
-            candidates, stash = self._stash
-            hit = candidates == tokens.unsqueeze(1)
-            if bool((hit.any(1) | ~alive).all()):
-                reusable = (hit.float().argmax(1), stash)
-        self._stash = None
-        if reusable is not None:
-            # V-type: the sampled candidate's entry from the scoring pass is exactly its KV.
-            idx, stash = reusable
-            for layer, (keys, values) in zip(self.cache.layers, stash, strict=True):
-                gather = idx.view(-1, 1, 1, 1).expand(-1, keys.shape[1], 1, keys.shape[-1])
-                layer.keys = torch.cat([layer.keys, keys.gather(2, gather)], dim=2)
-                layer.values = torch.cat([layer.values, values.gather(2, gather)], dim=2)
-        else:
+        if self.q_outputs is not None:
             out = self._forward(self._embed_new(tokens.unsqueeze(1)), self.mask, self.next_pos.unsqueeze(1))
-            if self.q_outputs is not None:
-                self.q_outputs = out[:, -1]
+            self.q_outputs = out[:, -1]
+        else:
+            self._pending = (self._embed_new(tokens.unsqueeze(1)), self.next_pos.clone(), tokens)
         self.next_pos = self.next_pos + alive.long()
         if self.recent_ids is not None:
             self.recent_ids = torch.cat([self.recent_ids[:, 1:], tokens.unsqueeze(1)], dim=1)
