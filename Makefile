@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install run test test-slow lint report reproduce-table2 reproduce-star-graph clean-cache
+.PHONY: install run test test-slow lint report reproduce-table2 reproduce-star-graph bench clean-cache
 
 $(VENV)/installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ reproduce-table2: install
 reproduce-star-graph: install
 	$(PY) experiments/reproduce.py star-graph $(if $(filter paper,$(SCALE)),--paper-scale) \
 		$(if $(filter 1,$(DRY_RUN)),--dry-run) $(ARGS)
+
+# Guided decoding against its one-pass floor on the default workload (docs/performance.md); ARGS for more.
+bench: install
+	$(PY) -m qsharp_exp.bench --batches 1 8 $(ARGS)
 
 lint: install
 	$(PY) -m ruff check src tests experiments

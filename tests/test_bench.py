@@ -1,0 +1,21 @@
+"""The decoding benchmark runs on a tiny pair and reports what docs/performance.md quotes."""
+
+import json
+
+from qsharp_exp import bench
+
+
+def test_bench_writes_one_record_per_configuration_with_one_guide_pass_per_step(tmp_path):
+    out = tmp_path / "bench.json"
+    assert bench.main(["--vocab", "300", "--hidden", "32", "--layers", "2", "--heads", "2", "--mlp", "64",
+                       "--guide-layers", "1", "--prompt-tokens", "8", "--new-tokens", "6", "--batches", "1", "3",
+                       "--repeats", "1", "--threads", "1", "--out", str(out)]) == 0
+    records = json.loads(out.read_text())["records"]
+    assert len(records) == 2 * 5  # pi_ref, CD and Q# with a V- and a Q-type guide, at two batch sizes
+    for r in records:
+        for key in ("algo", "guide_type", "batch", "tokens_per_s", "guide_forwards_per_step", "measured_ratio"):
+            assert key in r, key
+        if r["algo"] == "pi_ref":
+            assert r["guide_forwards_per_step"] == 0 and r["measured_ratio"] == 1.0
+        else:
+            assert r["guide_forwards_per_step"] == 1.0 and r["floor_ratio"] > 1.0
