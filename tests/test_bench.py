@@ -10,7 +10,12 @@ def test_bench_writes_one_record_per_configuration_with_one_guide_pass_per_step(
     assert bench.main(["--vocab", "300", "--hidden", "32", "--layers", "2", "--heads", "2", "--mlp", "64",
                        "--guide-layers", "1", "--prompt-tokens", "8", "--new-tokens", "6", "--batches", "1", "3",
                        "--repeats", "1", "--threads", "1", "--out", str(out)]) == 0
-    records = json.loads(out.read_text())["records"]
+    written = json.loads(out.read_text())
+    records = written["records"]
+    collection, training = written["stages"]
+    assert collection["stage"] == "collection" and collection["samples"] == 4 * 32
+    assert 0 <= collection["padding_waste"] < 1 and collection["samples_per_s"] > 0
+    assert training["stage"] == "guide_training" and 0 <= training["padding_waste"] < 1
     assert len(records) == 2 * 5  # pi_ref, CD and Q# with a V- and a Q-type guide, at two batch sizes
     for r in records:
         for key in ("algo", "guide_type", "batch", "tokens_per_s", "guide_forwards_per_step", "measured_ratio"):

@@ -30,10 +30,14 @@ import torch
 from tokenizers import Tokenizer, models
 from transformers import DynamicCache, PreTrainedTokenizerFast
 
-from qsharp_exp.config import ArchConfig, GuideConfig
+from qsharp_exp.config import ArchConfig, GuideConfig, GuideTrainConfig, HardwareConfig
 from qsharp_exp.decoding import Guidance, GuideState, SamplingSpec, generate, positions
+from qsharp_exp.hardware import Hardware
 from qsharp_exp.models.lm import build_causal_lm
 from qsharp_exp.models.return_model import build_return_model
+from qsharp_exp.rollouts import PaddingStats, sample_many
+from qsharp_exp.training.collect import Rollout
+from qsharp_exp.training.train_guide import batch_tensors, train_return_model
 
 NEVER = torch.tensor([-1])  # no stop token: every row generates exactly the requested tokens
 
@@ -145,6 +149,54 @@ def run(args) -> list[dict]:
     return records
 
 
+@torch.no_grad()
+def collection_throughput(pi_ref, args) -> dict:
+    """Samples per second and padding waste of batched sampling (the entry point of collection) on
+    prompts of 1/2 to 1 x --prompt-tokens and responses that stop at one of vocab/32 stop tokens (mean
+    length about 32 tokens, capped at --new-tokens)."""
+    gen = torch.Generator().manual_seed(0)
+    count = 4 * args.collection_batch
+    lengths = torch.randint(args.prompt_tokens // 2, args.prompt_tokens + 1, (count,), generator=gen)
+    prompts = [torch.randint(3, args.vocab, (int(n),), generator=gen).tolist() for n in lengths]
+    stops = list(range(3, 3 + args.vocab // 32))
+    spec = SamplingSpec(temperature=1.0, top_p=1.0, max_new_tokens=args.new_tokens)
+    stats = PaddingStats()
+    hw = Hardware(HardwareConfig(num_threads=args.threads))
+    start = time.perf_counter()
+    sampled = sample_many(pi_ref, prompts, spec, stops, 0, hw, 0, args.collection_batch, show_progress=False,
+                          stats=stats)
+    seconds = time.perf_counter() - start
+    return {"stage": "collection", "batch": args.collection_batch, "samples": len(sampled),
+            "samples_per_s": round(len(sampled) / seconds, 2),
+            "mean_response_tokens": round(sum(len(s.response) for s in sampled) / len(sampled), 1),
+            "padding_waste": round(stats.waste(), 4), "decode_waste": round(1 - stats.decode_tokens /
+                                                                            stats.decode_slots, 4)}
+
+
+def training_throughput(guide, args) -> dict:
+    """Tokens per second and padding waste of return-model training on rollouts of varied lengths."""
+    gen = torch.Generator().manual_seed(1)
+    rollouts = []
+    for problem in range(64):
+        prompt = torch.randint(3, args.vocab, (int(torch.randint(args.prompt_tokens // 2, args.prompt_tokens + 1,
+                                                                   (1,), generator=gen)),), generator=gen).tolist()
+        for sample in range(4):
+            n = int(torch.randint(4, args.new_tokens + 1, (1,), generator=gen))
+            response = torch.randint(3, args.vocab, (n,), generator=gen).tolist()
+            rollouts.append(Rollout(f"p{problem}", prompt, response, int(torch.randint(0, n, (1,), generator=gen)),
+                                    float(sample % 2)))
+    cfg = GuideTrainConfig(steps=args.training_steps, batch_size=32, eval_every=10**6, val_fraction=0.05)
+    hw = Hardware(HardwareConfig(num_threads=args.threads))
+    start = time.perf_counter()
+    train_return_model(guide, rollouts, cfg, 0, hw, 0, show_progress=False)
+    seconds = time.perf_counter() - start
+    ids, mask, *_ = batch_tensors(guide, rollouts[:32], 0)  # one batch as training draws them: 8 whole problems
+    real = sum(len(r.prompt) + len(r.response) for r in rollouts) / len(rollouts) * 32
+    return {"stage": "guide_training", "steps": args.training_steps, "batch": 32,
+            "tokens_per_s": round(args.training_steps * real / seconds, 1),
+            "padding_waste": round(1 - int(mask.sum()) / mask.numel(), 4)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m qsharp_exp.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--vocab", type=int, default=8192)
@@ -159,17 +211,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip-decoding", action="store_true", help="only collection and training throughput")
+    parser.add_argument("--collection-batch", type=int, default=32)
+    parser.add_argument("--training-steps", type=int, default=10)
     parser.add_argument("--out", type=Path, default=Path("bench.json"))
     args = parser.parse_args(argv)
-    records = run(args)
+    records = [] if args.skip_decoding else run(args)
+    torch.set_num_threads(args.threads)
+    pi_ref, guides = build_pair(args)
+    stages = [collection_throughput(pi_ref, args), training_throughput(guides["v"].train(), args)]
     machine = {"machine": platform.processor() or platform.machine(), "threads": args.threads,
                "torch": torch.__version__, "workload": {k: v for k, v in vars(args).items() if k != "out"}}
-    args.out.write_text(json.dumps({"machine": machine, "records": records}, indent=2, default=str))
+    args.out.write_text(json.dumps({"machine": machine, "records": records, "stages": stages}, indent=2,
+                                   default=str))
     cols = ["algo", "guide_type", "batch", "tokens_per_s", "ms_per_step", "guide_forwards_per_step", "floor_ratio",
             "measured_ratio", "efficiency"]
     print(" | ".join(cols))
     for r in records:
         print(" | ".join(str(r.get(c, "-")) for c in cols))
+    for stage in stages:
+        print(", ".join(f"{k}={v}" for k, v in stage.items()))
     print(f"wrote {args.out}")
     return 0
 

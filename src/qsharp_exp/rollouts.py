@@ -23,6 +23,20 @@ from qsharp_exp.training.common import left_pad, progress
 
 
 @dataclass
+class PaddingStats:
+    """What sampling computed against what it needed: padded prompt slots and decoding row-steps."""
+
+    prompt_slots: int = 0  # batch x longest prompt, summed over batches
+    prompt_tokens: int = 0
+    decode_slots: int = 0  # batch x steps run
+    decode_tokens: int = 0  # tokens actually generated
+
+    def waste(self) -> float:
+        slots = self.prompt_slots + self.decode_slots
+        return 1.0 - (self.prompt_tokens + self.decode_tokens) / slots if slots else 0.0
+
+
+@dataclass
 class Sampled:
     response: list[int]  # up to and including the stop token (if produced)
     kl: float
@@ -60,6 +74,7 @@ def sample_many(
     show_progress: bool = True,
     checkpoint: Path | None = None,
     policy: PreTrainedModel | None = None,
+    stats: PaddingStats | None = None,
 ) -> list[Sampled]:
     stops = torch.tensor(stop_ids, dtype=torch.long)
     if checkpoint is not None:
@@ -96,6 +111,11 @@ def sample_many(
         if not mine:
             continue  # kept this rank in step with the others; nothing to keep
         tokens, lengths, kl = gen.tokens.cpu(), gen.lengths.cpu(), gen.kl.cpu()
+        if stats is not None:
+            stats.prompt_slots += ids.numel()
+            stats.prompt_tokens += int(mask.sum())
+            stats.decode_slots += tokens.numel()
+            stats.decode_tokens += int(lengths.sum())
         batch = [Sampled(tokens[i, : lengths[i]].tolist(), float(kl[i])) for i in range(len(chunk))]
         if saved is not None:
             _save_batch(saved, batch)
