@@ -144,3 +144,32 @@ def test_paper_compat_decoding_unguided_kl_is_zero_only_without_top_p(pi_ref, to
     ours = generate(pi_ref, ids, mask, replace(spec, paper_compat=False), stops(tokenizer), tokenizer.pad_token_id,
                     torch.Generator().manual_seed(0))
     assert ours.kl.abs().max().item() == 0.0
+
+
+def test_rows_that_stop_early_leave_the_batch_without_changing_any_row(tokenizer, tiny_task, arch):
+    """Many stop tokens make rows finish at different steps, so finished rows are dropped mid-generation;
+    every row must still match its own one-by-one run, and guided KL its uncached recomputation."""
+    pi_ref = build_causal_lm(replace(tiny_arch(arch), initializer_range=0.5), tokenizer, seed=0).eval()
+    many_stops = torch.arange(5, len(tokenizer), 3)
+    rows = ragged(tokenizer, tiny_task, 6)
+    ids, mask = left_pad(rows, tokenizer.pad_token_id)
+    cold = SamplingSpec(temperature=1e-4, top_p=1.0, max_new_tokens=10)
+    batched = generate(pi_ref, ids, mask, cold, many_stops, tokenizer.pad_token_id, torch.Generator().manual_seed(3))
+    assert len(set(batched.lengths.tolist())) > 1  # rows did stop at different steps
+    for i, row in enumerate(rows):
+        one_ids, one_mask = left_pad([row], tokenizer.pad_token_id)
+        single = generate(pi_ref, one_ids, one_mask, cold, many_stops, tokenizer.pad_token_id,
+                          torch.Generator().manual_seed(3))
+        assert batched.tokens[i, : batched.lengths[i]].tolist() == single.tokens[0, : single.lengths[0]].tolist()
+    for head in ("q", "v"):
+        guide = make_guide(tokenizer, arch=arch, head=head)
+        spec = SamplingSpec(temperature=0.9, max_new_tokens=10)
+        gen = generate(pi_ref, ids, mask, spec, many_stops, tokenizer.pad_token_id, torch.Generator().manual_seed(1),
+                       guide=Guidance(guide, "qsharp", 0.5, 5))
+        assert len(set(gen.lengths.tolist())) > 1
+        for i, prompt in enumerate(rows):
+            response = gen.tokens[i, : gen.lengths[i]].tolist()
+            steps = uncached_guided_logprobs(pi_ref, guide, prompt, response, spec, 5, 0.5, "qsharp", False)
+            ref_steps = uncached_guided_logprobs(pi_ref, None, prompt, response, spec, 5, 0.5, "qsharp", False)
+            kl = sum(G.kl_divergence(lp, rp).item() for lp, rp in zip(steps, ref_steps, strict=True))
+            assert gen.kl[i].item() == pytest.approx(kl, rel=1e-4, abs=1e-5)

@@ -48,6 +48,11 @@ def positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(-1) - 1).clamp_min(0)
 
 
+def _select_rows(cache: DynamicCache, keep: torch.Tensor) -> None:
+    for layer in cache.layers:
+        layer.keys, layer.values = layer.keys[keep], layer.values[keep]
+
+
 class GuideState:
     """The guide's KV cache and its per-step outputs, kept in step with pi_ref's: one guide pass per step.
 
@@ -110,6 +115,17 @@ class GuideState:
         self._pending = None
         return out
 
+    def select(self, keep: torch.Tensor) -> None:
+        """Keep only the rows `keep` (finished rows leave the batch)."""
+        _select_rows(self.cache, keep)
+        self.mask, self.next_pos = self.mask[keep], self.next_pos[keep]
+        if self.recent_ids is not None:
+            self.recent_ids, self.recent_mask = self.recent_ids[keep], self.recent_mask[keep]
+        if self._pending is not None:
+            self._pending = tuple(x[keep] for x in self._pending)
+        if self.q_outputs is not None:
+            self.q_outputs = self.q_outputs[keep]
+
     def advance(self, tokens: torch.Tensor, alive: torch.Tensor) -> None:
         """Append the sampled token of every row (a masked pad for finished rows)."""
         step_mask = alive.to(self.mask.dtype).unsqueeze(1)
@@ -163,10 +179,12 @@ def generate(
     if policy is not None:
         policy_logits = policy(input_ids=ids, attention_mask=mask, position_ids=positions(mask), cache=policy_cache,
                                use_cache=True).logits[:, -1]
-    alive = torch.ones(b, dtype=torch.bool, device=device)
-    lengths = torch.zeros(b, dtype=torch.long, device=device)
+    alive = torch.ones(b, dtype=torch.bool, device=device)  # of the rows still in the batch
+    rows = torch.arange(b, device=device)  # batch position -> original row
+    lengths = torch.zeros(b, dtype=torch.long, device=device)  # per original row, as are kl and tokens
     kl = torch.zeros(b, device=device)
-    tokens = []
+    tokens = torch.full((b, spec.max_new_tokens), pad_id, dtype=torch.long, device=device)
+    steps = 0
     stop_ids = stop_ids.to(device)
     for step in range(spec.max_new_tokens):
         ref_logp = G.sampler_logprobs(logits, spec.temperature, spec.top_p)
@@ -177,13 +195,13 @@ def generate(
         if spec.paper_compat:
             logp, kl_ref = G.paper_compat_logprobs(logits, spec.temperature, spec.top_p, candidates, offsets,
                                                    guide.mask_non_candidates if guide else False)
-            kl += G.kl_divergence(logp, kl_ref) * alive
+            kl[rows] += G.kl_divergence(logp, kl_ref) * alive
         elif state is not None:
             logp = G.guided_logprobs(ref_logp, candidates, offsets, guide.mask_non_candidates)
-            kl += G.kl_divergence(logp, ref_logp) * alive
+            kl[rows] += G.kl_divergence(logp, ref_logp) * alive
         elif policy is not None:
             logp = G.sampler_logprobs(policy_logits, spec.temperature, spec.top_p)
-            kl += G.kl_divergence(logp, ref_logp) * alive
+            kl[rows] += G.kl_divergence(logp, ref_logp) * alive
         else:
             logp = ref_logp
         token = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)
@@ -193,11 +211,12 @@ def generate(
             pick = torch.multinomial(valid.float(), 1, generator=generator)
             token = torch.where(explore, top.indices.gather(1, pick).squeeze(1), token)
         token = torch.where(alive, token, torch.full_like(token, pad_id))
-        tokens.append(token)
-        lengths += alive.long()
+        tokens[rows, step] = token
+        steps = step + 1
+        lengths[rows] += alive.long()
         alive = alive & ~torch.isin(token, stop_ids)
-        running = bool(alive.any())
-        if not (lockstep.any(running) if lockstep is not None else running):
+        remaining = int(alive.sum())  # the one host synchronisation per step
+        if not (lockstep.any(remaining > 0) if lockstep is not None else remaining > 0):
             break
         step_mask = torch.cat([mask, alive.to(mask.dtype).unsqueeze(1)], dim=1)
         # Finished rows get a masked pad so that every row keeps the same cache length.
@@ -212,7 +231,15 @@ def generate(
         next_pos = next_pos + alive.long()
         if state is not None:
             state.advance(token, alive)
+        if remaining <= alive.numel() // 2:  # half the batch has stopped: drop the finished rows
+            keep = alive.nonzero().squeeze(1) if remaining else torch.zeros(1, dtype=torch.long, device=device)
+            rows, alive, mask, next_pos, logits = rows[keep], alive[keep], mask[keep], next_pos[keep], logits[keep]
+            _select_rows(cache, keep)
+            if policy is not None:
+                _select_rows(policy_cache, keep)
+                policy_logits = policy_logits[keep]
+            if state is not None:
+                state.select(keep)
     return Generation(
-        tokens=torch.stack(tokens, dim=1), lengths=lengths, kl=kl,
-        guide_passes=state.passes if state is not None else 0,
+        tokens=tokens[:, :steps], lengths=lengths, kl=kl, guide_passes=state.passes if state is not None else 0,
     )
