@@ -42,6 +42,7 @@ class Generation:
     lengths: torch.Tensor  # [B] tokens up to and including EOS
     kl: torch.Tensor  # [B] sum over the response of KL(pi || pi_ref), nats
     guide_passes: int  # guide forwards, prefill included
+    row_steps: int = 0  # rows in the batch summed over decoding steps (what the steps computed)
 
 
 def positions(mask: torch.Tensor) -> torch.Tensor:
@@ -184,7 +185,7 @@ def generate(
     lengths = torch.zeros(b, dtype=torch.long, device=device)  # per original row, as are kl and tokens
     kl = torch.zeros(b, device=device)
     tokens = torch.full((b, spec.max_new_tokens), pad_id, dtype=torch.long, device=device)
-    steps = 0
+    steps = row_steps = 0
     stop_ids = stop_ids.to(device)
     for step in range(spec.max_new_tokens):
         ref_logp = G.sampler_logprobs(logits, spec.temperature, spec.top_p)
@@ -212,7 +213,7 @@ def generate(
             token = torch.where(explore, top.indices.gather(1, pick).squeeze(1), token)
         token = torch.where(alive, token, torch.full_like(token, pad_id))
         tokens[rows, step] = token
-        steps = step + 1
+        steps, row_steps = step + 1, row_steps + rows.numel()
         lengths[rows] += alive.long()
         alive = alive & ~torch.isin(token, stop_ids)
         remaining = int(alive.sum())  # the one host synchronisation per step
@@ -242,4 +243,5 @@ def generate(
                 state.select(keep)
     return Generation(
         tokens=tokens[:, :steps], lengths=lengths, kl=kl, guide_passes=state.passes if state is not None else 0,
+        row_steps=row_steps,
     )

@@ -28,7 +28,7 @@ class PaddingStats:
 
     prompt_slots: int = 0  # batch x longest prompt, summed over batches
     prompt_tokens: int = 0
-    decode_slots: int = 0  # batch x steps run
+    decode_slots: int = 0  # rows in the batch summed over the steps run
     decode_tokens: int = 0  # tokens actually generated
 
     def waste(self) -> float:
@@ -114,7 +114,7 @@ def sample_many(
         if stats is not None:
             stats.prompt_slots += ids.numel()
             stats.prompt_tokens += int(mask.sum())
-            stats.decode_slots += tokens.numel()
+            stats.decode_slots += gen.row_steps
             stats.decode_tokens += int(lengths.sum())
         batch = [Sampled(tokens[i, : lengths[i]].tolist(), float(kl[i])) for i in range(len(chunk))]
         if saved is not None:
