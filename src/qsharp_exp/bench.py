@@ -37,7 +37,7 @@ from qsharp_exp.models.lm import build_causal_lm
 from qsharp_exp.models.return_model import build_return_model
 from qsharp_exp.rollouts import PaddingStats, sample_many
 from qsharp_exp.training.collect import Rollout
-from qsharp_exp.training.train_guide import batch_tensors, train_return_model
+from qsharp_exp.training.train_guide import batch_tensors, length_grouped_batches, train_return_model
 
 NEVER = torch.tensor([-1])  # no stop token: every row generates exactly the requested tokens
 
@@ -190,11 +190,15 @@ def training_throughput(guide, args) -> dict:
     start = time.perf_counter()
     train_return_model(guide, rollouts, cfg, 0, hw, 0, show_progress=False)
     seconds = time.perf_counter() - start
-    ids, mask, *_ = batch_tensors(guide, rollouts[:32], 0)  # one batch as training draws them: 8 whole problems
-    real = sum(len(r.prompt) + len(r.response) for r in rollouts) / len(rollouts) * 32
+    groups = [rollouts[i : i + 4] for i in range(0, len(rollouts), 4)]
+    real = slots = 0
+    for batch in length_grouped_batches(groups, 8, 0, 0):  # an epoch of batches as training draws them
+        _, mask, *_ = batch_tensors(guide, [r for i in batch for r in groups[i]], 0)
+        real, slots = real + int(mask.sum()), slots + mask.numel()
+    per_step = real / len(length_grouped_batches(groups, 8, 0, 0))
     return {"stage": "guide_training", "steps": args.training_steps, "batch": 32,
-            "tokens_per_s": round(args.training_steps * real / seconds, 1),
-            "padding_waste": round(1 - int(mask.sum()) / mask.numel(), 4)}
+            "tokens_per_s": round(args.training_steps * per_step / seconds, 1),
+            "padding_waste": round(1 - real / slots, 4)}
 
 
 def main(argv: list[str] | None = None) -> int:

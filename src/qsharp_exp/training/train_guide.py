@@ -156,8 +156,12 @@ def train_return_model(
         log.info("return model: resuming from step %d (%s)", first, checkpoints)
     bar = progress(range(first, steps), total=steps, initial=first, desc="train return model",
                    enabled=show_progress and dist.is_main)
+    plans: dict[int, list[list[int]]] = {}
     for step in bar:
-        problems = rng.sample(groups, problems_per_batch)
+        epoch, position = divmod(step, len(plans.setdefault(0, length_grouped_batches(groups, problems_per_batch,
+                                                                                       seed, 0))))
+        plan = plans.setdefault(epoch, length_grouped_batches(groups, problems_per_batch, seed, epoch))
+        problems = [groups[i] for i in plan[position]]
         batch = [r for group in problems[dist.rank :: dist.world] for r in group]
         ids, mask, rows, cols, actions, _, returns = batch_tensors(model, batch, pad_id)
         dev = hw.device
@@ -180,6 +184,28 @@ def train_return_model(
             trainer.save(checkpoints, step + 1, state)
     model.eval()
     return model, curve, trainer.full_parameters()
+
+
+MEGABATCH = 16  # batches whose problems are sorted by length together
+
+
+def length_grouped_batches(groups: list[list[Rollout]], per_batch: int, seed: int, epoch: int) -> list[list[int]]:
+    """One epoch of batches of `per_batch` problems (indices into `groups`), drawn as a length-grouped
+    sampler does: shuffle, cut into megabatches of MEGABATCH batches, sort each megabatch by sequence
+    length, cut it into batches, shuffle their order. Problems of similar length share a batch, so little
+    is padding, while each epoch still visits every problem once in a random order. Deterministic in
+    (seed, epoch), so a resumed or multi-rank run draws the same batches."""
+    rng = random.Random(f"{seed}-epoch{epoch}")
+    order = list(range(len(groups)))
+    rng.shuffle(order)
+    size = lambda i: max(len(r.prompt) + len(r.response) for r in groups[i])  # noqa: E731
+    batches: list[list[int]] = []
+    for start in range(0, len(order), MEGABATCH * per_batch):
+        mega = sorted(order[start : start + MEGABATCH * per_batch], key=size)
+        chunk = [mega[i : i + per_batch] for i in range(0, len(mega), per_batch)]
+        rng.shuffle(chunk)
+        batches += [b for b in chunk if len(b) == per_batch]  # a short tail would break equal rank shares
+    return batches or [order[:per_batch]]
 
 
 def _mean_over_ranks(value: float, dist) -> float:
