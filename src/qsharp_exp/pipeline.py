@@ -35,8 +35,11 @@ from qsharp_exp.training.train_guide import NoSignalError, train_return_model
 
 log = logging.getLogger(__name__)
 
-# Bumped when the rollout file's layout changes, so that older cached rollouts are not reused.
-ROLLOUT_FORMAT = 2
+# Part of every stage's inputs. Bumped when code changes what a stage produces for the same config
+# (a file layout, the random streams of sampling, the order of training batches), so that a cache
+# filled by older code is never taken for this code's results. 3: finished rows leave sampling
+# batches; length-grouped return-model batches.
+PIPELINE_VERSION = 3
 
 
 def _write_json(path: Path, obj) -> None:
@@ -116,8 +119,8 @@ class Run:
     def _pretrain_pi_ref(self) -> None:
         cfg = self.cfg
         # pi_ref depends on the task's problems but not on the size of the post-training set.
-        inputs = {"task": self._task_inputs("num_train"), "arch": as_dict(cfg.model.pi_ref),
-                  "pretrain": as_dict(cfg.pretrain), "sampling": self.sampling_inputs,
+        inputs = {"version": PIPELINE_VERSION, "task": self._task_inputs("num_train"),
+                  "arch": as_dict(cfg.model.pi_ref), "pretrain": as_dict(cfg.pretrain), "sampling": self.sampling_inputs,
                   "eval_batch_size": cfg.eval.batch_size, "seed": cfg.seed}
 
         def build(out: Path) -> None:
@@ -174,7 +177,7 @@ class Run:
                 "pi_ref": self.pi_ref_key, "roll_in_guide": previous.key if previous else None,
                 "round": r, "collect": {k: v for k, v in as_dict(cfg.collect).items() if k != "rounds"},
                 "top_k": cfg.algo.top_k, "sampling": self.sampling_inputs, "seed": cfg.seed,
-                "task": self._task_inputs("num_test"), "format": ROLLOUT_FORMAT,
+                "task": self._task_inputs("num_test"), "version": PIPELINE_VERSION,
             }
 
             def build_rollouts(out: Path, resume: Path, r=r, previous=previous) -> None:
@@ -192,7 +195,8 @@ class Run:
                                             resumable=True, dist=self.hw.dist))
             # How often checkpoints are written does not change the trained model.
             train_inputs = {k: v for k, v in as_dict(cfg.guide_train).items() if k != "checkpoint_every"}
-            guide_inputs = {"rollouts": [s.key for s in rollout_stages], "guide": as_dict(cfg.model.guide),
+            guide_inputs = {"version": PIPELINE_VERSION, "rollouts": [s.key for s in rollout_stages],
+                            "guide": as_dict(cfg.model.guide),
                             "train": train_inputs, "seed": cfg.seed,
                             "init": self.pi_ref_key if cfg.model.guide.init_from_pi_ref else None}
 
@@ -229,7 +233,8 @@ class Run:
     def policy(self, pi_ref: PreTrainedModel, codec: PromptCodec) -> StageResult:
         """REINFORCE / DPO / RPO: a copy of pi_ref fine-tuned on the training problems."""
         cfg = self.cfg
-        inputs = {"pi_ref": self.pi_ref_key, "algo": cfg.algo.name, "policy": as_dict(cfg.algo.policy),
+        inputs = {"version": PIPELINE_VERSION, "pi_ref": self.pi_ref_key, "algo": cfg.algo.name,
+                  "policy": as_dict(cfg.algo.policy),
                   "task": self._task_inputs("num_test"), "sampling": self.sampling_inputs, "seed": cfg.seed}
 
         def build(out: Path) -> None:
@@ -266,8 +271,8 @@ class Run:
             algo_inputs.pop("policy")
         else:
             algo_inputs = {"name": cfg.algo.name}
-        inputs = {"pi_ref": self.pi_ref_key, "guide": guide_stage.key if guide_stage else None,
-                  "policy": policy_stage.key if policy_stage else None,
+        inputs = {"version": PIPELINE_VERSION, "pi_ref": self.pi_ref_key,
+                  "guide": guide_stage.key if guide_stage else None, "policy": policy_stage.key if policy_stage else None,
                   "reward_model": rm_stage.key if rm_stage else None,
                   "algo": algo_inputs, "eval": as_dict(cfg.eval), "seed": cfg.seed,
                   "task": self._task_inputs("num_train", "num_pretrain")}
