@@ -120,8 +120,8 @@ class Run:
         cfg = self.cfg
         # pi_ref depends on the task's problems but not on the size of the post-training set.
         inputs = {"version": PIPELINE_VERSION, "task": self._task_inputs("num_train"),
-                  "arch": as_dict(cfg.model.pi_ref), "pretrain": as_dict(cfg.pretrain), "sampling": self.sampling_inputs,
-                  "eval_batch_size": cfg.eval.batch_size, "seed": cfg.seed}
+                  "arch": as_dict(cfg.model.pi_ref), "pretrain": as_dict(cfg.pretrain),
+                  "sampling": self.sampling_inputs, "eval_batch_size": cfg.eval.batch_size, "seed": cfg.seed}
 
         def build(out: Path) -> None:
             tokenizer = self.task.build_tokenizer()
@@ -272,7 +272,8 @@ class Run:
         else:
             algo_inputs = {"name": cfg.algo.name}
         inputs = {"version": PIPELINE_VERSION, "pi_ref": self.pi_ref_key,
-                  "guide": guide_stage.key if guide_stage else None, "policy": policy_stage.key if policy_stage else None,
+                  "guide": guide_stage.key if guide_stage else None,
+                  "policy": policy_stage.key if policy_stage else None,
                   "reward_model": rm_stage.key if rm_stage else None,
                   "algo": algo_inputs, "eval": as_dict(cfg.eval), "seed": cfg.seed,
                   "task": self._task_inputs("num_train", "num_pretrain")}
