@@ -21,3 +21,16 @@ def test_split_is_the_global_seed_47_permutation_and_leaves_numpy_state_alone():
     before = np.random.get_state()[1].copy()
     assert reference_split(7473)[1] == expected_val
     assert (np.random.get_state()[1] == before).all()
+
+
+def test_generated_splits_are_disjoint_and_a_too_small_space_is_one_clear_error():
+    import pytest
+
+    from qsharp_exp.tasks.splits import draw_distinct_splits
+
+    splits = draw_distinct_splits({"a": 3, "b": 4}, stream=lambda s: f"0-{s}", draw=lambda rng: rng.randrange(10),
+                                  key=lambda x: x, hint="widen it")
+    assert len(splits["a"]) == 3 and len(splits["b"]) == 4 and not set(splits["a"]) & set(splits["b"])
+    with pytest.raises(ValueError, match="could not draw 8 distinct items for split 'b': widen it"):
+        draw_distinct_splits({"a": 3, "b": 8}, stream=lambda s: s, draw=lambda rng: rng.randrange(10),
+                             key=lambda x: x, hint="widen it")

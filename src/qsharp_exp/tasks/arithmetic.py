@@ -12,6 +12,7 @@ import random
 
 from qsharp_exp.config import TaskConfig
 from qsharp_exp.tasks.math import MathRecord, MathTask
+from qsharp_exp.tasks.splits import draw_distinct_splits
 
 NAMES = [("Tom", "He"), ("Anna", "She"), ("Ben", "He"), ("Mia", "She"), ("Leo", "He"), ("Zoe", "She")]
 ITEMS = ["apples", "marbles", "stickers", "books", "coins", "pencils", "cookies", "cards"]
@@ -53,23 +54,15 @@ def word_problem(rng: random.Random, min_ops: int, max_ops: int, max_number: int
 
 def generate_records(cfg: TaskConfig) -> dict[str, list[MathRecord]]:
     """Deterministic by `cfg.seed`; one random stream per split, no question in two splits."""
-    sizes = {"test": cfg.num_test, "pretrain": cfg.num_pretrain, "train": cfg.num_train}
-    seen: set[str] = set()
-    records: dict[str, list[MathRecord]] = {}
-    for split, size in sizes.items():
-        rng = random.Random(f"{cfg.seed}-arithmetic-{split}")
-        rows: list[MathRecord] = []
-        for _ in range(50 * size + 1000):
-            if len(rows) == size:
-                break
-            question, solution, answer = word_problem(rng, cfg.min_ops, cfg.max_ops, cfg.max_number)
-            if question not in seen:
-                seen.add(question)
-                rows.append(MathRecord(f"{split}-{len(rows)}", question, solution, answer))
-        else:
-            raise ValueError(f"could not draw {size} distinct arithmetic problems for split '{split}': "
-                             "raise task.max_number or task.max_ops, or lower the split sizes.")
-        records[split] = rows
+    splits = draw_distinct_splits(
+        {"test": cfg.num_test, "pretrain": cfg.num_pretrain, "train": cfg.num_train},
+        stream=lambda split: f"{cfg.seed}-arithmetic-{split}",
+        draw=lambda rng: word_problem(rng, cfg.min_ops, cfg.max_ops, cfg.max_number),
+        key=lambda problem: problem[0],
+        hint="raise task.max_number or task.max_ops, or lower the split sizes.",
+    )
+    records = {split: [MathRecord(f"{split}-{i}", *problem) for i, problem in enumerate(problems)]
+               for split, problems in splits.items()}
     records["validation"] = []
     return records
 

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable, Hashable
+from typing import TypeVar
+
 import numpy as np
+
+T = TypeVar("T")
 
 
 def reference_split(num_examples: int, seed: int = 47, val_fraction: float = 0.1) -> tuple[list[int], list[int]]:
@@ -12,3 +18,27 @@ def reference_split(num_examples: int, seed: int = 47, val_fraction: float = 0.1
     perm = np.random.RandomState(seed).permutation(num_examples)
     cut = int(val_fraction * num_examples)
     return sorted(perm[cut:].tolist()), sorted(perm[:cut].tolist())
+
+
+def draw_distinct_splits(sizes: dict[str, int], stream: Callable[[str], str], draw: Callable[[random.Random], T],
+                         key: Callable[[T], Hashable], hint: str) -> dict[str, list[T]]:
+    """Generated splits, in the order of `sizes`, each from its own random stream (`stream(split)` seeds
+    it) and skipping anything drawn before: no item is in two splits, and a split depends only on the
+    seed, its own size and the sizes of the splits drawn before it. `hint` says how to make room when
+    the space of distinct items runs out."""
+    seen: set[Hashable] = set()
+    splits: dict[str, list[T]] = {}
+    for split, size in sizes.items():
+        rng = random.Random(stream(split))
+        items: list[T] = []
+        for _ in range(50 * size + 1000):
+            if len(items) == size:
+                break
+            item = draw(rng)
+            if key(item) not in seen:
+                seen.add(key(item))
+                items.append(item)
+        if len(items) < size:
+            raise ValueError(f"could not draw {size} distinct items for split '{split}': {hint}")
+        splits[split] = items
+    return splits

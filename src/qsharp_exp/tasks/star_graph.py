@@ -14,6 +14,7 @@ from transformers import PreTrainedTokenizerFast
 
 from qsharp_exp.config import TaskConfig
 from qsharp_exp.tasks.base import Problem
+from qsharp_exp.tasks.splits import draw_distinct_splits
 
 SEPARATORS = (",", "|", "/", "=")
 BOS, EOS, PAD = "<bos>", "<eos>", "<pad>"
@@ -47,32 +48,17 @@ def sample_graph(rng: random.Random, degree: int, path_length: int, num_nodes: i
 def generate_splits(cfg: TaskConfig) -> dict[str, list[StarGraph]]:
     """Deterministic by `cfg.seed`; no graph (edge set with source and goal) is in two splits.
 
-    Each split has its own random stream, drawn in the order test, pretrain, train and skipping graphs
-    already drawn: the test set depends on nothing but the seed and its size, and pi_ref's data does
-    not depend on the post-training set's size.
+    Drawn in the order test, pretrain, train: the test set depends on nothing but the seed and its size,
+    and pi_ref's data does not depend on the post-training set's size.
     """
-    sizes = {"test": cfg.num_test, "pretrain": cfg.num_pretrain, "train": cfg.num_train}
-    seen: set[tuple] = set()
-    splits: dict[str, list[StarGraph]] = {}
-    for split, size in sizes.items():
-        rng = random.Random(f"{cfg.seed}-{split}")
-        graphs: list[StarGraph] = []
-        attempts = 0
-        while len(graphs) < size:
-            attempts += 1
-            if attempts > 20 * size + 1000:
-                raise ValueError(
-                    f"could not draw {size} distinct G({cfg.degree},{cfg.path_length}) graphs over "
-                    f"{cfg.num_nodes} labels for split '{split}': raise task.num_nodes or lower the sizes."
-                )
-            graph = sample_graph(rng, cfg.degree, cfg.path_length, cfg.num_nodes)
-            key = (frozenset(graph.edges), graph.goal)
-            if key in seen:
-                continue
-            seen.add(key)
-            graphs.append(graph)
-        splits[split] = graphs
-    return splits
+    return draw_distinct_splits(
+        {"test": cfg.num_test, "pretrain": cfg.num_pretrain, "train": cfg.num_train},
+        stream=lambda split: f"{cfg.seed}-{split}",
+        draw=lambda rng: sample_graph(rng, cfg.degree, cfg.path_length, cfg.num_nodes),
+        key=lambda graph: (frozenset(graph.edges), graph.goal),
+        hint=f"G({cfg.degree},{cfg.path_length}) over {cfg.num_nodes} labels has too few distinct graphs: raise "
+             "task.num_nodes or lower the sizes.",
+    )
 
 
 def parse_path(response: str) -> tuple[int, ...] | None:
