@@ -108,13 +108,19 @@ class Run:
         return {k: v for k, v in as_dict(self.cfg.task).items() if k not in unused}
 
     def _codec(self, tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> PromptCodec:
+        """Prompts must also fit the context of a guide built here, in runs that use one."""
         codec = PromptCodec.for_model(tokenizer, model, self.cfg.task.chat_template)
         guide = self.cfg.model.guide
-        guide_arch = guide.arch
-        if (self.cfg.algo.name != "pi_ref" and guide_arch.pretrained is None and not guide.init_from_pi_ref
-                and codec.max_positions):
-            codec.max_positions = min(codec.max_positions, guide_arch.max_positions)
+        if self._uses_guide() and guide.arch.pretrained is None and not guide.init_from_pi_ref and codec.max_positions:
+            codec.max_positions = min(codec.max_positions, guide.arch.max_positions)
         return codec
+
+    def _ranks_with_guide(self) -> bool:
+        """Q# as a reward model ranks several samples per problem; with one there is nothing to rank."""
+        return self.cfg.eval.reward_model and self.cfg.eval.num_samples > 1
+
+    def _uses_guide(self) -> bool:
+        return self.cfg.algo.name in GUIDED_ALGOS or self._ranks_with_guide()
 
     def _pretrain_pi_ref(self) -> None:
         cfg = self.cfg
@@ -259,8 +265,7 @@ class Run:
         cfg = self.cfg
         pi_ref, codec = self.pi_ref()
         guided = cfg.algo.name in GUIDED_ALGOS
-        # Q# as a reward model ranks several samples per problem; with one there is nothing to rank.
-        ranking = cfg.eval.reward_model and cfg.eval.num_samples > 1
+        ranking = self._ranks_with_guide()
         rounds = cfg.collect.rounds if ranking else self.guide_round() if guided else 0
         guides = self.return_models(pi_ref, codec, rounds) if rounds else []
         guide_stage = guides[self.guide_round() - 1] if guided else None
