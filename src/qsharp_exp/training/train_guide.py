@@ -156,12 +156,12 @@ def train_return_model(
         log.info("return model: resuming from step %d (%s)", first, checkpoints)
     bar = progress(range(first, steps), total=steps, initial=first, desc="train return model",
                    enabled=show_progress and dist.is_main)
-    plans: dict[int, list[list[int]]] = {}
+    plans = {0: length_grouped_batches(groups, problems_per_batch, seed, 0)}  # one plan per epoch, made once
     for step in bar:
-        epoch, position = divmod(step, len(plans.setdefault(0, length_grouped_batches(groups, problems_per_batch,
-                                                                                       seed, 0))))
-        plan = plans.setdefault(epoch, length_grouped_batches(groups, problems_per_batch, seed, epoch))
-        problems = [groups[i] for i in plan[position]]
+        epoch, position = divmod(step, len(plans[0]))
+        if epoch not in plans:
+            plans = {epoch: length_grouped_batches(groups, problems_per_batch, seed, epoch), 0: plans[0]}
+        problems = [groups[i] for i in plans[epoch][position]]
         batch = [r for group in problems[dist.rank :: dist.world] for r in group]
         ids, mask, rows, cols, actions, _, returns = batch_tensors(model, batch, pad_id)
         dev = hw.device
