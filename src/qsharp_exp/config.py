@@ -164,7 +164,7 @@ class GuideTrainConfig:
     warmup_steps: int = 100
     eval_every: int = 250
     val_fraction: float = 0.05
-    # Save a resumable checkpoint (model, optimizer, schedule, data position, RNG) every N steps; 0 = never.
+    # Save a resumable checkpoint (model, optimizer, schedule, step, RNG) every N steps; 0 = never.
     checkpoint_every: int = 0
 
 

@@ -48,23 +48,6 @@ def final_values(model: ReturnModel, prompts: list[list[int]], sampled: list[Sam
     return scores
 
 
-def _weighted_vote(task: Task, rows: list[dict]) -> str | None:
-    """The answer whose group of equivalent answers has the largest summed reward-model score."""
-    groups: list[list[dict]] = []
-    for row in rows:
-        if row["answer"] is None:
-            continue
-        for group in groups:
-            if task.same_answer(group[0]["answer"], row["answer"]):
-                group.append(row)
-                break
-        else:
-            groups.append([row])
-    if not groups:
-        return None
-    return max(groups, key=lambda g: sum(r["rm_score"] for r in g))[0]["answer"]
-
-
 def evaluate(
     task: Task,
     problems: list[Problem],
@@ -108,7 +91,7 @@ def evaluate(
         majority_right.append(voted is not None and task.same_answer(gold[pid], voted))
         if scores is not None:
             rm_best_right.append(max(rows, key=lambda r: r["rm_score"])["correct"] > 0)
-            weighted = _weighted_vote(task, rows)
+            weighted = majority_vote([r["answer"] for r in rows], task.same_answer, [r["rm_score"] for r in rows])
             rm_vote_right.append(weighted is not None and task.same_answer(gold[pid], weighted))
     pass_at_1 = sum(s["correct"] for s in samples) / len(samples)
     metrics = {

@@ -56,22 +56,24 @@ def equivalent(gold: str, predicted: str | None, timeout_s: int = 5) -> bool:
     return bool(verify(gold_parsed, pred_parsed, timeout_seconds=limit))
 
 
-def majority_vote(answers: Sequence[str | None], same: Callable[[str, str], bool] = equivalent) -> str | None:
-    """The answer of the largest group of answers that are `same` (math-verify equivalence by default);
-    ties go to the group seen first. Missing answers (no box) do not vote; None if nobody voted."""
-    groups: list[list[str]] = []
-    for answer in answers:
+def majority_vote(answers: Sequence[str | None], same: Callable[[str, str], bool] = equivalent,
+                  weights: Sequence[float] | None = None) -> str | None:
+    """The answer of the group of `same` answers (math-verify equivalence by default) with the largest
+    total weight (1 per answer unless `weights` are given, e.g. reward-model scores); ties go to the
+    group seen first. Missing answers (no box) do not vote; None if nobody voted."""
+    groups: list[tuple[str, list[float]]] = []
+    for answer, weight in zip(answers, weights if weights is not None else [1.0] * len(answers), strict=True):
         if answer is None or not answer.strip():
             continue
-        for group in groups:
-            if same(group[0], answer):
-                group.append(answer)
+        for first, members in groups:
+            if same(first, answer):
+                members.append(weight)
                 break
         else:
-            groups.append([answer])
+            groups.append((answer, [weight]))
     if not groups:
         return None
-    return max(groups, key=len)[0]  # max keeps the first of equal lengths
+    return max(groups, key=lambda g: sum(g[1]))[0]  # max keeps the first of equal totals
 
 
 def pass_at_k(n: int, correct: int, k: int) -> float:

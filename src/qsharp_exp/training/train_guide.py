@@ -151,7 +151,6 @@ def train_return_model(
     if resume_step is not None:
         state = trainer.load(checkpoints, resume_step)
         first, running, curve = state["step"], state["running"], state["curve"]
-        rng.setstate(_tuple_state(state["rng"]))
         torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
         log.info("return model: resuming from step %d (%s)", first, checkpoints)
     bar = progress(range(first, steps), total=steps, initial=first, desc="train return model",
@@ -179,7 +178,7 @@ def train_return_model(
                 log.info("return model step %d: %s", step + 1, point)
             bar.set_postfix(loss=f"{running:.4f}", val_acc=point["val_acc"])
         if checkpoints is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
-            state = {"step": step + 1, "running": running, "curve": curve, "rng": rng.getstate(),
+            state = {"step": step + 1, "running": running, "curve": curve,
                      "torch_rng": torch.get_rng_state().tolist()}
             trainer.save(checkpoints, step + 1, state)
     model.eval()
@@ -210,8 +209,3 @@ def length_grouped_batches(groups: list[list[Rollout]], per_batch: int, seed: in
 
 def _mean_over_ranks(value: float, dist) -> float:
     return sum(dist.gather(value)) / dist.world if dist.active else value
-
-
-def _tuple_state(state):
-    """random.Random state after a JSON/pickle round trip (lists back to tuples)."""
-    return tuple(_tuple_state(x) for x in state) if isinstance(state, list | tuple) else state
