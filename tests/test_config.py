@@ -39,6 +39,7 @@ def test_every_algo_and_hardware_composes(algo, hardware):
         ("eval.top_p=0", "eval.top_p"),
         ("algo.guide_round=3", "algo.guide_round"),
         ("collect.explore_prob=2", "collect.explore_prob"),
+        ("+model.pi_ref.n_kv_head=3", "model.pi_ref.n_kv_head"),  # gpt2 has no grouped-query attention
     ],
 )
 def test_bad_values_raise_a_config_error_naming_the_key(override, key):

@@ -114,8 +114,9 @@ def test_guide_makes_one_pass_per_decoding_step(pi_ref, tokenizer, tiny_task, he
     gen = generate(pi_ref, ids, mask, spec, never_stop, tokenizer.pad_token_id, torch.Generator().manual_seed(0),
                    guide=Guidance(guide, "qsharp", 0.1, 5, mask_non_candidates))
     # the prefill, then one pass per step: V-type scores each step's candidates (taking in the token
-    # sampled before them in the same pass); Q-type takes in each sampled token
-    assert gen.tokens.shape[1] == 5 and gen.guide_passes == 1 + 5
+    # sampled before them in the same pass); Q-type takes in each sampled token but the last, which
+    # nothing is sampled after (the prefill already scored the first step's candidates)
+    assert gen.tokens.shape[1] == 5 and gen.guide_passes == 1 + (5 if head == "v" else 4)
 
 
 def test_explore_draws_first_token_from_top_k(pi_ref, tokenizer, tiny_task):
@@ -173,3 +174,25 @@ def test_rows_that_stop_early_leave_the_batch_without_changing_any_row(tokenizer
             ref_steps = uncached_guided_logprobs(pi_ref, None, prompt, response, spec, 5, 0.5, "qsharp", False)
             kl = sum(G.kl_divergence(lp, rp).item() for lp, rp in zip(steps, ref_steps, strict=True))
             assert gen.kl[i].item() == pytest.approx(kl, rel=1e-4, abs=1e-5)
+
+
+def test_sampling_batches_prompts_by_length_and_returns_samples_in_the_callers_order(tokenizer, tiny_task, arch):
+    from qsharp_exp.config import HardwareConfig
+    from qsharp_exp.hardware import Hardware
+    from qsharp_exp.rollouts import PaddingStats, sample_many
+
+    pi_ref = build_causal_lm(replace(tiny_arch(arch), initializer_range=0.5), tokenizer, seed=0).eval()
+    full = prompts(tokenizer, tiny_task, 3)
+    rows = [full[0], full[1][:-4], full[2], full[0][:-4], full[1], full[2][:-4]]  # long, short, long, ...
+    cold = SamplingSpec(temperature=1e-4, top_p=1.0, max_new_tokens=6)
+    many_stops = list(range(5, len(tokenizer), 3))
+    stats = PaddingStats()
+    sampled = sample_many(pi_ref, rows, cold, many_stops, tokenizer.pad_token_id, Hardware(HardwareConfig()), 0, 3,
+                          show_progress=False, stats=stats)
+    lengths = sorted(len(r) for r in rows)
+    assert stats.prompt_slots == 3 * lengths[2] + 3 * lengths[5]  # the three short prompts share a batch
+    for row, sample in zip(rows, sampled, strict=True):
+        one_ids, one_mask = left_pad([row], tokenizer.pad_token_id)
+        single = generate(pi_ref, one_ids, one_mask, cold, torch.tensor(many_stops), tokenizer.pad_token_id,
+                          torch.Generator().manual_seed(0))
+        assert sample.response == single.tokens[0, : single.lengths[0]].tolist()

@@ -141,13 +141,13 @@ def test_training_killed_after_a_checkpoint_resumes_to_the_same_weights(tokenize
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
 
 
-def test_length_grouped_batches_visit_every_problem_once_per_epoch_with_similar_lengths():
+def test_length_grouped_batches_visit_every_sequence_once_per_epoch_with_similar_lengths():
     from qsharp_exp.training.train_guide import length_grouped_batches
 
-    groups = [[rollout(f"p{i}", 1.0, 0, tuple(range(2 + i % 17)))] for i in range(40)]
-    epoch = length_grouped_batches(groups, 4, seed=0, epoch=0)
+    lengths = [2 + i % 17 for i in range(40)]
+    epoch = length_grouped_batches(lengths, 4, seed=0, epoch=0)
     assert sorted(i for batch in epoch for i in batch) == list(range(40))
-    assert epoch == length_grouped_batches(groups, 4, seed=0, epoch=0)
-    assert epoch != length_grouped_batches(groups, 4, seed=0, epoch=1)
-    spread = [max(len(groups[i][0].response) for i in b) - min(len(groups[i][0].response) for i in b) for b in epoch]
+    assert epoch == length_grouped_batches(lengths, 4, seed=0, epoch=0)
+    assert epoch != length_grouped_batches(lengths, 4, seed=0, epoch=1)
+    spread = [max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in epoch]
     assert max(spread) <= 3  # sorted within the megabatch: neighbours in length share a batch

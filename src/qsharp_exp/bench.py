@@ -3,22 +3,30 @@
 For a (pi_ref, guide) pair built from configs with random weights, times generation of exactly
 `--new-tokens` tokens per row for pi_ref alone, CD and Q# with a V-type and a Q-type guide, at several
 batch sizes; repeats are interleaved (pi_ref, then each guided variant, per repeat) so that drift
-cancels, and medians are reported. Beside the end-to-end time it times, in isolation, one pi_ref
-decoding step and one guide pass of the per-step shape, and reports
+cancels, and medians are reported. Decoding is timed without the prompt's prefill (a run of all the
+new tokens minus a run of the first token alone: what remains is new_tokens - 1 decoding steps).
+Beside it the bench times, in isolation, one pi_ref decoding step and one guide pass of the per-step
+shape, and reports
 
   floor_ratio    = (pi_ref step + guide pass) / pi_ref step   (what one guide pass per step costs)
-  measured_ratio = guided / pi_ref-only, end to end
+  measured_ratio = guided / pi_ref-only decoding time
   efficiency     = floor_ratio / measured_ratio               (1 = at the floor)
 
-Writes bench.json (one record per configuration) and prints a table. The default workload is the one
+On CUDA it also reports the GPU's busy time of the isolated step and pass (kernel time, from the
+profiler): when the wall-clock time of a step is far above it, the step is bound by launching kernels
+from Python, not by the GPU.
+
+Writes bench.json (one record per configuration) and prints a table. `--pair default` is the workload
 the project compares versions on: Llama-architecture pi_ref, vocabulary 8192, hidden 768, 12 layers,
 12 heads, MLP 3072; the guide the same with 2 layers; 64-token prompts; 64 new tokens; temperature 1,
-no top-p; 20 candidates; float32.
+no top-p; 20 candidates; float32. `--pair llama3-8b-1b` is the paper's pair in shape (Llama 3 8B
+guided by a Llama 3.2 1B-shaped guide), for a GPU with `--device cuda --dtype bfloat16`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import statistics
@@ -40,6 +48,15 @@ from qsharp_exp.training.collect import Rollout
 from qsharp_exp.training.train_guide import batch_tensors, length_grouped_batches, train_return_model
 
 NEVER = torch.tensor([-1])  # no stop token: every row generates exactly the requested tokens
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# Workloads by name; any flag given on the command line overrides the pair's value.
+PAIRS = {
+    "default": dict(vocab=8192, hidden=768, layers=12, heads=12, kv_heads=None, mlp=3072,
+                    guide_hidden=None, guide_layers=2, guide_mlp=None),
+    # Llama 3 8B and a Llama 3.2 1B-shaped guide (the paper's 8:1 pair), random weights.
+    "llama3-8b-1b": dict(vocab=128256, hidden=4096, layers=32, heads=32, kv_heads=8, mlp=14336,
+                         guide_hidden=2048, guide_layers=16, guide_mlp=8192),
+}
 
 
 def vocabulary(size: int) -> PreTrainedTokenizerFast:
@@ -49,16 +66,66 @@ def vocabulary(size: int) -> PreTrainedTokenizerFast:
                                    pad_token="t0", eos_token="t1", bos_token="t2")
 
 
-def build_pair(args) -> tuple:
+@contextlib.contextmanager
+def _building_on(device: str, dtype: torch.dtype):
+    """New modules are created on `device` in `dtype` (an 8B model never passes through host memory)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def architectures(args) -> tuple[ArchConfig, ArchConfig]:
+    arch = ArchConfig(arch="llama", n_layer=args.layers, n_embd=args.hidden, n_head=args.heads,
+                      n_kv_head=args.kv_heads, n_inner=args.mlp, max_positions=args.prompt_tokens + args.new_tokens + 8)
+    guide = ArchConfig(**{**arch.__dict__, "n_layer": args.guide_layers, "n_embd": args.guide_hidden or args.hidden,
+                          "n_inner": args.guide_mlp or args.mlp})
+    return arch, guide
+
+
+def build_pair(args, dtype: torch.dtype | None = None) -> tuple:
     tokenizer = vocabulary(args.vocab)
-    arch = ArchConfig(arch="llama", n_layer=args.layers, n_embd=args.hidden, n_head=args.heads, n_inner=args.mlp,
-                      max_positions=args.prompt_tokens + args.new_tokens + 8)
-    pi_ref = build_causal_lm(arch, tokenizer, seed=0).eval()
-    guides = {}
-    for head in ("v", "q"):
-        guide_arch = ArchConfig(**{**arch.__dict__, "n_layer": args.guide_layers})
-        guides[head] = build_return_model(GuideConfig(arch=guide_arch, head=head), tokenizer, seed=1).eval()
+    arch, guide_arch = architectures(args)
+    with _building_on(args.device, dtype or DTYPES[args.dtype]):
+        pi_ref = build_causal_lm(arch, tokenizer, seed=0).eval()
+        guides = {head: build_return_model(GuideConfig(arch=guide_arch, head=head), tokenizer, seed=1).eval()
+                  for head in ("v", "q")}
     return pi_ref, guides
+
+
+def parameters(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, repeats: int, device: torch.device) -> float:
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _busy_seconds(fn, repeats: int) -> float:
+    """GPU kernel time of one call of `fn` (mean over `repeats`), from the profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(repeats):
+            fn()
+        torch.cuda.synchronize()
+    kernel_us = sum(e.self_device_time_total for e in prof.key_averages())
+    return kernel_us / 1e6 / repeats
 
 
 def _truncate(cache: DynamicCache, length: int) -> None:
@@ -66,85 +133,94 @@ def _truncate(cache: DynamicCache, length: int) -> None:
         layer.keys, layer.values = layer.keys[:, :, :length], layer.values[:, :, :length]
 
 
-def _timed(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 @torch.no_grad()
-def isolated_step_times(pi_ref, guide, batch: int, args) -> tuple[float, float]:
+def isolated_step_times(pi_ref, guide, batch: int, args) -> dict:
     """Median seconds of one pi_ref decoding step and one guide pass of the per-step shape, after a
-    prompt plus half the new tokens in cache."""
+    prompt plus half the new tokens in cache (and, on CUDA, their GPU busy time)."""
+    device = pi_ref.device
     context = args.prompt_tokens + args.new_tokens // 2
-    ids = torch.randint(3, args.vocab, (batch, context))
+    ids = torch.randint(3, args.vocab, (batch, context), device=device)
     mask = torch.ones_like(ids)
     cache = DynamicCache(config=pi_ref.config)
     pi_ref(input_ids=ids, attention_mask=mask, position_ids=positions(mask), cache=cache, use_cache=True)
-    token = torch.randint(3, args.vocab, (batch, 1))
-    step_mask = torch.ones(batch, context + 1, dtype=torch.long)
-    pos = torch.full((batch, 1), context)
+    token = torch.randint(3, args.vocab, (batch, 1), device=device)
+    step_mask = torch.ones(batch, context + 1, dtype=torch.long, device=device)
+    pos = torch.full((batch, 1), context, device=device)
 
     def ref_step():
         pi_ref(input_ids=token, attention_mask=step_mask, position_ids=pos, cache=cache, use_cache=True)
         _truncate(cache, context)
 
     state = GuideState(guide, ids, mask)
-    candidates = torch.randint(3, args.vocab, (batch, args.top_k))
-    alive = torch.ones(batch, dtype=torch.bool)
+    candidates = torch.randint(3, args.vocab, (batch, args.top_k), device=device)
+    alive = torch.ones(batch, dtype=torch.bool, device=device)
     length = state.cache.get_seq_length()
 
     def guide_pass():
+        state.advance(token.squeeze(1), alive)  # V-type: the sampled token goes into the scoring pass
         if guide.cfg.head == "v":
-            state.advance(token.squeeze(1), alive)  # the sampled token goes into the scoring pass
             state.values(candidates)
-        else:
-            state.advance(token.squeeze(1), alive)
         _truncate(state.cache, length)
         state.mask, state.next_pos = mask.clone(), mask.sum(-1)
 
     ref_step(), guide_pass()  # warm-up
-    return _timed(ref_step, args.repeats * 3), _timed(guide_pass, args.repeats * 3)
+    times = {"ref_step": _timed(ref_step, args.repeats * 3, device),
+             "guide_pass": _timed(guide_pass, args.repeats * 3, device)}
+    if device.type == "cuda":
+        times.update(ref_step_busy=_busy_seconds(ref_step, args.repeats), guide_pass_busy=_busy_seconds(
+            guide_pass, args.repeats))
+    return times
 
 
 @torch.no_grad()
-def run(args) -> list[dict]:
+def run(args, pi_ref, guides) -> list[dict]:
+    device = pi_ref.device
     torch.manual_seed(0)
-    torch.set_num_threads(args.threads)
-    pi_ref, guides = build_pair(args)
-    spec = SamplingSpec(temperature=1.0, top_p=1.0, max_new_tokens=args.new_tokens)
     variants = [("pi_ref", None, None)] + [(algo, head, Guidance(guides[head], algo, 0.1, args.top_k))
                                            for head in ("v", "q") for algo in ("cd", "qsharp")]
+    lengths = {"full": args.new_tokens, "first": 1}  # decoding time = full - first (the prefill cancels)
     records = []
     for batch in args.batches:
-        ids = torch.randint(3, args.vocab, (batch, args.prompt_tokens))
+        ids = torch.randint(3, args.vocab, (batch, args.prompt_tokens), device=device)
         mask = torch.ones_like(ids)
-        times: dict[tuple, list[float]] = {(a, h): [] for a, h, _ in variants}
+        times: dict[tuple, list[float]] = {(a, h, n): [] for a, h, _ in variants for n in lengths}
         passes: dict[tuple, float] = {}
         for repeat in range(args.repeats + 1):  # the first round warms up and is not counted
             for algo, head, guidance in variants:
-                start = time.perf_counter()
-                gen = generate(pi_ref, ids, mask, spec, NEVER, 0, torch.Generator().manual_seed(repeat), guidance)
-                if repeat:
-                    times[(algo, head)].append(time.perf_counter() - start)
-                passes[(algo, head)] = (gen.guide_passes - 1) / gen.tokens.shape[1] if guidance else 0.0
-        base = statistics.median(times[("pi_ref", None)])
+                for name, new_tokens in lengths.items():
+                    spec = SamplingSpec(temperature=1.0, top_p=1.0, max_new_tokens=new_tokens)
+                    generator = torch.Generator(device=device).manual_seed(repeat)
+                    _sync(device)
+                    start = time.perf_counter()
+                    gen = generate(pi_ref, ids, mask, spec, NEVER, 0, generator, guidance)
+                    _sync(device)
+                    if repeat:
+                        times[(algo, head, name)].append(time.perf_counter() - start)
+                    if name == "full":  # guide passes after the prefill, per sampled token
+                        passes[(algo, head)] = (gen.guide_passes - 1) / gen.tokens.shape[1] if guidance else 0.0
+        decode = {key: statistics.median(full) - statistics.median(times[(*key[:2], "first")])
+                  for key, full in times.items() if key[2] == "full"}
+        base, base_full = decode[("pi_ref", None, "full")], statistics.median(times[("pi_ref", None, "full")])
         step_times = {head: isolated_step_times(pi_ref, guides[head], batch, args) for head in ("v", "q")}
         for algo, head, _ in variants:
-            median = statistics.median(times[(algo, head)])
-            record = {"algo": algo, "guide_type": head, "batch": batch, "seconds": round(median, 4),
-                      "tokens_per_s": round(batch * args.new_tokens / median, 1),
-                      "ms_per_step": round(1000 * median / args.new_tokens, 3),
-                      "guide_forwards_per_step": passes[(algo, head)],
-                      "measured_ratio": round(median / base, 4)}
+            full = statistics.median(times[(algo, head, "full")])
+            seconds = decode[(algo, head, "full")]
+            record = {"algo": algo, "guide_type": head, "batch": batch, "seconds": round(full, 4),
+                      "tokens_per_s": round(batch * args.new_tokens / full, 1),
+                      "ms_per_step": round(1000 * seconds / (args.new_tokens - 1), 3),
+                      "guide_forwards_per_step": round(passes[(algo, head)], 4),
+                      "measured_ratio": round(seconds / base, 4), "end_to_end_ratio": round(full / base_full, 4)}
             if head is not None:
-                ref_step, guide_pass = step_times[head]
-                floor = (ref_step + guide_pass) / ref_step
-                record.update(pi_ref_step_ms=round(1000 * ref_step, 3), guide_pass_ms=round(1000 * guide_pass, 3),
-                              floor_ratio=round(floor, 4), efficiency=round(floor / record["measured_ratio"], 4))
+                isolated = step_times[head]
+                floor = (isolated["ref_step"] + isolated["guide_pass"]) / isolated["ref_step"]
+                record.update(pi_ref_step_ms=round(1000 * isolated["ref_step"], 3),
+                              guide_pass_ms=round(1000 * isolated["guide_pass"], 3), floor_ratio=round(floor, 4),
+                              efficiency=round(floor / record["measured_ratio"], 4))
+                if "ref_step_busy" in isolated:
+                    busy_floor = (isolated["ref_step_busy"] + isolated["guide_pass_busy"]) / isolated["ref_step_busy"]
+                    record.update(pi_ref_step_busy_ms=round(1000 * isolated["ref_step_busy"], 3),
+                                  guide_pass_busy_ms=round(1000 * isolated["guide_pass_busy"], 3),
+                                  busy_floor_ratio=round(busy_floor, 4))
             records.append(record)
     return records
 
@@ -161,7 +237,8 @@ def collection_throughput(pi_ref, args) -> dict:
     stops = list(range(3, 3 + args.vocab // 32))
     spec = SamplingSpec(temperature=1.0, top_p=1.0, max_new_tokens=args.new_tokens)
     stats = PaddingStats()
-    hw = Hardware(HardwareConfig(num_threads=args.threads))
+    hw = Hardware(HardwareConfig(device=args.device, num_threads=args.threads))
+    _sync(hw.device)
     start = time.perf_counter()
     sampled = sample_many(pi_ref, prompts, spec, stops, 0, hw, 0, args.collection_batch, show_progress=False,
                           stats=stats)
@@ -169,12 +246,13 @@ def collection_throughput(pi_ref, args) -> dict:
     return {"stage": "collection", "batch": args.collection_batch, "samples": len(sampled),
             "samples_per_s": round(len(sampled) / seconds, 2),
             "mean_response_tokens": round(sum(len(s.response) for s in sampled) / len(sampled), 1),
-            "padding_waste": round(stats.waste(), 4), "decode_waste": round(1 - stats.decode_tokens /
-                                                                            stats.decode_slots, 4)}
+            "padding_waste": round(stats.waste(), 4), "prompt_waste": round(stats.prompt_waste(), 4),
+            "decode_waste": round(stats.decode_waste(), 4)}
 
 
-def training_throughput(guide, args) -> dict:
-    """Tokens per second and padding waste of return-model training on rollouts of varied lengths."""
+def training_throughput(args) -> dict:
+    """Tokens per second and padding waste of return-model training (V-type guide, float32 weights,
+    bf16 autocast when --dtype bfloat16) on 64 problems x 4 rollouts of varied lengths."""
     gen = torch.Generator().manual_seed(1)
     rollouts = []
     for problem in range(64):
@@ -185,51 +263,72 @@ def training_throughput(guide, args) -> dict:
             response = torch.randint(3, args.vocab, (n,), generator=gen).tolist()
             rollouts.append(Rollout(f"p{problem}", prompt, response, int(torch.randint(0, n, (1,), generator=gen)),
                                     float(sample % 2)))
+    _, guides = build_pair(args, dtype=torch.float32)
+    guide = guides["v"].train()
     cfg = GuideTrainConfig(steps=args.training_steps, batch_size=32, eval_every=10**6, val_fraction=0.05)
-    hw = Hardware(HardwareConfig(num_threads=args.threads))
+    hw = Hardware(HardwareConfig(device=args.device, bf16=args.dtype == "bfloat16", num_threads=args.threads))
+    _sync(hw.device)
     start = time.perf_counter()
     train_return_model(guide, rollouts, cfg, 0, hw, 0, show_progress=False)
+    _sync(hw.device)
     seconds = time.perf_counter() - start
-    groups = [rollouts[i : i + 4] for i in range(0, len(rollouts), 4)]
+    plan = length_grouped_batches([len(r.prompt) + len(r.response) for r in rollouts], 32, 0, 0)
     real = slots = 0
-    for batch in length_grouped_batches(groups, 8, 0, 0):  # an epoch of batches as training draws them
-        _, mask, *_ = batch_tensors(guide, [r for i in batch for r in groups[i]], 0)
+    for batch in plan:  # an epoch of batches as training draws them
+        _, mask, *_ = batch_tensors(guide, [rollouts[i] for i in batch], 0)
         real, slots = real + int(mask.sum()), slots + mask.numel()
-    per_step = real / len(length_grouped_batches(groups, 8, 0, 0))
     return {"stage": "guide_training", "steps": args.training_steps, "batch": 32,
-            "tokens_per_s": round(args.training_steps * per_step / seconds, 1),
+            "tokens_per_s": round(args.training_steps * real / len(plan) / seconds, 1),
             "padding_waste": round(1 - real / slots, 4)}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m qsharp_exp.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--vocab", type=int, default=8192)
-    parser.add_argument("--hidden", type=int, default=768)
-    parser.add_argument("--layers", type=int, default=12)
-    parser.add_argument("--heads", type=int, default=12)
-    parser.add_argument("--mlp", type=int, default=3072)
-    parser.add_argument("--guide-layers", type=int, default=2)
+    parser.add_argument("--pair", choices=sorted(PAIRS), default="default",
+                        help="the (pi_ref, guide) shapes; the flags below override single values")
+    parser.add_argument("--vocab", type=int)
+    parser.add_argument("--hidden", type=int)
+    parser.add_argument("--layers", type=int)
+    parser.add_argument("--heads", type=int)
+    parser.add_argument("--kv-heads", type=int)
+    parser.add_argument("--mlp", type=int)
+    parser.add_argument("--guide-hidden", type=int, help="default: --hidden")
+    parser.add_argument("--guide-layers", type=int)
+    parser.add_argument("--guide-mlp", type=int, help="default: --mlp")
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--top-k", type=int, default=20)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu | cuda")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     parser.add_argument("--skip-decoding", action="store_true", help="only collection and training throughput")
     parser.add_argument("--collection-batch", type=int, default=32)
     parser.add_argument("--training-steps", type=int, default=10)
     parser.add_argument("--out", type=Path, default=Path("bench.json"))
     args = parser.parse_args(argv)
-    records = [] if args.skip_decoding else run(args)
+    for key, value in PAIRS[args.pair].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.new_tokens < 2:
+        parser.error("--new-tokens must be at least 2: decoding is timed as all new tokens minus the first")
     torch.set_num_threads(args.threads)
     pi_ref, guides = build_pair(args)
-    stages = [collection_throughput(pi_ref, args), training_throughput(guides["v"].train(), args)]
+    records = [] if args.skip_decoding else run(args, pi_ref, guides)
+    stages = [collection_throughput(pi_ref, args)]
+    sizes = {"pi_ref_parameters": parameters(pi_ref), "guide_parameters": parameters(guides["v"].trunk)}
+    del guides
+    stages.append(training_throughput(args))
     machine = {"machine": platform.processor() or platform.machine(), "threads": args.threads,
-               "torch": torch.__version__, "workload": {k: v for k, v in vars(args).items() if k != "out"}}
+               "torch": torch.__version__, "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+               **sizes,
+               "workload": {k: v for k, v in vars(args).items() if k != "out"}}
     args.out.write_text(json.dumps({"machine": machine, "records": records, "stages": stages}, indent=2,
                                    default=str))
     cols = ["algo", "guide_type", "batch", "tokens_per_s", "ms_per_step", "guide_forwards_per_step", "floor_ratio",
-            "measured_ratio", "efficiency"]
+            "measured_ratio", "efficiency", "busy_floor_ratio"]
+    print(f"{machine['device']}, torch {torch.__version__}, pair {args.pair}, {args.dtype}")
     print(" | ".join(cols))
     for r in records:
         print(" | ".join(str(r.get(c, "-")) for c in cols))

@@ -59,6 +59,7 @@ class ArchConfig:
     n_layer: int = 2
     n_embd: int = 64
     n_head: int = 4
+    n_kv_head: int | None = None  # llama: key/value heads (grouped-query attention); None = n_head
     n_inner: int | None = None  # MLP width; None = 4 * n_embd
     max_positions: int = 256
     dropout: float = 0.0
@@ -298,6 +299,9 @@ def validate(cfg: RunConfig) -> None:
         _choice(f"{key}.arch", arch.arch, ("gpt2", "llama"))
         if arch.n_embd % arch.n_head:
             raise ConfigError(f"{key}.n_embd={arch.n_embd} must be divisible by {key}.n_head={arch.n_head}.")
+        if arch.n_kv_head is not None and (arch.arch != "llama" or arch.n_head % arch.n_kv_head):
+            raise ConfigError(f"{key}.n_kv_head={arch.n_kv_head} needs arch=llama and must divide "
+                              f"{key}.n_head={arch.n_head}.")
     _positive("eval.temperature", cfg.eval.temperature)
     if not 0.0 < cfg.eval.top_p <= 1.0:
         raise ConfigError(f"eval.top_p={cfg.eval.top_p} must lie in (0, 1]: 1 disables top-p.")

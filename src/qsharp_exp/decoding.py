@@ -216,6 +216,8 @@ def generate(
         steps, row_steps = step + 1, row_steps + rows.numel()
         lengths[rows] += alive.long()
         alive = alive & ~torch.isin(token, stop_ids)
+        if step == spec.max_new_tokens - 1:
+            break  # the budget is spent: no forward for a token that will not be sampled
         remaining = int(alive.sum())  # the one host synchronisation per step
         if not (lockstep.any(remaining > 0) if lockstep is not None else remaining > 0):
             break
@@ -232,7 +234,7 @@ def generate(
         next_pos = next_pos + alive.long()
         if state is not None:
             state.advance(token, alive)
-        if remaining <= alive.numel() // 2:  # half the batch has stopped: drop the finished rows
+        if remaining <= alive.numel() * 3 // 4:  # a quarter of the batch has stopped: drop the finished rows
             keep = alive.nonzero().squeeze(1) if remaining else torch.zeros(1, dtype=torch.long, device=device)
             rows, alive, mask, next_pos, logits = rows[keep], alive[keep], mask[keep], next_pos[keep], logits[keep]
             _select_rows(cache, keep)

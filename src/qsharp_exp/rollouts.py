@@ -32,8 +32,17 @@ class PaddingStats:
     decode_tokens: int = 0  # tokens actually generated
 
     def waste(self) -> float:
-        slots = self.prompt_slots + self.decode_slots
-        return 1.0 - (self.prompt_tokens + self.decode_tokens) / slots if slots else 0.0
+        return _waste(self.prompt_tokens + self.decode_tokens, self.prompt_slots + self.decode_slots)
+
+    def prompt_waste(self) -> float:
+        return _waste(self.prompt_tokens, self.prompt_slots)
+
+    def decode_waste(self) -> float:
+        return _waste(self.decode_tokens, self.decode_slots)
+
+
+def _waste(used: int, slots: int) -> float:
+    return 1.0 - used / slots if slots else 0.0
 
 
 @dataclass
@@ -81,6 +90,9 @@ def sample_many(
         checkpoint.mkdir(parents=True, exist_ok=True)
     dist = hw.dist
     count = -(-len(prompts) // batch_size)
+    # Batches take the prompts in order of length, so that little of a batch is padding; the samples
+    # come back in the caller's order. The order depends on the lengths alone: a resume sees the same batches.
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     # A sharded pi_ref needs every rank in every forward: all ranks take part in every slot of batches,
     # a rank without a batch of its own (or with it already on disk) generating a throwaway one.
     lockstep = dist if dist.active and hw.cfg.shard_pi_ref else None
@@ -96,12 +108,12 @@ def sample_many(
         mine = index < count and finished is None
         if not (lockstep.any(mine) if lockstep is not None else mine):
             continue
-        start = index * batch_size if mine else 0
-        chunk = prompts[start : start + batch_size] if mine else prompts[:1]
+        members = order[index * batch_size : (index + 1) * batch_size] if mine else order[:1]
+        chunk = [prompts[i] for i in members]
         ids, mask = left_pad(chunk, pad_id)
         rows_explore = None
         if explore is not None:
-            rows_explore = torch.tensor(explore[start : start + len(chunk)], device=hw.device)
+            rows_explore = torch.tensor([explore[i] for i in members], device=hw.device)
         generator = torch.Generator(device=hw.device).manual_seed(batch_seed(seed, index))
         with hw.autocast():
             gen = generate(
@@ -122,4 +134,8 @@ def sample_many(
         done[index] = batch
     for part in dist.gather(done) if dist.active else []:
         done.update(part)
-    return [s for index in sorted(done) for s in done[index]]
+    by_prompt: list[Sampled | None] = [None] * len(prompts)
+    for index, batch in done.items():
+        for i, sample in zip(order[index * batch_size : (index + 1) * batch_size], batch, strict=True):
+            by_prompt[i] = sample
+    return by_prompt

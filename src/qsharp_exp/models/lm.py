@@ -46,7 +46,7 @@ def hf_config(arch: ArchConfig, tokenizer: PreTrainedTokenizerBase) -> Pretraine
         )
     return LlamaConfig(
         num_hidden_layers=arch.n_layer, hidden_size=arch.n_embd, num_attention_heads=arch.n_head,
-        num_key_value_heads=arch.n_head, intermediate_size=inner,
+        num_key_value_heads=arch.n_kv_head or arch.n_head, intermediate_size=inner,
         max_position_embeddings=arch.max_positions, attention_dropout=arch.dropout, **special,
     )
 

@@ -110,7 +110,7 @@ def train_return_model(
     parameters are whole, for saving). With `checkpoints`, a resumable checkpoint is kept there every
     `cfg.checkpoint_every` steps and training resumes from the latest one found.
 
-    Under several processes each rank takes its share of every batch's problems (data parallel); the
+    Under several processes each rank takes its share of every batch's rollouts (data parallel); the
     batches themselves are drawn the same on every rank, so the run matches a single process."""
     kept = drop_constant_problems(rollouts)
     if not kept:
@@ -127,23 +127,18 @@ def train_return_model(
     train = [r for r in kept if r.problem_id not in val_ids] or val
     torch.manual_seed(seed)
     model.to(hw.device).train()
-    # Batches hold whole problems: the samples of one problem share their prefixes and differ in the
-    # actions taken, so their contrasting labels arrive together. Same objective; on star-graph it made
-    # no measurable difference to learning speed (docs/star_graph.md).
-    by_problem: dict[str, list[Rollout]] = defaultdict(list)
-    for r in train:
-        by_problem[r.problem_id].append(r)
-    groups = list(by_problem.values())
-    per_problem = max(1, len(train) // len(groups))
+    # Batches are drawn by length (length_grouped_batches), not by problem: batches of a problem's
+    # rollouts mix lengths up to the response budget, and padding then costs a fifth of the compute or
+    # more. The objective is the same; on star-graph, batches of whole problems did not learn faster
+    # (docs/star_graph.md).
     dist = hw.dist
-    problems_per_batch = max(1, min(len(groups), cfg.batch_size // per_problem))
-    problems_per_batch = max(dist.world, problems_per_batch // dist.world * dist.world)  # equal shares per rank
-    if problems_per_batch > len(groups):
-        raise NoSignalError(f"only {len(groups)} training problems have variation, fewer than the {dist.world} "
+    if len(train) < dist.world:
+        raise NoSignalError(f"only {len(train)} training rollouts have variation, fewer than the {dist.world} "
                             "ranks: use fewer processes or more training problems.")
-    steps = cfg.steps if cfg.epochs is None else max(1, math.ceil(cfg.epochs * len(groups) / problems_per_batch))
+    per_batch = max(dist.world, min(len(train), cfg.batch_size) // dist.world * dist.world)  # equal rank shares
+    steps = cfg.steps if cfg.epochs is None else max(1, math.ceil(cfg.epochs * len(train) / per_batch))
     optimizer, schedule = adamw_with_schedule(model.parameters(), cfg.lr, cfg.weight_decay, cfg.warmup_steps, steps)
-    trainer = make_trainer(model, optimizer, schedule, hw, problems_per_batch // dist.world * per_problem)
+    trainer = make_trainer(model, optimizer, schedule, hw, per_batch // dist.world)
     model = trainer.module
     curve: list[dict] = [{"kept_rollouts": len(kept), "dropped_rollouts": len(rollouts) - len(kept), "steps": steps}]
     first, running = 0, 0.0
@@ -155,13 +150,13 @@ def train_return_model(
         log.info("return model: resuming from step %d (%s)", first, checkpoints)
     bar = progress(range(first, steps), total=steps, initial=first, desc="train return model",
                    enabled=show_progress and dist.is_main)
-    plans = {0: length_grouped_batches(groups, problems_per_batch, seed, 0)}  # one plan per epoch, made once
+    lengths = [len(r.prompt) + len(r.response) for r in train]
+    plans = {0: length_grouped_batches(lengths, per_batch, seed, 0)}  # one plan per epoch, made once
     for step in bar:
         epoch, position = divmod(step, len(plans[0]))
         if epoch not in plans:
-            plans = {epoch: length_grouped_batches(groups, problems_per_batch, seed, epoch), 0: plans[0]}
-        problems = [groups[i] for i in plans[epoch][position]]
-        batch = [r for group in problems[dist.rank :: dist.world] for r in group]
+            plans = {epoch: length_grouped_batches(lengths, per_batch, seed, epoch), 0: plans[0]}
+        batch = [train[i] for i in plans[epoch][position][dist.rank :: dist.world]]
         ids, mask, rows, cols, actions, _, returns = batch_tensors(model, batch, pad_id)
         dev = hw.device
         with hw.autocast():
@@ -185,22 +180,21 @@ def train_return_model(
     return model, curve, trainer.full_parameters()
 
 
-MEGABATCH = 16  # batches whose problems are sorted by length together
+MEGABATCH = 16  # batches whose sequences are sorted by length together
 
 
-def length_grouped_batches(groups: list[list[Rollout]], per_batch: int, seed: int, epoch: int) -> list[list[int]]:
-    """One epoch of batches of `per_batch` problems (indices into `groups`), drawn as a length-grouped
-    sampler does: shuffle, cut into megabatches of MEGABATCH batches, sort each megabatch by sequence
-    length, cut it into batches, shuffle their order. Problems of similar length share a batch, so little
-    is padding, while each epoch still visits every problem once in a random order. Deterministic in
+def length_grouped_batches(lengths: list[int], per_batch: int, seed: int, epoch: int) -> list[list[int]]:
+    """One epoch of batches of `per_batch` sequences (indices into `lengths`), drawn as a length-grouped
+    sampler does: shuffle, cut into megabatches of MEGABATCH batches, sort each megabatch by length, cut
+    it into batches, shuffle their order. Sequences of similar length share a batch, so little is
+    padding, while each epoch still visits every sequence once in a random order. Deterministic in
     (seed, epoch), so a resumed or multi-rank run draws the same batches."""
     rng = random.Random(f"{seed}-epoch{epoch}")
-    order = list(range(len(groups)))
+    order = list(range(len(lengths)))
     rng.shuffle(order)
-    size = lambda i: max(len(r.prompt) + len(r.response) for r in groups[i])  # noqa: E731
     batches: list[list[int]] = []
     for start in range(0, len(order), MEGABATCH * per_batch):
-        mega = sorted(order[start : start + MEGABATCH * per_batch], key=size)
+        mega = sorted(order[start : start + MEGABATCH * per_batch], key=lengths.__getitem__)
         chunk = [mega[i : i + per_batch] for i in range(0, len(mega), per_batch)]
         rng.shuffle(chunk)
         batches += [b for b in chunk if len(b) == per_batch]  # a short tail would break equal rank shares
