@@ -87,14 +87,17 @@ def test_v_type_scores_k_candidates_in_one_pass_like_k_forwards_and_restores_cac
     guide = make_guide(tokenizer, arch=arch, head="v", conv_width=conv_width)
     rows = ragged(tokenizer, tiny_task, 3)
     ids, mask = left_pad(rows, tokenizer.pad_token_id)
-    state = GuideState(guide, ids, mask)
-    before = [(layer.keys.clone(), layer.values.clone()) for layer in state.cache.layers]
+    state = GuideState(guide, ids, mask, capacity=ids.shape[1] + 5)
+    length = state.window.length
+    before = [(layer.keys[:, :, :length].clone(), layer.values[:, :, :length].clone())
+              for layer in state.window.cache.layers]
     candidates = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12], [5, 9, 13, 4]])
     passes = state.passes
     values = state.values(candidates)
-    assert state.passes == passes + 1
-    for layer, (k, v) in zip(state.cache.layers, before, strict=True):
-        assert torch.equal(layer.keys, k) and torch.equal(layer.values, v)
+    assert state.passes == passes + 1 and state.window.length == length
+    for layer, (k, v) in zip(state.window.cache.layers, before, strict=True):
+        assert int(layer.cumulative_length) == length  # the candidates' columns are given back
+        assert torch.equal(layer.keys[:, :, :length], k) and torch.equal(layer.values[:, :, :length], v)
     with torch.no_grad():
         for i, row in enumerate(rows):
             for j, c in enumerate(candidates[i].tolist()):

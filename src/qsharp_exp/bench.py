@@ -36,10 +36,10 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, models
-from transformers import DynamicCache, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
 from qsharp_exp.config import ArchConfig, GuideConfig, GuideTrainConfig, HardwareConfig
-from qsharp_exp.decoding import Guidance, GuideState, SamplingSpec, generate, positions
+from qsharp_exp.decoding import Guidance, GuideState, LMState, SamplingSpec, generate
 from qsharp_exp.hardware import Hardware
 from qsharp_exp.models.lm import build_causal_lm
 from qsharp_exp.models.return_model import build_return_model
@@ -128,42 +128,37 @@ def _busy_seconds(fn, repeats: int) -> float:
     return kernel_us / 1e6 / repeats
 
 
-def _truncate(cache: DynamicCache, length: int) -> None:
-    for layer in cache.layers:
-        layer.keys, layer.values = layer.keys[:, :, :length], layer.values[:, :, :length]
-
-
 @torch.no_grad()
 def isolated_step_times(pi_ref, guide, batch: int, args) -> dict:
     """Median seconds of one pi_ref decoding step and one guide pass of the per-step shape, after a
-    prompt plus half the new tokens in cache (and, on CUDA, their GPU busy time)."""
+    prompt plus half the new tokens in cache (and, on CUDA, their GPU busy time). Each is the loop's own
+    step (the same states, CUDA graphs if enabled), repeated by rewinding the KV window."""
     device = pi_ref.device
     context = args.prompt_tokens + args.new_tokens // 2
     ids = torch.randint(3, args.vocab, (batch, context), device=device)
     mask = torch.ones_like(ids)
-    cache = DynamicCache(config=pi_ref.config)
-    pi_ref(input_ids=ids, attention_mask=mask, position_ids=positions(mask), cache=cache, use_cache=True)
-    token = torch.randint(3, args.vocab, (batch, 1), device=device)
-    step_mask = torch.ones(batch, context + 1, dtype=torch.long, device=device)
-    pos = torch.full((batch, 1), context, device=device)
+    capacity = context + 1 + args.top_k + 1
+    ref = LMState(pi_ref, ids, mask, capacity, args.cuda_graphs)
+    token = torch.randint(3, args.vocab, (batch,), device=device)
+    alive = torch.ones(batch, dtype=torch.bool, device=device)
 
     def ref_step():
-        pi_ref(input_ids=token, attention_mask=step_mask, position_ids=pos, cache=cache, use_cache=True)
-        _truncate(cache, context)
+        ref.advance(token, alive)
+        ref.window.rewind(1)
+        ref.next_pos -= 1
 
-    state = GuideState(guide, ids, mask)
+    state = GuideState(guide, ids, mask, capacity, args.cuda_graphs)
     candidates = torch.randint(3, args.vocab, (batch, args.top_k), device=device)
-    alive = torch.ones(batch, dtype=torch.bool, device=device)
-    length = state.cache.get_seq_length()
 
     def guide_pass():
-        state.advance(token.squeeze(1), alive)  # V-type: the sampled token goes into the scoring pass
+        state.advance(token, alive)  # V-type: the sampled token goes into the scoring pass
         if guide.cfg.head == "v":
             state.values(candidates)
-        _truncate(state.cache, length)
-        state.mask, state.next_pos = mask.clone(), mask.sum(-1)
+        state.window.rewind(1)
+        state.next_pos -= 1
 
-    ref_step(), guide_pass()  # warm-up
+    for _ in range(2):  # warm-up (and, with CUDA graphs, capture)
+        ref_step(), guide_pass()
     times = {"ref_step": _timed(ref_step, args.repeats * 3, device),
              "guide_pass": _timed(guide_pass, args.repeats * 3, device)}
     if device.type == "cuda":
@@ -192,7 +187,7 @@ def run(args, pi_ref, guides) -> list[dict]:
                     generator = torch.Generator(device=device).manual_seed(repeat)
                     _sync(device)
                     start = time.perf_counter()
-                    gen = generate(pi_ref, ids, mask, spec, NEVER, 0, generator, guidance)
+                    gen = generate(pi_ref, ids, mask, spec, NEVER, 0, generator, guidance, cuda_graphs=args.cuda_graphs)
                     _sync(device)
                     if repeat:
                         times[(algo, head, name)].append(time.perf_counter() - start)
@@ -237,7 +232,7 @@ def collection_throughput(pi_ref, args) -> dict:
     stops = list(range(3, 3 + args.vocab // 32))
     spec = SamplingSpec(temperature=1.0, top_p=1.0, max_new_tokens=args.new_tokens)
     stats = PaddingStats()
-    hw = Hardware(HardwareConfig(device=args.device, num_threads=args.threads))
+    hw = Hardware(HardwareConfig(device=args.device, num_threads=args.threads, cuda_graphs=args.cuda_graphs))
     _sync(hw.device)
     start = time.perf_counter()
     sampled = sample_many(pi_ref, prompts, spec, stops, 0, hw, 0, args.collection_batch, show_progress=False,
@@ -303,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu | cuda")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    parser.add_argument("--cuda-graphs", action="store_true", help="replay decoding steps as CUDA graphs (CUDA only)")
     parser.add_argument("--skip-decoding", action="store_true", help="only collection and training throughput")
     parser.add_argument("--collection-batch", type=int, default=32)
     parser.add_argument("--training-steps", type=int, default=10)
@@ -328,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
                                    default=str))
     cols = ["algo", "guide_type", "batch", "tokens_per_s", "ms_per_step", "guide_forwards_per_step", "floor_ratio",
             "measured_ratio", "efficiency", "busy_floor_ratio"]
-    print(f"{machine['device']}, torch {torch.__version__}, pair {args.pair}, {args.dtype}")
+    graphs = ", CUDA graphs" if args.cuda_graphs else ""
+    print(f"{machine['device']}, torch {torch.__version__}, pair {args.pair}, {args.dtype}{graphs}")
     print(" | ".join(cols))
     for r in records:
         print(" | ".join(str(r.get(c, "-")) for c in cols))

@@ -9,10 +9,11 @@ Prompts are left-padded; each row stops at its own stop token.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache, PreTrainedModel
+from transformers import PreTrainedModel, StaticCache
 
 from qsharp_exp import guidance as G
 from qsharp_exp.distributed import Dist
@@ -49,38 +50,155 @@ def positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(-1) - 1).clamp_min(0)
 
 
-def _select_rows(cache: DynamicCache, keep: torch.Tensor) -> None:
-    for layer in cache.layers:
-        layer.keys, layer.values = layer.keys[keep], layer.values[keep]
+def _prefix_mask(mask: torch.Tensor) -> torch.Tensor:
+    """[B, n, n] which of n new tokens each one sees: its real predecessors and itself (so that no
+    query row is empty: pads attend to themselves, and nobody attends to pads)."""
+    n = mask.shape[1]
+    causal = torch.ones(n, n, dtype=torch.bool, device=mask.device).tril()
+    return (causal & mask.bool().unsqueeze(1)) | torch.eye(n, dtype=torch.bool, device=mask.device)
+
+
+class KVWindow:
+    """A model's KV cache as a fixed window of `capacity` columns (a StaticCache): the left-padded prompt
+    fills the first columns, then each pass appends columns for every row at once (a masked pad for
+    finished rows); `valid` marks the columns that hold real tokens. Shapes stay fixed from step to step,
+    so with `graphs` (CUDA) each kind of step is captured once as a CUDA graph and then replayed: one
+    launch instead of one per kernel, which is what makes a small guide cheap on a GPU."""
+
+    def __init__(self, config, mask: torch.Tensor, capacity: int, graphs: bool = False) -> None:
+        self.cache = StaticCache(config=config, max_cache_len=capacity)
+        self.capacity = capacity
+        self.valid = torch.zeros(mask.shape[0], capacity, dtype=torch.bool, device=mask.device)
+        self.length = 0  # columns in use
+        self.graphs: dict | None = {} if graphs and mask.device.type == "cuda" else None
+
+    def run(self, key: str | None, forward, inputs: torch.Tensor, position_ids: torch.Tensor, new_mask: torch.Tensor,
+            kept_valid: torch.Tensor):
+        """One pass of q new tokens (`new_mask` [B, q, q]: which new tokens each sees, beside the valid
+        columns so far); only the first kept_valid.shape[1] new columns stay in the cache. `key` names the
+        step for CUDA-graph reuse (None: run eagerly)."""
+        b, q = position_ids.shape
+        start, keep = self.length, kept_valid.shape[1]
+        if start + q > self.capacity:
+            raise RuntimeError(f"KV window of {self.capacity} columns overflows ({start} + {q})")
+        attn = torch.zeros(b, 1, q, self.capacity, dtype=torch.bool, device=self.valid.device)
+        attn[:, 0, :, :start] = self.valid[:, None, :start]
+        attn[:, 0, :, start : start + q] = new_mask
+        layers = self.cache.layers
+
+        def step(inputs, attn, position_ids):
+            out = forward(inputs, attn, position_ids, self.cache)
+            if q > keep:  # forget the columns not kept: the next pass writes over them
+                for layer in layers:
+                    layer.cumulative_length.sub_(q - keep)
+            return out
+
+        out = self._call(key, step, (inputs, attn, position_ids))
+        self.valid[:, start : start + keep] = kept_valid
+        self.length += keep
+        return out
+
+    def _call(self, key, step, args):
+        if key is None or self.graphs is None:
+            return step(*args)
+        entry = self.graphs.get(key)
+        if entry is not None:
+            graph, static_args, static_out = entry
+            for buffer, value in zip(static_args, args, strict=True):
+                buffer.copy_(value)
+            graph.replay()
+            return static_out
+        out = step(*args)  # the first time eagerly (which also warms up), then captured for the next ones
+        static_args = tuple(a.clone() for a in args)
+        graph = torch.cuda.CUDAGraph()
+        # Autocast must not cache weight casts across a capture.
+        autocast = (torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"), cache_enabled=False)
+                    if torch.is_autocast_enabled("cuda") else contextlib.nullcontext())
+        with autocast, torch.cuda.graph(graph):
+            static_out = step(*static_args)
+        self.graphs[key] = (graph, static_args, static_out)
+        return out
+
+    def select(self, keep: torch.Tensor) -> None:
+        """Keep only the rows `keep`; captured graphs are for the old batch and are dropped."""
+        for layer in self.cache.layers:
+            if getattr(layer, "is_initialized", False):
+                layer.keys, layer.values = layer.keys[keep], layer.values[keep]
+                layer.batch_size = layer.keys.shape[0]
+        self.valid = self.valid[keep]
+        if self.graphs:
+            self.graphs = {}
+
+    def rewind(self, columns: int) -> None:
+        """Forget the last `columns` columns (the benchmark repeats one step this way)."""
+        for layer in self.cache.layers:
+            layer.cumulative_length.sub_(columns)
+        self.length -= columns
+        self.valid[:, self.length :] = False
+
+
+class LMState:
+    """A causal LM (pi_ref, or a policy) in step with the sampled tokens: its KV window and the logits of
+    the next token."""
+
+    def __init__(self, model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, capacity: int,
+                 graphs: bool = False) -> None:
+        self.model = model
+        self.window = KVWindow(model.config, mask, capacity, graphs)
+        self.next_pos = mask.long().sum(-1)
+        self.logits = self.window.run(None, self._forward, ids, positions(mask), _prefix_mask(mask), mask.bool())
+
+    def _forward(self, ids, attn, position_ids, cache) -> torch.Tensor:
+        return self.model(input_ids=ids, attention_mask=attn, position_ids=position_ids, cache=cache, use_cache=True,
+                          logits_to_keep=1).logits[:, -1]
+
+    def advance(self, tokens: torch.Tensor, alive: torch.Tensor) -> None:
+        """Take in each row's sampled token (a masked pad for finished rows)."""
+        one = torch.ones(tokens.shape[0], 1, 1, dtype=torch.bool, device=tokens.device)
+        self.logits = self.window.run("step", self._forward, tokens.unsqueeze(1), self.next_pos.unsqueeze(1), one,
+                                      alive.unsqueeze(1))
+        self.next_pos = self.next_pos + alive.long()
+
+    def select(self, keep: torch.Tensor) -> None:
+        self.window.select(keep)
+        self.next_pos, self.logits = self.next_pos[keep], self.logits[keep]
 
 
 class GuideState:
-    """The guide's KV cache and its per-step outputs, kept in step with pi_ref's: one guide pass per step.
+    """The guide's KV window and its per-step outputs, kept in step with pi_ref's: one guide pass per step.
 
     Q-type: the pass takes in the sampled token and yields every next candidate's value at once.
     V-type: the sampled token is kept pending and goes into the next step's scoring pass together with
     the k candidates: the pending token sees the prefix, each candidate the prefix, the pending token
-    and itself. The candidates' cache entries are dropped after the pass; nothing is recomputed and no
+    and itself. Only the pending token's column stays in the cache; nothing is recomputed and no
     per-step branch depends on device values.
     """
 
-    def __init__(self, model: ReturnModel, ids: torch.Tensor, mask: torch.Tensor) -> None:
+    def __init__(self, model: ReturnModel, ids: torch.Tensor, mask: torch.Tensor, capacity: int,
+                 graphs: bool = False) -> None:
         self.model = model
-        self.cache = DynamicCache(config=model.trunk.config)
-        self.mask = mask.clone()
+        self.window = KVWindow(model.trunk.config, mask, capacity, graphs)
         self.next_pos = mask.long().sum(-1)
         width = model.context_width
         self.recent_ids = ids[:, ids.shape[1] - width :] if width else None
         self.recent_mask = mask[:, mask.shape[1] - width :] if width else None
         self.passes = 0
-        # V-type: the sampled token not yet in the cache, its position and the embedding of it.
+        # V-type: the sampled token not yet in the cache: its embedding, position and whether it is real.
         self._pending: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-        out = self._forward(model.embed(ids, mask), mask, positions(mask))
-        self.q_outputs = out[:, -1] if model.cfg.head == "q" else None  # [B, V, D]
+        q_type = model.cfg.head == "q"
+        out = self._pass(None, model.embed(ids, mask), positions(mask), _prefix_mask(mask), mask.bool(), int(q_type))
+        self.q_outputs = out[:, -1] if q_type else None  # [B, V, D]
 
-    def _forward(self, embeds, attention_mask, position_ids) -> torch.Tensor:
+    def _pass(self, key, embeds, position_ids, new_mask, kept_valid, outputs: int) -> torch.Tensor | None:
+        """One guide forward; head outputs for the last `outputs` new tokens."""
         self.passes += 1
-        return self.model.head_outputs(self.model.hidden(embeds, attention_mask, position_ids, self.cache))
+        model = self.model
+
+        def forward(embeds, attn, position_ids, cache):
+            hidden = model.hidden(embeds, attn, position_ids, cache)
+            return model.head_outputs(hidden[:, hidden.shape[1] - outputs :]) if outputs else hidden[:, :0]
+
+        return self.window.run(key, forward, embeds, position_ids, new_mask, kept_valid)
 
     def _embed_new(self, ids: torch.Tensor) -> torch.Tensor:
         """Embeddings of one new token per row [B, n] (n candidates side by side, each alone)."""
@@ -98,28 +216,24 @@ class GuideState:
             return self.q_outputs.gather(1, candidates.unsqueeze(-1).expand(-1, -1, self.q_outputs.shape[-1]))
         b, k = candidates.shape
         device = candidates.device
-        embeds, cand_pos = self._embed_new(candidates), self.next_pos.unsqueeze(1).expand(b, k)
-        own = torch.eye(k, dtype=torch.bool, device=device).expand(b, k, k)
-        seen = self.mask.bool()  # the prefix, the pending token's column included
-        attn = torch.cat([seen.unsqueeze(1).expand(b, k, -1), own], dim=-1)
-        pos = cand_pos
+        embeds, pos = self._embed_new(candidates), self.next_pos.unsqueeze(1).expand(b, k)
+        new_mask = torch.eye(k, dtype=torch.bool, device=device).expand(b, k, k)
+        kept = torch.zeros(b, 0, dtype=torch.bool, device=device)
+        key = None  # the first step, with no pending token, runs once: not worth a graph
         if self._pending is not None:
-            pending_embed, pending_pos, _ = self._pending
+            pending_embed, pending_pos, kept = self._pending
             embeds = torch.cat([pending_embed, embeds], dim=1)
-            pos = torch.cat([pending_pos.unsqueeze(1), cand_pos], dim=1)
-            pending_row = torch.cat([seen, torch.zeros(b, k, dtype=torch.bool, device=device)], dim=-1)
-            attn = torch.cat([pending_row.unsqueeze(1), attn], dim=1)
-        keep = self.cache.get_seq_length() + (1 if self._pending is not None else 0)
-        out = self._forward(embeds, attn.unsqueeze(1), pos)[:, -k:]
-        for layer in self.cache.layers:  # drop the candidates' entries: the cache is the prefix's again
-            layer.keys, layer.values = layer.keys[:, :, :keep], layer.values[:, :, :keep]
+            pos = torch.cat([pending_pos.unsqueeze(1), pos], dim=1)
+            new_mask = torch.cat([torch.ones(b, k + 1, 1, dtype=torch.bool, device=device),
+                                  torch.cat([torch.zeros(b, 1, k, dtype=torch.bool, device=device), new_mask], 1)], 2)
+            kept, key = kept.unsqueeze(1), "score"
         self._pending = None
-        return out
+        return self._pass(key, embeds, pos, new_mask, kept, k)
 
     def select(self, keep: torch.Tensor) -> None:
         """Keep only the rows `keep` (finished rows leave the batch)."""
-        _select_rows(self.cache, keep)
-        self.mask, self.next_pos = self.mask[keep], self.next_pos[keep]
+        self.window.select(keep)
+        self.next_pos = self.next_pos[keep]
         if self.recent_ids is not None:
             self.recent_ids, self.recent_mask = self.recent_ids[keep], self.recent_mask[keep]
         if self._pending is not None:
@@ -128,18 +242,17 @@ class GuideState:
             self.q_outputs = self.q_outputs[keep]
 
     def advance(self, tokens: torch.Tensor, alive: torch.Tensor) -> None:
-        """Append the sampled token of every row (a masked pad for finished rows)."""
-        step_mask = alive.to(self.mask.dtype).unsqueeze(1)
-        self.mask = torch.cat([self.mask, step_mask], dim=1)
+        """Take in the sampled token of every row (a masked pad for finished rows)."""
+        embeds = self._embed_new(tokens.unsqueeze(1))
         if self.q_outputs is not None:
-            out = self._forward(self._embed_new(tokens.unsqueeze(1)), self.mask, self.next_pos.unsqueeze(1))
-            self.q_outputs = out[:, -1]
+            one = torch.ones(tokens.shape[0], 1, 1, dtype=torch.bool, device=tokens.device)
+            self.q_outputs = self._pass("step", embeds, self.next_pos.unsqueeze(1), one, alive.unsqueeze(1), 1)[:, -1]
         else:
-            self._pending = (self._embed_new(tokens.unsqueeze(1)), self.next_pos.clone(), tokens)
+            self._pending = (embeds, self.next_pos.clone(), alive.clone())
         self.next_pos = self.next_pos + alive.long()
         if self.recent_ids is not None:
             self.recent_ids = torch.cat([self.recent_ids[:, 1:], tokens.unsqueeze(1)], dim=1)
-            self.recent_mask = torch.cat([self.recent_mask[:, 1:], step_mask], dim=1)
+            self.recent_mask = torch.cat([self.recent_mask[:, 1:], alive.to(self.recent_mask.dtype).unsqueeze(1)], 1)
 
 
 @torch.no_grad()
@@ -156,6 +269,7 @@ def generate(
     explore_top_k: int = 0,
     lockstep: Dist | None = None,
     policy: PreTrainedModel | None = None,
+    cuda_graphs: bool = False,
 ) -> Generation:
     """Sample responses to left-padded prompts `ids` [B, L] (mask 1 = real token) until a token of
     `stop_ids` (EOS, end of turn) or `spec.max_new_tokens`.
@@ -166,20 +280,18 @@ def generate(
     cache; KL is then KL(policy || pi_ref), both as the sampler sees them.
     `lockstep`: ranks that share a ZeRO-3-sharded pi_ref; every rank keeps stepping (finished rows feed
     masked pads) until all ranks are done, because each forward gathers parameters collectively.
+    `cuda_graphs`: on CUDA, replay each kind of decoding step as a captured CUDA graph (not with lockstep).
     """
     b = ids.shape[0]
     device = ids.device
-    cache = DynamicCache(config=pi_ref.config)
-    mask = mask.clone()
-    next_pos = mask.long().sum(-1)
-    logits = pi_ref(
-        input_ids=ids, attention_mask=mask, position_ids=positions(mask), cache=cache, use_cache=True
-    ).logits[:, -1]
-    state = GuideState(guide.model, ids, mask) if guide is not None else None
-    policy_cache = DynamicCache(config=policy.config) if policy is not None else None
-    if policy is not None:
-        policy_logits = policy(input_ids=ids, attention_mask=mask, position_ids=positions(mask), cache=policy_cache,
-                               use_cache=True).logits[:, -1]
+    capacity = ids.shape[1] + spec.max_new_tokens
+    graphs = cuda_graphs and lockstep is None  # a sharded forward gathers parameters: not capturable
+    ref = LMState(pi_ref, ids, mask, capacity, graphs)
+    state = None
+    if guide is not None:  # a V-type pass also holds the k candidates
+        extra = guide.top_k + 1 if guide.model.cfg.head == "v" else 0
+        state = GuideState(guide.model, ids, mask, capacity + extra, graphs)
+    sampler = LMState(policy, ids, mask, capacity, graphs) if policy is not None else None
     alive = torch.ones(b, dtype=torch.bool, device=device)  # of the rows still in the batch
     rows = torch.arange(b, device=device)  # batch position -> original row
     lengths = torch.zeros(b, dtype=torch.long, device=device)  # per original row, as are kl and tokens
@@ -188,6 +300,7 @@ def generate(
     steps = row_steps = 0
     stop_ids = stop_ids.to(device)
     for step in range(spec.max_new_tokens):
+        logits = ref.logits
         ref_logp = G.sampler_logprobs(logits, spec.temperature, spec.top_p)
         candidates = offsets = None
         if state is not None:
@@ -200,8 +313,8 @@ def generate(
         elif state is not None:
             logp = G.guided_logprobs(ref_logp, candidates, offsets, guide.mask_non_candidates)
             kl[rows] += G.kl_divergence(logp, ref_logp) * alive
-        elif policy is not None:
-            logp = G.sampler_logprobs(policy_logits, spec.temperature, spec.top_p)
+        elif sampler is not None:
+            logp = G.sampler_logprobs(sampler.logits, spec.temperature, spec.top_p)
             kl[rows] += G.kl_divergence(logp, ref_logp) * alive
         else:
             logp = ref_logp
@@ -221,28 +334,17 @@ def generate(
         remaining = int(alive.sum())  # the one host synchronisation per step
         if not (lockstep.any(remaining > 0) if lockstep is not None else remaining > 0):
             break
-        step_mask = torch.cat([mask, alive.to(mask.dtype).unsqueeze(1)], dim=1)
-        # Finished rows get a masked pad so that every row keeps the same cache length.
-        logits = pi_ref(
-            input_ids=token.unsqueeze(1), attention_mask=step_mask, position_ids=next_pos.unsqueeze(1),
-            cache=cache, use_cache=True,
-        ).logits[:, -1]
-        if policy is not None:
-            policy_logits = policy(input_ids=token.unsqueeze(1), attention_mask=step_mask,
-                                   position_ids=next_pos.unsqueeze(1), cache=policy_cache, use_cache=True).logits[:, -1]
-        mask = step_mask
-        next_pos = next_pos + alive.long()
+        ref.advance(token, alive)  # finished rows feed a masked pad: every row keeps the same cache length
+        if sampler is not None:
+            sampler.advance(token, alive)
         if state is not None:
             state.advance(token, alive)
         if remaining <= alive.numel() * 3 // 4:  # a quarter of the batch has stopped: drop the finished rows
             keep = alive.nonzero().squeeze(1) if remaining else torch.zeros(1, dtype=torch.long, device=device)
-            rows, alive, mask, next_pos, logits = rows[keep], alive[keep], mask[keep], next_pos[keep], logits[keep]
-            _select_rows(cache, keep)
-            if policy is not None:
-                _select_rows(policy_cache, keep)
-                policy_logits = policy_logits[keep]
-            if state is not None:
-                state.select(keep)
+            rows, alive = rows[keep], alive[keep]
+            for model_state in (ref, sampler, state):
+                if model_state is not None:
+                    model_state.select(keep)
     return Generation(
         tokens=tokens[:, :steps], lengths=lengths, kl=kl, guide_passes=state.passes if state is not None else 0,
         row_steps=row_steps,
