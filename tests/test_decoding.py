@@ -199,3 +199,38 @@ def test_sampling_batches_prompts_by_length_and_returns_samples_in_the_callers_o
         single = generate(pi_ref, one_ids, one_mask, cold, torch.tensor(many_stops), tokenizer.pad_token_id,
                           torch.Generator().manual_seed(0))
         assert sample.response == single.tokens[0, : single.lengths[0]].tolist()
+
+
+def _cold_guided_runs(pi_ref, tokenizer, tiny_task, arch, cuda_graphs, device="cpu"):
+    many_stops = torch.arange(5, len(tokenizer), 3)
+    ids, mask = left_pad(ragged(tokenizer, tiny_task, 6), tokenizer.pad_token_id)
+    cold = SamplingSpec(temperature=1e-4, top_p=1.0, max_new_tokens=10)
+    runs = []
+    guides = {head: Guidance(make_guide(tokenizer, arch=arch, head=head).to(device), "qsharp", 0.5, 5)
+              for head in ("q", "v")}
+    for guide in (guides["q"], guides["v"], guides["v"]):  # the second V-type run reuses pooled windows
+        runs.append(generate(pi_ref, ids.to(device), mask.to(device), cold, many_stops, tokenizer.pad_token_id,
+                             torch.Generator(device=device).manual_seed(1), guide=guide, cuda_graphs=cuda_graphs))
+    return runs
+
+
+def test_pooled_windows_for_cuda_graphs_sample_what_fresh_windows_sample(tokenizer, tiny_task, arch):
+    """With cuda_graphs the KV windows are kept per model and shape and reused by later calls, and rows
+    stay in the batch; on CPU nothing is captured, so this checks the reuse: stale columns are masked."""
+    pi_ref = build_causal_lm(replace(tiny_arch(arch), initializer_range=0.5), tokenizer, seed=0).eval()
+    fresh = _cold_guided_runs(pi_ref, tokenizer, tiny_task, arch, cuda_graphs=False)
+    pooled = _cold_guided_runs(pi_ref, tokenizer, tiny_task, arch, cuda_graphs=True)
+    assert len(set(fresh[0].lengths.tolist())) > 1  # rows stopped at different steps
+    for a, b in zip(fresh, pooled, strict=True):
+        assert torch.equal(a.lengths, b.lengths) and torch.equal(a.tokens, b.tokens)
+        torch.testing.assert_close(a.kl, b.kl, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_cuda_graph_replay_samples_what_eager_decoding_samples(tokenizer, tiny_task, arch):
+    pi_ref = build_causal_lm(replace(tiny_arch(arch), initializer_range=0.5), tokenizer, seed=0).eval().cuda()
+    eager = _cold_guided_runs(pi_ref, tokenizer, tiny_task, arch, cuda_graphs=False, device="cuda")
+    graphed = _cold_guided_runs(pi_ref, tokenizer, tiny_task, arch, cuda_graphs=True, device="cuda")
+    for a, b in zip(eager, graphed, strict=True):
+        assert torch.equal(a.lengths, b.lengths) and torch.equal(a.tokens, b.tokens)
+        torch.testing.assert_close(a.kl, b.kl, rtol=1e-3, atol=1e-5)

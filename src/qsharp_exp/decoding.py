@@ -10,6 +10,7 @@ Prompts are left-padded; each row stops at its own stop token.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -58,6 +59,9 @@ def _prefix_mask(mask: torch.Tensor) -> torch.Tensor:
     return (causal & mask.bool().unsqueeze(1)) | torch.eye(n, dtype=torch.bool, device=mask.device)
 
 
+_WINDOWS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(batch, capacity, device): KVWindow}
+
+
 class KVWindow:
     """A model's KV cache as a fixed window of `capacity` columns (a StaticCache): the left-padded prompt
     fills the first columns, then each pass appends columns for every row at once (a masked pad for
@@ -65,12 +69,32 @@ class KVWindow:
     so with `graphs` (CUDA) each kind of step is captured once as a CUDA graph and then replayed: one
     launch instead of one per kernel, which is what makes a small guide cheap on a GPU."""
 
-    def __init__(self, config, mask: torch.Tensor, capacity: int, graphs: bool = False) -> None:
+    def __init__(self, config, batch: int, capacity: int, device: torch.device, graphs: bool = False) -> None:
         self.cache = StaticCache(config=config, max_cache_len=capacity)
         self.capacity = capacity
-        self.valid = torch.zeros(mask.shape[0], capacity, dtype=torch.bool, device=mask.device)
+        self.valid = torch.zeros(batch, capacity, dtype=torch.bool, device=device)
         self.length = 0  # columns in use
-        self.graphs: dict | None = {} if graphs and mask.device.type == "cuda" else None
+        self.graphs: dict | None = {} if graphs and device.type == "cuda" else None
+        self.pooled = False
+
+    @classmethod
+    def for_model(cls, model: torch.nn.Module, config, batch: int, capacity: int, device: torch.device,
+                  graphs: bool) -> KVWindow:
+        """An empty window. With `graphs`, windows and the graphs captured on them are kept per model and
+        shape (capacity rounded up to a multiple of 128) and reused by later calls: a graph is captured
+        once per shape, not once per batch."""
+        if not graphs:
+            return cls(config, batch, capacity, device)
+        capacity = -(-capacity // 128) * 128
+        windows = _WINDOWS.setdefault(model, {})
+        key = (batch, capacity, device)
+        window = windows.pop(key, None) or cls(config, batch, capacity, device, graphs=True)
+        windows[key] = window  # the most recently used last
+        while len(windows) > 4:
+            del windows[next(iter(windows))]
+        window.pooled = True
+        window.rewind(window.length)
+        return window
 
     def run(self, key: str | None, forward, inputs: torch.Tensor, position_ids: torch.Tensor, new_mask: torch.Tensor,
             kept_valid: torch.Tensor):
@@ -120,19 +144,20 @@ class KVWindow:
         return out
 
     def select(self, keep: torch.Tensor) -> None:
-        """Keep only the rows `keep`; captured graphs are for the old batch and are dropped."""
+        """Keep only the rows `keep` (not in a pooled window, whose shape its graphs depend on)."""
+        if self.pooled:
+            raise RuntimeError("rows cannot leave a pooled KV window (CUDA graphs): keep the batch whole")
         for layer in self.cache.layers:
             if getattr(layer, "is_initialized", False):
                 layer.keys, layer.values = layer.keys[keep], layer.values[keep]
                 layer.batch_size = layer.keys.shape[0]
         self.valid = self.valid[keep]
-        if self.graphs:
-            self.graphs = {}
 
     def rewind(self, columns: int) -> None:
-        """Forget the last `columns` columns (the benchmark repeats one step this way)."""
+        """Forget the last `columns` columns (to start afresh, or to repeat a step in the benchmark)."""
         for layer in self.cache.layers:
-            layer.cumulative_length.sub_(columns)
+            if getattr(layer, "is_initialized", False):
+                layer.cumulative_length.sub_(columns)
         self.length -= columns
         self.valid[:, self.length :] = False
 
@@ -144,7 +169,7 @@ class LMState:
     def __init__(self, model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, capacity: int,
                  graphs: bool = False) -> None:
         self.model = model
-        self.window = KVWindow(model.config, mask, capacity, graphs)
+        self.window = KVWindow.for_model(model, model.config, mask.shape[0], capacity, mask.device, graphs)
         self.next_pos = mask.long().sum(-1)
         self.logits = self.window.run(None, self._forward, ids, positions(mask), _prefix_mask(mask), mask.bool())
 
@@ -177,7 +202,7 @@ class GuideState:
     def __init__(self, model: ReturnModel, ids: torch.Tensor, mask: torch.Tensor, capacity: int,
                  graphs: bool = False) -> None:
         self.model = model
-        self.window = KVWindow(model.trunk.config, mask, capacity, graphs)
+        self.window = KVWindow.for_model(model, model.trunk.config, mask.shape[0], capacity, mask.device, graphs)
         self.next_pos = mask.long().sum(-1)
         width = model.context_width
         self.recent_ids = ids[:, ids.shape[1] - width :] if width else None
@@ -339,7 +364,9 @@ def generate(
             sampler.advance(token, alive)
         if state is not None:
             state.advance(token, alive)
-        if remaining <= alive.numel() * 3 // 4:  # a quarter of the batch has stopped: drop the finished rows
+        # A quarter of the batch has stopped: drop the finished rows. Not with CUDA graphs, which are
+        # captured for the whole batch; on a GPU a finished row costs little (a step reads the weights once).
+        if not graphs and remaining <= alive.numel() * 3 // 4:
             keep = alive.nonzero().squeeze(1) if remaining else torch.zeros(1, dtype=torch.long, device=device)
             rows, alive = rows[keep], alive[keep]
             for model_state in (ref, sampler, state):
