@@ -201,7 +201,7 @@ def test_sampling_batches_prompts_by_length_and_returns_samples_in_the_callers_o
         assert sample.response == single.tokens[0, : single.lengths[0]].tolist()
 
 
-def _cold_guided_runs(pi_ref, tokenizer, tiny_task, arch, cuda_graphs, device="cpu"):
+def _cold_guided_runs(pi_ref, tokenizer, tiny_task, arch, cuda_graphs, device="cpu", compile_steps=False):
     many_stops = torch.arange(5, len(tokenizer), 3)
     ids, mask = left_pad(ragged(tokenizer, tiny_task, 6), tokenizer.pad_token_id)
     cold = SamplingSpec(temperature=1e-4, top_p=1.0, max_new_tokens=10)
@@ -210,7 +210,8 @@ def _cold_guided_runs(pi_ref, tokenizer, tiny_task, arch, cuda_graphs, device="c
               for head in ("q", "v")}
     for guide in (guides["q"], guides["v"], guides["v"]):  # the second V-type run reuses pooled windows
         runs.append(generate(pi_ref, ids.to(device), mask.to(device), cold, many_stops, tokenizer.pad_token_id,
-                             torch.Generator(device=device).manual_seed(1), guide=guide, cuda_graphs=cuda_graphs))
+                             torch.Generator(device=device).manual_seed(1), guide=guide, cuda_graphs=cuda_graphs,
+                             compile_steps=compile_steps))
     return runs
 
 
@@ -232,5 +233,18 @@ def test_cuda_graph_replay_samples_what_eager_decoding_samples(tokenizer, tiny_t
     eager = _cold_guided_runs(pi_ref, tokenizer, tiny_task, arch, cuda_graphs=False, device="cuda")
     graphed = _cold_guided_runs(pi_ref, tokenizer, tiny_task, arch, cuda_graphs=True, device="cuda")
     for a, b in zip(eager, graphed, strict=True):
+        assert torch.equal(a.lengths, b.lengths) and torch.equal(a.tokens, b.tokens)
+        torch.testing.assert_close(a.kl, b.kl, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+def test_compiled_decoding_steps_sample_what_eager_steps_sample(tokenizer, tiny_task, device):
+    """torch.compile of the step forwards (with CUDA graphs on CUDA); about a minute of compiling."""
+    pi_ref = build_causal_lm(replace(tiny_arch("llama"), initializer_range=0.5), tokenizer, seed=0).eval().to(device)
+    eager = _cold_guided_runs(pi_ref, tokenizer, tiny_task, "llama", cuda_graphs=False, device=device)
+    fast = _cold_guided_runs(pi_ref, tokenizer, tiny_task, "llama", cuda_graphs=True, device=device, compile_steps=True)
+    for a, b in zip(eager, fast, strict=True):
         assert torch.equal(a.lengths, b.lengths) and torch.equal(a.tokens, b.tokens)
         torch.testing.assert_close(a.kl, b.kl, rtol=1e-3, atol=1e-5)

@@ -141,8 +141,9 @@ def isolated_step_times(pi_ref, guide, batch: int, args) -> dict:
     context = args.prompt_tokens + args.new_tokens // 2
     ids = torch.randint(3, args.vocab, (batch, context), device=device)
     mask = torch.ones_like(ids)
-    capacity = context + 1 + args.top_k + 1
-    ref = LMState(pi_ref, ids, mask, capacity, args.cuda_graphs)
+    capacity = args.prompt_tokens + args.new_tokens  # as generate sizes the windows: the same step shapes
+    fast = dict(graphs=args.cuda_graphs, compile_steps=args.compile)
+    ref = LMState(pi_ref, ids, mask, capacity, **fast)
     token = torch.randint(3, args.vocab, (batch,), device=device)
     alive = torch.ones(batch, dtype=torch.bool, device=device)
 
@@ -151,7 +152,7 @@ def isolated_step_times(pi_ref, guide, batch: int, args) -> dict:
         ref.window.rewind(1)
         ref.next_pos -= 1
 
-    state = GuideState(guide, ids, mask, capacity, args.cuda_graphs)
+    state = GuideState(guide, ids, mask, capacity + (args.top_k + 1 if guide.cfg.head == "v" else 0), **fast)
     candidates = torch.randint(3, args.vocab, (batch, args.top_k), device=device)
 
     def guide_pass():
@@ -169,6 +170,15 @@ def isolated_step_times(pi_ref, guide, batch: int, args) -> dict:
         times.update(ref_step_busy=_busy_seconds(ref_step, args.repeats), guide_pass_busy=_busy_seconds(
             guide_pass, args.repeats))
     return times
+
+
+COLUMNS = ["algo", "guide_type", "batch", "tokens_per_s", "ms_per_step", "guide_forwards_per_step", "floor_ratio",
+           "measured_ratio", "efficiency", "busy_floor_ratio"]
+
+
+def print_records(records: list[dict]) -> None:
+    for r in records:
+        print(" | ".join(str(r.get(c, "-")) for c in COLUMNS), flush=True)
 
 
 @torch.no_grad()
@@ -191,7 +201,8 @@ def run(args, pi_ref, guides) -> list[dict]:
                     generator = torch.Generator(device=device).manual_seed(repeat)
                     _sync(device)
                     start = time.perf_counter()
-                    gen = generate(pi_ref, ids, mask, spec, NEVER, 0, generator, guidance, cuda_graphs=args.cuda_graphs)
+                    gen = generate(pi_ref, ids, mask, spec, NEVER, 0, generator, guidance, cuda_graphs=args.cuda_graphs,
+                                   compile_steps=args.compile)
                     _sync(device)
                     if repeat:
                         times[(algo, head, name)].append(time.perf_counter() - start)
@@ -221,6 +232,7 @@ def run(args, pi_ref, guides) -> list[dict]:
                                   guide_pass_busy_ms=round(1000 * isolated["guide_pass_busy"], 3),
                                   busy_floor_ratio=round(busy_floor, 4))
             records.append(record)
+        print_records(records[-len(variants) :])  # as each batch size ends, so that a run cut short shows it
     return records
 
 
@@ -236,7 +248,8 @@ def collection_throughput(pi_ref, args) -> dict:
     stops = list(range(3, 3 + args.vocab // 32))
     spec = SamplingSpec(temperature=1.0, top_p=1.0, max_new_tokens=args.new_tokens)
     stats = PaddingStats()
-    hw = Hardware(HardwareConfig(device=args.device, num_threads=args.threads, cuda_graphs=args.cuda_graphs))
+    hw = Hardware(HardwareConfig(device=args.device, num_threads=args.threads, cuda_graphs=args.cuda_graphs,
+                                 compile_decoding=args.compile))
     _sync(hw.device)
     start = time.perf_counter()
     sampled = sample_many(pi_ref, prompts, spec, stops, 0, hw, 0, args.collection_batch, show_progress=False,
@@ -303,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu | cuda")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     parser.add_argument("--cuda-graphs", action="store_true", help="replay decoding steps as CUDA graphs (CUDA only)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the decoding steps' forwards")
     parser.add_argument("--skip-decoding", action="store_true", help="only collection and training throughput")
     parser.add_argument("--skip-stages", action="store_true", help="only decoding: no collection or training")
     parser.add_argument("--collection-batch", type=int, default=32)
@@ -320,8 +334,8 @@ def main(argv: list[str] | None = None) -> int:
                "torch": torch.__version__, "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
                "pi_ref_parameters": parameters(pi_ref), "guide_parameters": parameters(guides["v"].trunk),
                "workload": {k: v for k, v in vars(args).items() if k != "out"}}
-    graphs = ", CUDA graphs" if args.cuda_graphs else ""
-    print(f"{machine['device']}, torch {torch.__version__}, pair {args.pair}, {args.dtype}{graphs}")
+    modes = "".join(name for flag, name in ((args.cuda_graphs, ", CUDA graphs"), (args.compile, ", compiled")) if flag)
+    print(f"{machine['device']}, torch {torch.__version__}, pair {args.pair}, {args.dtype}{modes}")
     records: list[dict] = []
     stages: list[dict] = []
 
@@ -330,13 +344,9 @@ def main(argv: list[str] | None = None) -> int:
                                        default=str))
 
     if not args.skip_decoding:
+        print(" | ".join(COLUMNS))
         records = run(args, pi_ref, guides)
         write()
-        cols = ["algo", "guide_type", "batch", "tokens_per_s", "ms_per_step", "guide_forwards_per_step",
-                "floor_ratio", "measured_ratio", "efficiency", "busy_floor_ratio"]
-        print(" | ".join(cols))
-        for r in records:
-            print(" | ".join(str(r.get(c, "-")) for c in cols))
     del guides
     if not args.skip_stages:
         stages.append(collection_throughput(pi_ref, args))

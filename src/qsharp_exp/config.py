@@ -193,6 +193,9 @@ class HardwareConfig:
     # Replay each kind of decoding step as a captured CUDA graph (CUDA; not with a sharded pi_ref):
     # one launch per step instead of one per kernel, so small guides cost what their size says.
     cuda_graphs: bool = False
+    # torch.compile the decoding steps' forwards (fused kernels; each step shape compiles once, which
+    # takes a minute or more for an 8B model): with cuda_graphs, the step costs what its weights do.
+    compile_decoding: bool = False
     num_threads: int = 0  # torch CPU threads; 0 = torch's default
     # Return-model training under DeepSpeed ZeRO (data-parallel over the torchrun ranks): 0 = plain
     # PyTorch, 2 = optimizer state and gradients sharded, 3 = parameters sharded too.

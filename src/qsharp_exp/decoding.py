@@ -18,6 +18,7 @@ from transformers import PreTrainedModel, StaticCache
 
 from qsharp_exp import guidance as G
 from qsharp_exp.distributed import Dist
+from qsharp_exp.models.lm import compiled
 from qsharp_exp.models.return_model import ReturnModel
 
 
@@ -167,21 +168,25 @@ class LMState:
     the next token."""
 
     def __init__(self, model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, capacity: int,
-                 graphs: bool = False) -> None:
+                 graphs: bool = False, compile_steps: bool = False) -> None:
         self.model = model
         self.window = KVWindow.for_model(model, model.config, mask.shape[0], capacity, mask.device, graphs)
         self.next_pos = mask.long().sum(-1)
+        self.compile_steps = compile_steps
         self.logits = self.window.run(None, self._forward, ids, positions(mask), _prefix_mask(mask), mask.bool())
 
-    def _forward(self, ids, attn, position_ids, cache) -> torch.Tensor:
-        return self.model(input_ids=ids, attention_mask=attn, position_ids=position_ids, cache=cache, use_cache=True,
-                          logits_to_keep=1).logits[:, -1]
+    def _forward(self, ids, attn, position_ids, cache, model=None) -> torch.Tensor:
+        return (model or self.model)(input_ids=ids, attention_mask=attn, position_ids=position_ids, cache=cache,
+                                     use_cache=True, logits_to_keep=1).logits[:, -1]
+
+    def _step_forward(self, ids, attn, position_ids, cache) -> torch.Tensor:
+        return self._forward(ids, attn, position_ids, cache, compiled(self.model) if self.compile_steps else None)
 
     def advance(self, tokens: torch.Tensor, alive: torch.Tensor) -> None:
         """Take in each row's sampled token (a masked pad for finished rows)."""
         one = torch.ones(tokens.shape[0], 1, 1, dtype=torch.bool, device=tokens.device)
-        self.logits = self.window.run("step", self._forward, tokens.unsqueeze(1), self.next_pos.unsqueeze(1), one,
-                                      alive.unsqueeze(1))
+        self.logits = self.window.run("step", self._step_forward, tokens.unsqueeze(1), self.next_pos.unsqueeze(1),
+                                      one, alive.unsqueeze(1))
         self.next_pos = self.next_pos + alive.long()
 
     def select(self, keep: torch.Tensor) -> None:
@@ -200,8 +205,9 @@ class GuideState:
     """
 
     def __init__(self, model: ReturnModel, ids: torch.Tensor, mask: torch.Tensor, capacity: int,
-                 graphs: bool = False) -> None:
+                 graphs: bool = False, compile_steps: bool = False) -> None:
         self.model = model
+        self.compile_steps = compile_steps
         self.window = KVWindow.for_model(model, model.trunk.config, mask.shape[0], capacity, mask.device, graphs)
         self.next_pos = mask.long().sum(-1)
         width = model.context_width
@@ -217,10 +223,10 @@ class GuideState:
     def _pass(self, key, embeds, position_ids, new_mask, kept_valid, outputs: int) -> torch.Tensor | None:
         """One guide forward; head outputs for the last `outputs` new tokens."""
         self.passes += 1
-        model = self.model
+        model, compile_trunk = self.model, key is not None and self.compile_steps
 
         def forward(embeds, attn, position_ids, cache):
-            hidden = model.hidden(embeds, attn, position_ids, cache)
+            hidden = model.hidden(embeds, attn, position_ids, cache, compile_trunk)
             return model.head_outputs(hidden[:, hidden.shape[1] - outputs :]) if outputs else hidden[:, :0]
 
         return self.window.run(key, forward, embeds, position_ids, new_mask, kept_valid)
@@ -295,6 +301,7 @@ def generate(
     lockstep: Dist | None = None,
     policy: PreTrainedModel | None = None,
     cuda_graphs: bool = False,
+    compile_steps: bool = False,
 ) -> Generation:
     """Sample responses to left-padded prompts `ids` [B, L] (mask 1 = real token) until a token of
     `stop_ids` (EOS, end of turn) or `spec.max_new_tokens`.
@@ -306,17 +313,20 @@ def generate(
     `lockstep`: ranks that share a ZeRO-3-sharded pi_ref; every rank keeps stepping (finished rows feed
     masked pads) until all ranks are done, because each forward gathers parameters collectively.
     `cuda_graphs`: on CUDA, replay each kind of decoding step as a captured CUDA graph (not with lockstep).
+    `compile_steps`: run the decoding steps' forwards through torch.compile (fused kernels; compiled once
+    per shape), the prompt's prefill as it is.
     """
     b = ids.shape[0]
     device = ids.device
     capacity = ids.shape[1] + spec.max_new_tokens
     graphs = cuda_graphs and lockstep is None  # a sharded forward gathers parameters: not capturable
-    ref = LMState(pi_ref, ids, mask, capacity, graphs)
+    fast = dict(graphs=graphs, compile_steps=compile_steps and lockstep is None)
+    ref = LMState(pi_ref, ids, mask, capacity, **fast)
     state = None
     if guide is not None:  # a V-type pass also holds the k candidates
         extra = guide.top_k + 1 if guide.model.cfg.head == "v" else 0
-        state = GuideState(guide.model, ids, mask, capacity + extra, graphs)
-    sampler = LMState(policy, ids, mask, capacity, graphs) if policy is not None else None
+        state = GuideState(guide.model, ids, mask, capacity + extra, **fast)
+    sampler = LMState(policy, ids, mask, capacity, **fast) if policy is not None else None
     alive = torch.ones(b, dtype=torch.bool, device=device)  # of the rows still in the batch
     rows = torch.arange(b, device=device)  # batch position -> original row
     lengths = torch.zeros(b, dtype=torch.long, device=device)  # per original row, as are kl and tokens

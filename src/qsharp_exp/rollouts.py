@@ -119,7 +119,7 @@ def sample_many(
             gen = generate(
                 pi_ref, ids.to(hw.device), mask.to(hw.device), spec, stops, pad_id, generator,
                 guide=guide, explore=rows_explore, explore_top_k=explore_top_k, lockstep=lockstep, policy=policy,
-                cuda_graphs=hw.cfg.cuda_graphs,
+                cuda_graphs=hw.cfg.cuda_graphs, compile_steps=hw.cfg.compile_decoding,
             )
         if not mine:
             continue  # kept this rank in step with the others; nothing to keep

@@ -6,6 +6,7 @@ experiments load pretrained models (`pretrained: meta-llama/...`).
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -96,3 +97,14 @@ def build_trunk(arch: ArchConfig, tokenizer: PreTrainedTokenizerBase, seed: int,
     config = hf_config(arch, tokenizer)
     cls = GPT2Model if arch.arch == "gpt2" else LlamaModel
     return cls(config)
+
+
+@functools.cache
+def _compiled_forward(forward):
+    return torch.compile(forward)
+
+
+def compiled(module: torch.nn.Module):
+    """`module(...)` through torch.compile: compiled once per model class and input shape (a decoding
+    step's shapes are fixed, so it compiles once), with no reference kept to `module` itself."""
+    return functools.partial(_compiled_forward(type(module).forward), module)

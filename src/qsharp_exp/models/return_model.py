@@ -24,7 +24,7 @@ from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerBase
 
 from qsharp_exp import guidance
 from qsharp_exp.config import GuideConfig, as_dict
-from qsharp_exp.models.lm import build_trunk
+from qsharp_exp.models.lm import build_trunk, compiled
 
 FORMAT = "qsharp_exp.return_model"
 
@@ -142,11 +142,10 @@ class ReturnModel(nn.Module):
         return self.stem(embeds, context)
 
     def hidden(self, embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
-               cache=None) -> torch.Tensor:
-        out = self.trunk(
-            inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
-            cache=cache, use_cache=cache is not None,
-        )
+               cache=None, compile_trunk: bool = False) -> torch.Tensor:
+        trunk = compiled(self.trunk) if compile_trunk else self.trunk
+        out = trunk(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+                    use_cache=cache is not None)
         return out.last_hidden_state
 
     def head_outputs(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Issue 7's GPU benchmark with the decoding steps compiled (torch.compile) and replayed as CUDA graphs,
+# after experiments/gpu_bench.sh measured CUDA graphs alone. Batch 8 only (the issue's bar): every step
+# shape compiles once, about a minute for the 8B pi_ref. Run once on a lent GPU machine:
+#   run(command="bash experiments/gpu_bench_compiled.sh", carry=[".whl"])
+set -uo pipefail
+export PYTHONUNBUFFERED=1 TORCHINDUCTOR_COMPILE_THREADS=16
+OUT=${OUT:-/tmp/gpu_bench}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  || exit 1
+export PYTHONPATH=/tmp/site:src
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/gpu.txt"
+# compiled + graphed steps sample what eager steps sample (tiny models, on this GPU)
+timeout 80 python3 -m pytest -q -p no:cacheprovider tests/test_decoding.py -m slow -k "compiled and cuda" 2>&1 \
+  | tail -3 | tee "$OUT/pytest.txt"
+timeout 320 python3 -m qsharp_exp.bench --pair llama3-8b-1b --device cuda --dtype bfloat16 --threads 8 --cuda-graphs \
+  --compile --batches 8 --repeats 5 --skip-stages --out "$OUT/bench_llama3_8b_1b_compiled.json" 2>&1 \
+  | grep -v Warning | tee "$OUT/compiled.log"
