@@ -94,3 +94,8 @@ def test_every_model_config_composes_with_every_task(model):
 def test_bad_arithmetic_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_run_config(compose_cfg("task=arithmetic", override))
+
+
+def test_gpu_hardware_offers_cuda_graphs_and_compiled_decoding():
+    cfg = load_run_config(compose_cfg("hardware=gpu", "hardware.cuda_graphs=true", "hardware.compile_decoding=true"))
+    assert cfg.hardware.cuda_graphs and cfg.hardware.compile_decoding
