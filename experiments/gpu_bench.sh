@@ -21,6 +21,7 @@ timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_decoding.py -k "c
 # 2. the paper-shaped pair (Llama 3 8B, Llama 3.2 1B-shaped guide), bf16, CUDA graphs
 timeout 250 python3 -m qsharp_exp.bench "${pair[@]}" --cuda-graphs --batches 1 8 32 --repeats 5 \
   --out "$OUT/bench_llama3_8b_1b_graphs.json" 2>&1 | tee "$OUT/graphs.log"
-# 3. the same pair without CUDA graphs (eager), with the GPU busy time of each step
-timeout 180 python3 -m qsharp_exp.bench "${pair[@]}" --batches 1 8 --repeats 3 --skip-stages \
+# 3. the same pair without CUDA graphs (eager), with the GPU busy time of each step. Eager steps are
+# slow (32 ms for pi_ref): batches 1 and 8 with 3 repeats did not fit 180 s; this is what was measured.
+timeout 180 python3 -m qsharp_exp.bench "${pair[@]}" --batches 8 --repeats 2 --skip-stages \
   --out "$OUT/bench_llama3_8b_1b_eager.json" 2>&1 | tee "$OUT/eager.log"

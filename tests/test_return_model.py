@@ -151,3 +151,28 @@ def test_length_grouped_batches_visit_every_sequence_once_per_epoch_with_similar
     assert epoch != length_grouped_batches(lengths, 4, seed=0, epoch=1)
     spread = [max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in epoch]
     assert max(spread) <= 3  # sorted within the megabatch: neighbours in length share a batch
+
+
+def test_length_chunks_keep_padding_under_the_bound_and_cover_every_rollout():
+    from qsharp_exp.training.train_guide import length_chunks
+
+    lengths = [36, 120, 40, 128, 64, 70, 37, 90, 91, 100]
+    chunks = length_chunks(lengths, 0.1)
+    assert sorted(i for c in chunks for i in c) == list(range(len(lengths)))
+    for c in chunks:
+        assert 1 - sum(lengths[i] for i in c) / (len(c) * max(lengths[i] for i in c)) <= 0.1
+    assert len(length_chunks(lengths, 1.0)) == 1
+
+
+@pytest.mark.parametrize("head", ["q", "v"])
+def test_batch_loss_in_length_chunks_equals_the_loss_of_one_padded_batch(tokenizer, head):
+    from qsharp_exp.config import HardwareConfig
+    from qsharp_exp.hardware import Hardware
+    from qsharp_exp.training.train_guide import batch_loss
+
+    model = make_guide(tokenizer, head=head)
+    batch = [rollout(f"p{i % 3}", float(i % 2), i % 2, tuple(3 + j % 6 for j in range(2 + 7 * i))) for i in range(8)]
+    hw = Hardware(HardwareConfig())
+    whole = batch_loss(model, batch, tokenizer.pad_token_id, hw, max_padding=1.0)
+    chunked = batch_loss(model, batch, tokenizer.pad_token_id, hw, max_padding=0.1)
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)

@@ -45,7 +45,12 @@ from qsharp_exp.models.lm import build_causal_lm
 from qsharp_exp.models.return_model import build_return_model
 from qsharp_exp.rollouts import PaddingStats, sample_many
 from qsharp_exp.training.collect import Rollout
-from qsharp_exp.training.train_guide import batch_tensors, length_grouped_batches, train_return_model
+from qsharp_exp.training.train_guide import (
+    batch_tensors,
+    length_chunks,
+    length_grouped_batches,
+    train_return_model,
+)
 
 NEVER = torch.tensor([-1])  # no stop token: every row generates exactly the requested tokens
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -284,11 +289,14 @@ def training_throughput(args) -> dict:
     train_return_model(guide, rollouts, cfg, 0, hw, 0, show_progress=False)
     _sync(hw.device)
     seconds = time.perf_counter() - start
-    plan = length_grouped_batches([len(r.prompt) + len(r.response) for r in rollouts], 32, 0, 0)
+    groups = [rollouts[i : i + 4] for i in range(0, len(rollouts), 4)]
+    plan = length_grouped_batches([max(len(r.prompt) + len(r.response) for r in g) for g in groups], 8, 0, 0)
     real = slots = 0
-    for batch in plan:  # an epoch of batches as training draws them
-        _, mask, *_ = batch_tensors(guide, [rollouts[i] for i in batch], 0)
-        real, slots = real + int(mask.sum()), slots + mask.numel()
+    for problems in plan:  # an epoch of batches as training draws them, run in chunks as training runs them
+        batch = [r for i in problems for r in groups[i]]
+        for chunk in length_chunks([len(r.prompt) + len(r.response) for r in batch]):
+            _, mask, *_ = batch_tensors(guide, [batch[i] for i in chunk], 0)
+            real, slots = real + int(mask.sum()), slots + mask.numel()
     return {"stage": "guide_training", "steps": args.training_steps, "batch": 32,
             "tokens_per_s": round(args.training_steps * real / len(plan) / seconds, 1),
             "padding_waste": round(1 - real / slots, 4)}

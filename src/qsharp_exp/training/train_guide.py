@@ -68,6 +68,54 @@ def sequence_mean_loss(per_example: torch.Tensor, rows: torch.Tensor, batch_size
     return (total[has] / count[has]).mean()
 
 
+MAX_CHUNK_PADDING = 0.1  # a batch's rollouts run in chunks with at most this share of padding each
+
+
+def length_chunks(lengths: list[int], max_padding: float = MAX_CHUNK_PADDING) -> list[list[int]]:
+    """Indices of `lengths` sorted by length and cut into chunks, each as long as its padding (to its
+    longest member) stays within `max_padding` of its slots."""
+    chunks: list[list[int]] = []
+    tokens = 0
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+        n = lengths[i]
+        if chunks and tokens + n >= (1 - max_padding) * (len(chunks[-1]) + 1) * n:
+            chunks[-1].append(i)
+            tokens += n
+        else:
+            chunks.append([i])
+            tokens = n
+    return chunks
+
+
+def batch_loss(model: ReturnModel, batch: list[Rollout], pad_id: int, hw: Hardware,
+               max_padding: float = MAX_CHUNK_PADDING) -> torch.Tensor:
+    """The batch's loss (per-sequence mean, then mean over sequences), computed chunk by chunk
+    (length_chunks): the same value as one padded tensor of the whole batch, with little padding."""
+    dev = hw.device
+    chunks = length_chunks([len(r.prompt) + len(r.response) for r in batch], max_padding)
+    if hw.dist.active and hw.cfg.zero_stage == 3:
+        # Every forward gathers ZeRO-3-sharded parameters collectively: all ranks run as many chunks.
+        target = max(hw.dist.gather(len(chunks)))
+        while len(chunks) < target and max(map(len, chunks)) > 1:
+            largest = max(range(len(chunks)), key=lambda c: len(chunks[c]))
+            half = len(chunks[largest]) // 2
+            chunks[largest:largest + 1] = [chunks[largest][:half], chunks[largest][half:]]
+        chunks += [chunks[0]] * (target - len(chunks))  # runs again, counted once (below)
+    losses, sequences, counted = [], [], set()
+    for chunk in chunks:
+        ids, mask, rows, cols, actions, _, returns = batch_tensors(model, [batch[i] for i in chunk], pad_id)
+        with hw.autocast():
+            out = example_outputs(model, ids.to(dev), mask.to(dev), rows.to(dev), cols.to(dev), actions.to(dev))
+        loss = model.dist.loss(out, returns.to(dev))
+        if id(chunk) in counted:  # a repeat that only keeps the ranks in step
+            losses[0] = losses[0] + 0.0 * loss.sum()
+            continue
+        counted.add(id(chunk))
+        losses.append(loss)
+        sequences.append(torch.tensor(chunk, dtype=torch.long)[rows].to(dev))
+    return sequence_mean_loss(torch.cat(losses), torch.cat(sequences), len(batch))
+
+
 @torch.no_grad()
 def evaluate_guide(model: ReturnModel, rollouts: list[Rollout], pad_id: int, hw: Hardware, batch: int = 512):
     """Validation loss, accuracy of predicted success, and accuracy by response position.
@@ -110,7 +158,7 @@ def train_return_model(
     parameters are whole, for saving). With `checkpoints`, a resumable checkpoint is kept there every
     `cfg.checkpoint_every` steps and training resumes from the latest one found.
 
-    Under several processes each rank takes its share of every batch's rollouts (data parallel); the
+    Under several processes each rank takes its share of every batch's problems (data parallel); the
     batches themselves are drawn the same on every rank, so the run matches a single process."""
     kept = drop_constant_problems(rollouts)
     if not kept:
@@ -127,18 +175,24 @@ def train_return_model(
     train = [r for r in kept if r.problem_id not in val_ids] or val
     torch.manual_seed(seed)
     model.to(hw.device).train()
-    # Batches are drawn by length (length_grouped_batches), not by problem: batches of a problem's
-    # rollouts mix lengths up to the response budget, and padding then costs a fifth of the compute or
-    # more. The objective is the same; on star-graph, batches of whole problems did not learn faster
-    # (docs/star_graph.md).
+    # Batches hold whole problems: the samples of one problem share their prefixes and differ in the
+    # actions taken, so their contrasting labels arrive together (on arithmetic, batches of single
+    # rollouts overfitted more: docs/math.md). Within a batch, rollouts run in length-sorted chunks
+    # (batch_loss), so padding stays small although a problem's rollouts differ much in length.
+    by_problem: dict[str, list[Rollout]] = defaultdict(list)
+    for r in train:
+        by_problem[r.problem_id].append(r)
+    groups = list(by_problem.values())
+    per_problem = max(1, len(train) // len(groups))
     dist = hw.dist
-    if len(train) < dist.world:
-        raise NoSignalError(f"only {len(train)} training rollouts have variation, fewer than the {dist.world} "
+    problems_per_batch = max(1, min(len(groups), cfg.batch_size // per_problem))
+    problems_per_batch = max(dist.world, problems_per_batch // dist.world * dist.world)  # equal shares per rank
+    if problems_per_batch > len(groups):
+        raise NoSignalError(f"only {len(groups)} training problems have variation, fewer than the {dist.world} "
                             "ranks: use fewer processes or more training problems.")
-    per_batch = max(dist.world, min(len(train), cfg.batch_size) // dist.world * dist.world)  # equal rank shares
-    steps = cfg.steps if cfg.epochs is None else max(1, math.ceil(cfg.epochs * len(train) / per_batch))
+    steps = cfg.steps if cfg.epochs is None else max(1, math.ceil(cfg.epochs * len(groups) / problems_per_batch))
     optimizer, schedule = adamw_with_schedule(model.parameters(), cfg.lr, cfg.weight_decay, cfg.warmup_steps, steps)
-    trainer = make_trainer(model, optimizer, schedule, hw, per_batch // dist.world)
+    trainer = make_trainer(model, optimizer, schedule, hw, problems_per_batch // dist.world * per_problem)
     model = trainer.module
     curve: list[dict] = [{"kept_rollouts": len(kept), "dropped_rollouts": len(rollouts) - len(kept), "steps": steps}]
     first, running = 0, 0.0
@@ -150,18 +204,15 @@ def train_return_model(
         log.info("return model: resuming from step %d (%s)", first, checkpoints)
     bar = progress(range(first, steps), total=steps, initial=first, desc="train return model",
                    enabled=show_progress and dist.is_main)
-    lengths = [len(r.prompt) + len(r.response) for r in train]
-    plans = {0: length_grouped_batches(lengths, per_batch, seed, 0)}  # one plan per epoch, made once
+    lengths = [max(len(r.prompt) + len(r.response) for r in group) for group in groups]
+    plans = {0: length_grouped_batches(lengths, problems_per_batch, seed, 0)}  # one plan per epoch, made once
     for step in bar:
         epoch, position = divmod(step, len(plans[0]))
         if epoch not in plans:
-            plans = {epoch: length_grouped_batches(lengths, per_batch, seed, epoch), 0: plans[0]}
-        batch = [train[i] for i in plans[epoch][position][dist.rank :: dist.world]]
-        ids, mask, rows, cols, actions, _, returns = batch_tensors(model, batch, pad_id)
-        dev = hw.device
-        with hw.autocast():
-            out = example_outputs(model, ids.to(dev), mask.to(dev), rows.to(dev), cols.to(dev), actions.to(dev))
-        loss = sequence_mean_loss(model.dist.loss(out, returns.to(dev)), rows.to(dev), len(batch))
+            plans = {epoch: length_grouped_batches(lengths, problems_per_batch, seed, epoch), 0: plans[0]}
+        problems = [groups[i] for i in plans[epoch][position]]
+        batch = [r for group in problems[dist.rank :: dist.world] for r in group]
+        loss = batch_loss(model, batch, pad_id, hw)
         trainer.backward(loss)
         trainer.step()
         value = _mean_over_ranks(loss.item(), dist)
@@ -180,15 +231,15 @@ def train_return_model(
     return model, curve, trainer.full_parameters()
 
 
-MEGABATCH = 16  # batches whose sequences are sorted by length together
+MEGABATCH = 16  # batches whose items are sorted by length together
 
 
 def length_grouped_batches(lengths: list[int], per_batch: int, seed: int, epoch: int) -> list[list[int]]:
-    """One epoch of batches of `per_batch` sequences (indices into `lengths`), drawn as a length-grouped
-    sampler does: shuffle, cut into megabatches of MEGABATCH batches, sort each megabatch by length, cut
-    it into batches, shuffle their order. Sequences of similar length share a batch, so little is
-    padding, while each epoch still visits every sequence once in a random order. Deterministic in
-    (seed, epoch), so a resumed or multi-rank run draws the same batches."""
+    """One epoch of batches of `per_batch` items (problems; indices into `lengths`), drawn as a
+    length-grouped sampler does: shuffle, cut into megabatches of MEGABATCH batches, sort each megabatch
+    by length, cut it into batches, shuffle their order. Items of similar length share a batch, while
+    each epoch still visits every item once in a random order. Deterministic in (seed, epoch), so a
+    resumed or multi-rank run draws the same batches."""
     rng = random.Random(f"{seed}-epoch{epoch}")
     order = list(range(len(lengths)))
     rng.shuffle(order)
