@@ -38,8 +38,8 @@ log = logging.getLogger(__name__)
 # Part of every stage's inputs. Bumped when code changes what a stage produces for the same config
 # (a file layout, the random streams of sampling, the order of training batches), so that a cache
 # filled by older code is never taken for this code's results. 3: finished rows leave sampling
-# batches; length-grouped return-model batches. 4: sampling batches take prompts in order of length;
-# return-model batches are packed (each problem's prompt once, its rollouts after it).
+# batches; length-grouped return-model batches. 4: sampling batches take prompts in order of length
+# and keep KV caches in fixed windows; return-model batches run in length-sorted chunks.
 PIPELINE_VERSION = 4
 
 
