@@ -159,8 +159,7 @@ class KVWindow:
         for layer in self.cache.layers:
             if getattr(layer, "is_initialized", False):
                 layer.cumulative_length.sub_(columns)
-        self.length -= columns
-        self.valid[:, self.length :] = False
+        self.length -= columns  # `valid` past `length` is never read: each pass writes its columns' flags
 
 
 class LMState:

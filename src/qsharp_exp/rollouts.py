@@ -135,7 +135,7 @@ def sample_many(
         done[index] = batch
     for part in dist.gather(done) if dist.active else []:
         done.update(part)
-    by_prompt: list[Sampled | None] = [None] * len(prompts)
+    by_prompt: list[Sampled] = [None] * len(prompts)  # type: ignore[list-item]  (all filled below)
     for index, batch in done.items():
         for i, sample in zip(order[index * batch_size : (index + 1) * batch_size], batch, strict=True):
             by_prompt[i] = sample
