@@ -22,12 +22,14 @@ from hydra import compose, initialize_config_dir
 
 from qsharp_exp.__main__ import CONF_DIR
 from qsharp_exp.config import RunConfig, load_run_config
+from qsharp_exp.guidance import RULES
+from qsharp_exp.training.policy import TRAINERS
 
 REPO = Path(__file__).resolve().parents[1]
-MATH_ALGOS = ("pi_ref", "cd", "qsharp")
-STAR_GRAPH_ALGOS = ("pi_ref", "reinforce", "dpo", "rpo", "cd", "qsharp")  # the paper's Figure 2b
+MATH_ALGOS = ("pi_ref", *RULES)  # the paper's Table 2: pi_ref against every guidance rule
+STAR_GRAPH_ALGOS = ("pi_ref", *TRAINERS, *RULES)  # the paper's Figure 2b
 
-# The paper's math protocol (Section 3.2, Appendix E; ../shared/docs/QSHARP.md).
+# The paper's math protocol (Section 3.2, Appendix E; docs/method.md, section 3).
 MATH_PROTOCOL = {
     "algo.eta": 0.1, "algo.top_k": 20, "collect.rounds": 2, "collect.samples_per_problem": 16,
     "collect.eta": 0.1, "collect.explore_prob": 0.0, "guide_train.lr": 2e-5, "guide_train.weight_decay": 0.01,

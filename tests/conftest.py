@@ -3,14 +3,14 @@
 import pytest
 
 from helpers import tiny_arch
-from qsharp_exp.config import TaskConfig
 from qsharp_exp.models.lm import build_causal_lm
-from qsharp_exp.tasks.star_graph import StarGraphTask
+from qsharp_exp.tasks.star_graph import StarGraphConfig, StarGraphTask
 
 
 @pytest.fixture(scope="session")
 def tiny_task():
-    return StarGraphTask(TaskConfig(degree=2, path_length=3, num_nodes=12, num_pretrain=50, num_train=20, num_test=10))
+    cfg = StarGraphConfig(degree=2, path_length=3, num_nodes=12, num_pretrain=50, num_train=20, num_test=10)
+    return StarGraphTask(cfg)
 
 
 @pytest.fixture(scope="session")

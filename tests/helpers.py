@@ -16,6 +16,16 @@ def codec(tokenizer, model, chat_template=False):
     return PromptCodec.for_model(tokenizer, model, chat_template)
 
 
+def sampler(pi_ref, tokenizer, spec=None, batch_size=8, prompt_codec=None):
+    """pi_ref's sampler on the CPU, without progress bars."""
+    from qsharp_exp.config import HardwareConfig
+    from qsharp_exp.hardware import Hardware
+    from qsharp_exp.sampling import Sampler, SamplingSpec
+
+    return Sampler(pi_ref, prompt_codec or codec(tokenizer, pi_ref), spec or SamplingSpec(), Hardware(HardwareConfig()),
+                   batch_size, show_progress=False)
+
+
 def tiny_arch(arch: str = "gpt2") -> ArchConfig:
     return ArchConfig(arch=arch, n_layer=2, n_embd=32, n_head=4, max_positions=128)
 

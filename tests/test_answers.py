@@ -2,7 +2,7 @@
 
 import pytest
 
-from qsharp_exp.tasks.answers import equivalent, gsm8k_gold, last_boxed, majority_vote, pass_at_k
+from qsharp_exp.tasks.answers import equivalent, gsm8k_gold, last_boxed, majority_vote
 
 EQUIVALENT = [
     ("18", "18"),
@@ -90,14 +90,6 @@ def test_majority_vote_groups_equivalent_answers_and_ignores_missing_ones():
 def test_majority_vote_ties_go_to_the_answer_seen_first():
     assert majority_vote(["3", "4", "4", "3"]) == "3"
     assert majority_vote(["4", "3", "3", "4"]) == "4"
-
-
-def test_pass_at_k_estimator():
-    assert pass_at_k(8, 0, 1) == 0.0
-    assert pass_at_k(8, 8, 1) == 1.0
-    assert pass_at_k(8, 2, 1) == pytest.approx(0.25)
-    assert pass_at_k(8, 1, 8) == 1.0
-    assert pass_at_k(4, 1, 2) == pytest.approx(1 - 3 / 6)
 
 
 def test_unparseable_answers_vote_by_their_exact_text_without_error():

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from helpers import codec, make_guide
-from qsharp_exp.config import CollectConfig, HardwareConfig
-from qsharp_exp.decoding import Guidance, SamplingSpec
-from qsharp_exp.hardware import Hardware
+from helpers import make_guide, sampler
+from qsharp_exp.config import CollectConfig
+from qsharp_exp.guidance import RULES, Guidance
+from qsharp_exp.sampling import SamplingSpec
 from qsharp_exp.training.collect import collect
 
 SPEC = SamplingSpec(max_new_tokens=8)
@@ -14,14 +14,14 @@ SPEC = SamplingSpec(max_new_tokens=8)
 
 def run(tiny_task, pi_ref, tokenizer, explore_prob, roll_in=None, seed=0):
     cfg = CollectConfig(samples_per_problem=3, explore_prob=explore_prob, batch_size=16)
-    return collect(tiny_task, tiny_task.problems("train")[:6], pi_ref, codec(tokenizer, pi_ref), roll_in, cfg, 4, SPEC,
-                   Hardware(HardwareConfig()), seed, show_progress=False)
+    pi_ref_sampler = sampler(pi_ref, tokenizer, SPEC, cfg.batch_size)
+    return collect(tiny_task, tiny_task.problems("train")[:6], pi_ref_sampler, roll_in, cfg, 4, seed)
 
 
 @pytest.mark.parametrize("guided", [False, True])
 def test_rollouts_are_labelled_with_the_reward_of_their_final_text_and_are_deterministic(
         tiny_task, pi_ref, tokenizer, guided):
-    roll_in = Guidance(make_guide(tokenizer), "qsharp", 0.1, 4) if guided else None
+    roll_in = Guidance(make_guide(tokenizer), RULES["qsharp"], 0.1, 4) if guided else None
     rollouts = run(tiny_task, pi_ref, tokenizer, 0.5, roll_in)
     assert len(rollouts) == 18
     problems = {p.id: p for p in tiny_task.problems("train")}

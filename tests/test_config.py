@@ -96,6 +96,10 @@ def test_bad_arithmetic_values_name_the_key(override, key):
         load_run_config(compose_cfg("task=arithmetic", override))
 
 
-def test_gpu_hardware_offers_cuda_graphs_and_compiled_decoding():
-    cfg = load_run_config(compose_cfg("hardware=gpu", "hardware.cuda_graphs=true", "hardware.compile_decoding=true"))
+@pytest.mark.parametrize("hardware", ["gpu", "zero2"])
+def test_gpu_hardware_declares_cuda_graphs_and_compiled_decoding_off_so_plain_overrides_work(hardware):
+    assert not load_run_config(compose_cfg(f"hardware={hardware}")).hardware.cuda_graphs
+    # A plain override (no '+') is accepted only for keys the composed YAML declares.
+    cfg = load_run_config(compose_cfg(f"hardware={hardware}", "hardware.cuda_graphs=true",
+                                      "hardware.compile_decoding=true"))
     assert cfg.hardware.cuda_graphs and cfg.hardware.compile_decoding

@@ -5,11 +5,13 @@ from dataclasses import replace
 import pytest
 import torch
 
-from helpers import make_guide, stops, tiny_arch
+from helpers import make_guide, sampler, stops, tiny_arch
 from qsharp_exp import guidance as G
-from qsharp_exp.decoding import Guidance, GuideState, SamplingSpec, generate
+from qsharp_exp.guidance import RULES, Guidance
 from qsharp_exp.models.lm import build_causal_lm
-from qsharp_exp.training.common import left_pad
+from qsharp_exp.sampling import SamplingSpec, generate
+from qsharp_exp.sampling.decoding import GuideState
+from qsharp_exp.sampling.padding import left_pad
 
 
 def prompts(tokenizer, task, n):
@@ -37,7 +39,7 @@ def uncached_guided_logprobs(pi_ref, guide, prompt, response, spec, top_k, eta, 
         else:
             values = torch.stack([guide(torch.cat([seq, c.view(1, 1)], 1), torch.ones(1, seq.shape[1] + 1))[0, -1]
                                   for c in cands[0]]).unsqueeze(0)
-        offsets = guide.dist.offset(values, eta, algo)
+        offsets = RULES[algo].offset(guide.distribution, values, eta)
         out.append(G.guided_logprobs(ref_logp, cands, offsets, mask_non_candidates))
     return out
 
@@ -50,7 +52,7 @@ def test_cached_batched_guided_decoding_equals_uncached_recomputation(pi_ref, to
     spec = SamplingSpec(temperature=0.9, top_p=0.95, max_new_tokens=6)
     rows = ragged(tokenizer, tiny_task, 4)
     ids, mask = left_pad(rows, tokenizer.pad_token_id)
-    guidance = Guidance(guide, algo, eta=0.5, top_k=5)
+    guidance = Guidance(guide, RULES[algo], eta=0.5, top_k=5)
     gen = generate(pi_ref, ids, mask, spec, stops(tokenizer), tokenizer.pad_token_id,
                    torch.Generator().manual_seed(0), guide=guidance)
     for i, prompt in enumerate(rows):
@@ -115,7 +117,7 @@ def test_guide_makes_one_pass_per_decoding_step(pi_ref, tokenizer, tiny_task, he
     spec = SamplingSpec(max_new_tokens=5)
     never_stop = torch.tensor([-1])  # every row runs all 5 steps
     gen = generate(pi_ref, ids, mask, spec, never_stop, tokenizer.pad_token_id, torch.Generator().manual_seed(0),
-                   guide=Guidance(guide, "qsharp", 0.1, 5, mask_non_candidates))
+                   guide=Guidance(guide, RULES["qsharp"], 0.1, 5, mask_non_candidates))
     # the prefill, then one pass per step: V-type scores each step's candidates (taking in the token
     # sampled before them in the same pass); Q-type takes in each sampled token but the last, which
     # nothing is sampled after (the prefill already scored the first step's candidates)
@@ -169,7 +171,7 @@ def test_rows_that_stop_early_leave_the_batch_without_changing_any_row(tokenizer
         guide = make_guide(tokenizer, arch=arch, head=head)
         spec = SamplingSpec(temperature=0.9, max_new_tokens=10)
         gen = generate(pi_ref, ids, mask, spec, many_stops, tokenizer.pad_token_id, torch.Generator().manual_seed(1),
-                       guide=Guidance(guide, "qsharp", 0.5, 5))
+                       guide=Guidance(guide, RULES["qsharp"], 0.5, 5))
         assert len(set(gen.lengths.tolist())) > 1
         for i, prompt in enumerate(rows):
             response = gen.tokens[i, : gen.lengths[i]].tolist()
@@ -180,9 +182,8 @@ def test_rows_that_stop_early_leave_the_batch_without_changing_any_row(tokenizer
 
 
 def test_sampling_batches_prompts_by_length_and_returns_samples_in_the_callers_order(tokenizer, tiny_task, arch):
-    from qsharp_exp.config import HardwareConfig
-    from qsharp_exp.hardware import Hardware
-    from qsharp_exp.rollouts import PaddingStats, sample_many
+    from qsharp_exp.prompts import PromptCodec
+    from qsharp_exp.sampling import PaddingStats
 
     pi_ref = build_causal_lm(replace(tiny_arch(arch), initializer_range=0.5), tokenizer, seed=0).eval()
     full = prompts(tokenizer, tiny_task, 3)
@@ -190,8 +191,8 @@ def test_sampling_batches_prompts_by_length_and_returns_samples_in_the_callers_o
     cold = SamplingSpec(temperature=1e-4, top_p=1.0, max_new_tokens=6)
     many_stops = list(range(5, len(tokenizer), 3))
     stats = PaddingStats()
-    sampled = sample_many(pi_ref, rows, cold, many_stops, tokenizer.pad_token_id, Hardware(HardwareConfig()), 0, 3,
-                          show_progress=False, stats=stats)
+    stopping = PromptCodec(tokenizer, chat_template=False, stop_ids=many_stops, max_positions=None)
+    sampled = sampler(pi_ref, tokenizer, cold, batch_size=3, prompt_codec=stopping).sample(rows, 0, stats=stats)
     lengths = sorted(len(r) for r in rows)
     assert stats.prompt_slots == 3 * lengths[2] + 3 * lengths[5]  # the three short prompts share a batch
     for row, sample in zip(rows, sampled, strict=True):
@@ -206,7 +207,7 @@ def _cold_guided_runs(pi_ref, tokenizer, tiny_task, arch, cuda_graphs, device="c
     ids, mask = left_pad(ragged(tokenizer, tiny_task, 6), tokenizer.pad_token_id)
     cold = SamplingSpec(temperature=1e-4, top_p=1.0, max_new_tokens=10)
     runs = []
-    guides = {head: Guidance(make_guide(tokenizer, arch=arch, head=head).to(device), "qsharp", 0.5, 5)
+    guides = {head: Guidance(make_guide(tokenizer, arch=arch, head=head).to(device), RULES["qsharp"], 0.5, 5)
               for head in ("q", "v")}
     for guide in (guides["q"], guides["v"], guides["v"]):  # the second V-type run reuses pooled windows
         runs.append(generate(pi_ref, ids.to(device), mask.to(device), cold, many_stops, tokenizer.pad_token_id,

@@ -77,7 +77,7 @@ def test_zero_training_killed_after_a_checkpoint_resumes_to_the_same_weights(dee
                                                                             monkeypatch, stage):
     import torch
 
-    import qsharp_exp.training.train_guide as train_guide
+    import qsharp_exp.training.return_model as training
     from helpers import make_guide
     from qsharp_exp.config import GuideTrainConfig, HardwareConfig
     from qsharp_exp.hardware import Hardware
@@ -86,9 +86,9 @@ def test_zero_training_killed_after_a_checkpoint_resumes_to_the_same_weights(dee
     hw = Hardware(HardwareConfig(zero_stage=stage))
     rollouts = [rollout(f"p{i // 2}", float(a == 5), i % 2, (a, 6, 2)) for i, a in enumerate([5, 9, 9, 5] * 16)]
     cfg = GuideTrainConfig(steps=12, batch_size=8, lr=3e-3, eval_every=6, val_fraction=0.25, checkpoint_every=4)
-    reference, _, whole_reference = train_guide.train_return_model(make_guide(tokenizer, head="v"), rollouts, cfg, 0,
+    reference, _, whole_reference = training.train_return_model(make_guide(tokenizer, head="v"), rollouts, cfg, 0,
                                                                    hw, 0, False)
-    real_loss, calls = train_guide.sequence_mean_loss, {"n": 0}
+    real_loss, calls = training.sequence_mean_loss, {"n": 0}
 
     def killed_at_step_7(*args):
         calls["n"] += 1
@@ -96,19 +96,19 @@ def test_zero_training_killed_after_a_checkpoint_resumes_to_the_same_weights(dee
             raise KeyboardInterrupt
         return real_loss(*args)
 
-    monkeypatch.setattr(train_guide, "sequence_mean_loss", killed_at_step_7)
+    monkeypatch.setattr(training, "sequence_mean_loss", killed_at_step_7)
     with pytest.raises(KeyboardInterrupt):
-        train_guide.train_return_model(make_guide(tokenizer, head="v"), rollouts, cfg, 0, hw, 0, False, tmp_path)
+        training.train_return_model(make_guide(tokenizer, head="v"), rollouts, cfg, 0, hw, 0, False, tmp_path)
     assert (tmp_path / "latest").read_text() == "global_step_4"
-    resumed, _, whole_resumed = train_guide.train_return_model(make_guide(tokenizer, head="v"), rollouts, cfg, 0, hw,
+    resumed, _, whole_resumed = training.train_return_model(make_guide(tokenizer, head="v"), rollouts, cfg, 0, hw,
                                                                0, False, tmp_path)
     with whole_reference, whole_resumed:  # under ZeRO-3 the parameters are gathered to compare them
         for (name, a), b in zip(reference.named_parameters(), resumed.parameters(), strict=True):
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
 
 
-def test_memory_estimate_by_hand_for_llama3_8b_with_a_1b_guide():
-    from qsharp_exp.memory import GIB, SIZES, estimate, main
+def test_memory_estimate_by_hand_for_llama3_8b_with_a_1b_guide(capsys):
+    from qsharp_exp.memory import GIB, PAIRS, SIZES, estimate, main
 
     ref, guide = SIZES["meta-llama/Meta-Llama-3-8B-Instruct"], SIZES["meta-llama/Llama-3.2-1B-Instruct"]
     one = estimate(ref, guide, "gpu", 1, batch=64, tokens=1536)
@@ -125,7 +125,13 @@ def test_memory_estimate_by_hand_for_llama3_8b_with_a_1b_guide():
         estimate(ref, guide, "gpu", 2, 64, 1536)
     big = estimate(SIZES["meta-llama/Llama-3.1-70B-Instruct"], guide, "gpu", 1, 64, 1536)
     assert big["peak"] > 80  # a 70B pi_ref does not fit one 80 GB GPU
-    assert main(["--gpus", "2"]) == 0
+    main(["--gpus", "2"])
+    lines = capsys.readouterr().out.splitlines()
+    body = [[c.strip() for c in line.strip("|").split("|")] for line in lines if line.startswith("| ")][1:]
+    assert len(body) == len(PAIRS) * 4  # gpu on 1 GPU, zero2 / zero3 / zero3_offload on 2
+    assert {r[2] for r in body if r[1] != "gpu"} == {"2"}
+    one_gpu_8b = next(r for r in body if r[:2] == ["llama3_8b_instruct", "gpu"])
+    assert float(one_gpu_8b[6]) == pytest.approx(one["peak"], abs=0.05)
 
 
 def test_slurm_tasks_become_ranks_of_one_process_group():

@@ -3,19 +3,24 @@
 import pytest
 
 import qsharp_exp.evaluation as evaluation
-from helpers import codec, make_guide
-from qsharp_exp.config import CollectConfig, HardwareConfig, TaskConfig
-from qsharp_exp.decoding import Guidance, SamplingSpec
-from qsharp_exp.hardware import Hardware
-from qsharp_exp.rollouts import Sampled
+import qsharp_exp.sampling.batched as batched
+from helpers import codec, make_guide, sampler
+from qsharp_exp.config import CollectConfig
+from qsharp_exp.guidance import RULES, Guidance
+from qsharp_exp.sampling import Sampled, Sampler, SamplingSpec
 from qsharp_exp.tasks import build_task
+from qsharp_exp.tasks.arithmetic import ArithmeticConfig
 from qsharp_exp.training import collect as collect_module
 
-HW = Hardware(HardwareConfig())
+
+def fake_sampler(monkeypatch, pi_ref, fake_codec, samples):
+    """A sampler whose samples are `samples(prompts)` instead of pi_ref's."""
+    monkeypatch.setattr(Sampler, "sample", lambda self, prompts, seed, **kwargs: samples(prompts))
+    return sampler(pi_ref, None, batch_size=8, prompt_codec=fake_codec)
 
 
 def test_metrics_count_single_samples_majorities_and_any_correct(monkeypatch, tokenizer, pi_ref):
-    task = build_task(TaskConfig(name="arithmetic", num_pretrain=20, num_train=2, num_test=3))
+    task = build_task(ArithmeticConfig(name="arithmetic", num_pretrain=20, num_train=2, num_test=3))
     problems = task.problems("test")
     gold = [p.answer for p in problems]
     wrong = [str(int(g) + 1) for g in gold]
@@ -27,15 +32,12 @@ def test_metrics_count_single_samples_majorities_and_any_correct(monkeypatch, to
     texts = [f"\\boxed{{{a}}}" if a is not None else "no box" for row in answers for a in row]
     lookup = {i: t for i, t in enumerate(texts)}
 
-    def fake_sample_many(pi_ref, prompts, *args, **kwargs):
-        return [Sampled(response=[i], kl=0.5 * (i % 2)) for i in range(len(prompts))]
-
-    monkeypatch.setattr(evaluation, "sample_many", fake_sample_many)
     fake_codec = codec(tokenizer, pi_ref)
     fake_codec.decode = lambda ids: lookup[ids[0]]
     fake_codec.encode = lambda jobs, n: [[0]] * len(jobs)
-    metrics, samples = evaluation.evaluate(task, problems, pi_ref, fake_codec, None, SamplingSpec(), 4, 8, HW, 0,
-                                           show_progress=False)
+    fake = fake_sampler(monkeypatch, pi_ref, fake_codec,
+                        lambda prompts: [Sampled(response=[i], kl=0.5 * (i % 2)) for i in range(len(prompts))])
+    metrics, samples = evaluation.evaluate(task, problems, fake, 4, 0)
     assert metrics["pass@1"] == pytest.approx(4 / 12)
     assert metrics["maj1@4"] == pytest.approx(1 / 3)
     assert metrics["pass@4"] == pytest.approx(2 / 3)
@@ -53,14 +55,11 @@ class Interrupt(Exception):
 def test_killed_collection_resumes_to_the_result_of_an_uninterrupted_run(monkeypatch, tiny_task, pi_ref, tokenizer,
                                                                          tmp_path):
     cfg = CollectConfig(samples_per_problem=3, explore_prob=0.5, batch_size=4)
-    roll_in = Guidance(make_guide(tokenizer), "qsharp", 0.1, 4)
-    args = (tiny_task, tiny_task.problems("train")[:6], pi_ref, codec(tokenizer, pi_ref), roll_in, cfg, 4,
-            SamplingSpec(max_new_tokens=8), HW, 7, False)
+    roll_in = Guidance(make_guide(tokenizer), RULES["qsharp"], 0.1, 4)
+    args = (tiny_task, tiny_task.problems("train")[:6], sampler(pi_ref, tokenizer, SamplingSpec(max_new_tokens=8), 4),
+            roll_in, cfg, 4, 7)
     uninterrupted = collect_module.collect(*args)
-
-    import qsharp_exp.rollouts as rollouts
-
-    real_generate, calls = rollouts.generate, {"n": 0}
+    real_generate, calls = batched.generate, {"n": 0}
 
     def dies_on_the_seventh_batch(*a, **k):
         calls["n"] += 1
@@ -68,7 +67,7 @@ def test_killed_collection_resumes_to_the_result_of_an_uninterrupted_run(monkeyp
             raise Interrupt
         return real_generate(*a, **k)
 
-    monkeypatch.setattr(rollouts, "generate", dies_on_the_seventh_batch)
+    monkeypatch.setattr(batched, "generate", dies_on_the_seventh_batch)
     with pytest.raises(Interrupt):
         collect_module.collect(*args, checkpoint=tmp_path)
     assert len(list((tmp_path / "roll_in").glob("batch*.json"))) == 5
@@ -80,12 +79,10 @@ def test_killed_collection_resumes_to_the_result_of_an_uninterrupted_run(monkeyp
 
 
 def test_killed_evaluation_resumes_to_the_same_samples(monkeypatch, tiny_task, pi_ref, tokenizer, tmp_path):
-    args = (tiny_task, tiny_task.problems("test")[:6], pi_ref, codec(tokenizer, pi_ref), None,
-            SamplingSpec(max_new_tokens=8), 2, 4, HW, 3)
-    uninterrupted = evaluation.evaluate(*args, show_progress=False)
-    import qsharp_exp.rollouts as rollouts
-
-    real_generate, calls = rollouts.generate, {"n": 0}
+    args = (tiny_task, tiny_task.problems("test")[:6], sampler(pi_ref, tokenizer, SamplingSpec(max_new_tokens=8), 4),
+            2, 3)
+    uninterrupted = evaluation.evaluate(*args)
+    real_generate, calls = batched.generate, {"n": 0}
 
     def dies_on_the_second_batch(*a, **k):
         calls["n"] += 1
@@ -93,10 +90,10 @@ def test_killed_evaluation_resumes_to_the_same_samples(monkeypatch, tiny_task, p
             raise KeyboardInterrupt
         return real_generate(*a, **k)
 
-    monkeypatch.setattr(rollouts, "generate", dies_on_the_second_batch)
+    monkeypatch.setattr(batched, "generate", dies_on_the_second_batch)
     with pytest.raises(KeyboardInterrupt):
-        evaluation.evaluate(*args, show_progress=False, checkpoint=tmp_path)
-    assert evaluation.evaluate(*args, show_progress=False, checkpoint=tmp_path) == uninterrupted
+        evaluation.evaluate(*args, checkpoint=tmp_path)
+    assert evaluation.evaluate(*args, checkpoint=tmp_path) == uninterrupted
 
 
 @pytest.mark.parametrize("head", ["q", "v"])
@@ -105,7 +102,7 @@ def test_reward_model_score_is_the_guides_value_at_the_final_token(tokenizer, pi
     c = codec(tokenizer, pi_ref)
     prompts = [[5, 6, 7], [8, 9]]
     sampled = [Sampled([10, 11, c.eos_id], 0.0), Sampled([12, 13], 0.0)]  # the second was cut: EOS appended
-    scores = evaluation.final_values(guide, prompts, sampled, c, HW, batch_size=2)
+    scores = evaluation.final_values(guide, prompts, sampled, sampler(pi_ref, tokenizer, batch_size=2))
     import torch
 
     for prompt, s, score in zip(prompts, sampled, scores, strict=True):
@@ -114,11 +111,11 @@ def test_reward_model_score_is_the_guides_value_at_the_final_token(tokenizer, pi
         with torch.no_grad():
             out = guide(seq, torch.ones_like(seq))[0]
         value = out[-1] if head == "v" else out[-2, c.eos_id]
-        assert score == pytest.approx(guide.dist.mean(value).item(), abs=1e-5)
+        assert score == pytest.approx(guide.distribution.mean(value).item(), abs=1e-5)
 
 
 def test_reward_model_metrics_pick_the_best_scored_sample_and_the_heaviest_answer(monkeypatch, tokenizer, pi_ref):
-    task = build_task(TaskConfig(name="arithmetic", num_pretrain=20, num_train=2, num_test=2))
+    task = build_task(ArithmeticConfig(name="arithmetic", num_pretrain=20, num_train=2, num_test=2))
     problems = task.problems("test")
     g0, g1 = problems[0].answer, problems[1].answer
     w0, w1 = str(int(g0) + 1), str(int(g1) + 1)
@@ -127,14 +124,13 @@ def test_reward_model_metrics_pick_the_best_scored_sample_and_the_heaviest_answe
     # problem 0: best-scored sample right (0.9), weighted vote right (0.9 vs 0.7); majority wrong.
     # problem 1: best-scored sample has no answer (wrong); weighted vote right (0.5 vs 0.2); majority wrong.
     texts = {i: f"\\boxed{{{a}}}" if a else "none" for i, a in enumerate(answers)}
-    monkeypatch.setattr(evaluation, "sample_many",
-                        lambda pi_ref, prompts, *a, **k: [Sampled([i], 0.0) for i in range(len(prompts))])
     monkeypatch.setattr(evaluation, "final_values", lambda *a, **k: rm)
     fake_codec = codec(tokenizer, pi_ref)
     fake_codec.decode = lambda ids: texts[ids[0]]
     fake_codec.encode = lambda jobs, n: [[0]] * len(jobs)
-    metrics, samples = evaluation.evaluate(task, problems, pi_ref, fake_codec, None, SamplingSpec(), 4, 8, HW, 0,
-                                           show_progress=False, reward_model=object())
+    fake = fake_sampler(monkeypatch, pi_ref, fake_codec,
+                        lambda prompts: [Sampled([i], 0.0) for i in range(len(prompts))])
+    metrics, samples = evaluation.evaluate(task, problems, fake, 4, 0, reward_model=object())
     assert metrics["maj1@4"] == 0.0
     assert metrics["rm_best_of_4"] == 0.5
     assert metrics["rm_maj1@4"] == 1.0

@@ -83,17 +83,20 @@ def test_guided_distribution_is_pi_ref_times_multiplier_renormalised():
     torch.testing.assert_close(G.guided_logprobs(ref, cands, offsets, True).exp(), masked)
 
 
-def test_kl_is_exact_and_zero_without_guidance():
+def test_kl_is_exact_and_tokens_without_mass_under_pi_contribute_nothing():
     torch.manual_seed(1)
     ref = torch.log_softmax(torch.randn(3, 8), -1)
-    assert G.kl_divergence(ref, ref).abs().max().item() == 0.0
     pi = torch.log_softmax(torch.randn(3, 8), -1)
     expected = (pi.exp() * (pi - ref)).sum(-1)
     torch.testing.assert_close(G.kl_divergence(pi, ref), expected)
-    # Zero-mass tokens of pi contribute nothing, even where pi_ref has -inf.
-    pi_masked = torch.log_softmax(torch.tensor([[0.0, float("-inf"), 1.0]]), -1)
-    ref_masked = torch.log_softmax(torch.tensor([[0.5, float("-inf"), 0.0]]), -1)
-    assert torch.isfinite(G.kl_divergence(pi_masked, ref_masked)).all()
+    # By hand: pi = (1/2, 1/2, 0), pi_ref = (1/4, 1/4, 1/2): KL = ln 2; the masked third token adds nothing.
+    pi_masked = torch.log(torch.tensor([[0.5, 0.5, 0.0]]))
+    ref_masked = torch.log(torch.tensor([[0.25, 0.25, 0.5]]))
+    assert G.kl_divergence(pi_masked, ref_masked).item() == pytest.approx(math.log(2))
+    # Where both give a token no mass (-inf - -inf = nan), it still adds nothing.
+    both = torch.log(torch.tensor([[0.5, 0.0, 0.5]]))
+    assert G.kl_divergence(both, torch.log(torch.tensor([[0.25, 0.0, 0.75]]))).item() == pytest.approx(
+        0.5 * math.log(2) + 0.5 * math.log(0.5 / 0.75))
 
 
 def test_sampler_logprobs_applies_temperature_then_top_p():

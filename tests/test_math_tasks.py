@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from qsharp_exp.config import TaskConfig, UserError
+from qsharp_exp.config import UserError
 from qsharp_exp.models.lm import build_causal_lm, load_pretrained_lm
 from qsharp_exp.prompts import PromptCodec
 from qsharp_exp.tasks import build_task
-from qsharp_exp.tasks.arithmetic import generate_records
-from qsharp_exp.tasks.math import PROMPT
+from qsharp_exp.tasks.arithmetic import ArithmeticConfig, generate_records
+from qsharp_exp.tasks.math import PROMPT, MathDatasetConfig
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_shared_data = pytest.mark.skipif(not (SHARED_DATA / "gsm8k_test.jsonl").exists(),
@@ -32,7 +32,7 @@ def gsm8k_dir(tmp_path):
 
 
 def test_local_gsm8k_uses_the_published_split_and_numeric_gold(gsm8k_dir):
-    task = build_task(TaskConfig(name="gsm8k", data_dir=str(gsm8k_dir), num_pretrain=None, num_train=None,
+    task = build_task(MathDatasetConfig(name="gsm8k", data_dir=str(gsm8k_dir), num_pretrain=None, num_train=None,
                                  num_test=None))
     train, test = task.problems("train"), task.problems("test")
     assert len(train) == 18 and len(task.problems("validation")) == 2 and len(test) == 5
@@ -50,7 +50,7 @@ def test_gsm8k_rows_in_the_hub_layout_are_read_too(tmp_path):
     rows = [{"question": "Anna has 3 pens and buys 4. How many?", "answer": "3 + 4 = <<3+4=7>>7\n#### 7"}] * 3
     write_jsonl(tmp_path / "gsm8k_train.jsonl", rows)
     write_jsonl(tmp_path / "gsm8k_test.jsonl", rows)
-    task = build_task(TaskConfig(name="gsm8k", data_dir=str(tmp_path), num_pretrain=None))
+    task = build_task(MathDatasetConfig(name="gsm8k", data_dir=str(tmp_path), num_pretrain=None))
     problem = task.problems("test")[0]
     assert problem.answer == "7" and "Anna has 3 pens" in problem.prompt
     assert task.target(task.problems("pretrain")[0]) == "3 + 4 = 7\nThe answer is \\boxed{7}."
@@ -58,13 +58,13 @@ def test_gsm8k_rows_in_the_hub_layout_are_read_too(tmp_path):
 
 def test_missing_local_file_is_one_clear_error(tmp_path):
     with pytest.raises(UserError, match="gsm8k_train.jsonl"):
-        build_task(TaskConfig(name="gsm8k", data_dir=str(tmp_path)))
+        build_task(MathDatasetConfig(name="gsm8k", data_dir=str(tmp_path)))
 
 
 def test_offline_hub_without_data_dir_fails_at_once_naming_the_setting(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError, match="task.data_dir"):
-        build_task(TaskConfig(name="math"))
+        build_task(MathDatasetConfig(name="math"))
 
 
 def test_offline_hub_model_id_is_one_clear_error(monkeypatch):
@@ -79,12 +79,12 @@ def test_shared_gsm8k_and_math500_test_sets_load_with_their_gold_answers(tmp_pat
         (tmp_path / name).symlink_to(SHARED_DATA / name)
         # Training files are not shared: the test set stands in, to check loading only.
         (tmp_path / name.replace("500_test", "_train").replace("_test", "_train")).symlink_to(SHARED_DATA / name)
-    gsm8k = build_task(TaskConfig(name="gsm8k", data_dir=str(tmp_path), num_test=None))
+    gsm8k = build_task(MathDatasetConfig(name="gsm8k", data_dir=str(tmp_path), num_test=None))
     test = gsm8k.problems("test")
     assert len(test) == 1319 and test[0].answer == "18"
     rows = [json.loads(line) for line in (SHARED_DATA / "gsm8k_test.jsonl").read_text().splitlines()[:3]]
     assert [p.prompt for p in test[:3]] == [r["prompt"] for r in rows]  # the paper's prompt, verbatim
-    math = build_task(TaskConfig(name="math", data_dir=str(tmp_path), num_test=None))
+    math = build_task(MathDatasetConfig(name="math", data_dir=str(tmp_path), num_test=None))
     test = math.problems("test")
     assert len(test) == 500 and test[0].answer == "\\left( 3, \\frac{\\pi}{2} \\right)"
     assert math.reward(test[0], "so $(r, \\theta) = \\boxed{(3, \\frac{\\pi}{2})}$") == 1.0
@@ -92,7 +92,7 @@ def test_shared_gsm8k_and_math500_test_sets_load_with_their_gold_answers(tmp_pat
 
 
 def test_arithmetic_problems_are_deterministic_disjoint_and_their_solutions_are_right():
-    cfg = TaskConfig(name="arithmetic", num_pretrain=300, num_train=100, num_test=50, max_ops=3)
+    cfg = ArithmeticConfig(name="arithmetic", num_pretrain=300, num_train=100, num_test=50, max_ops=3)
     records = generate_records(cfg)
     assert records == generate_records(cfg)
     questions = [{r.question for r in records[s]} for s in ("pretrain", "train", "test")]
@@ -107,7 +107,7 @@ def test_arithmetic_problems_are_deterministic_disjoint_and_their_solutions_are_
 
 
 def test_chat_template_switch_wraps_the_prompt_or_not():
-    task = build_task(TaskConfig(name="arithmetic", num_pretrain=50, num_train=5, num_test=5))
+    task = build_task(ArithmeticConfig(name="arithmetic", num_pretrain=50, num_train=5, num_test=5))
     tokenizer = task.build_tokenizer()
     from helpers import tiny_arch
 

@@ -8,9 +8,9 @@ import torch
 
 from helpers import codec, stops
 from qsharp_exp.config import HardwareConfig, PolicyConfig
-from qsharp_exp.decoding import SamplingSpec, generate
 from qsharp_exp.hardware import Hardware
-from qsharp_exp.training.common import left_pad
+from qsharp_exp.sampling import SamplingSpec, generate
+from qsharp_exp.sampling.padding import left_pad
 from qsharp_exp.training.policy import (
     dpo_loss,
     dpo_margin,

@@ -1,21 +1,20 @@
 """Pretrained models from a local path (as from the hub): pi_ref, the guide's trunk, the tokenizer check."""
 
-from dataclasses import replace
-
 import pytest
 import torch
 
 from helpers import codec, tiny_arch
-from qsharp_exp.config import ArchConfig, GuideConfig, RunConfig, TaskConfig, UserError
+from qsharp_exp.config import ArchConfig, GuideConfig, RunConfig, UserError
 from qsharp_exp.models.lm import build_causal_lm
 from qsharp_exp.models.return_model import build_return_model
-from qsharp_exp.pipeline import Run
+from qsharp_exp.stages.return_model import check_tokenizer
 from qsharp_exp.tasks import build_task
+from qsharp_exp.tasks.arithmetic import ArithmeticConfig
 
 
 @pytest.fixture(scope="module")
 def arithmetic():
-    return build_task(TaskConfig(name="arithmetic", num_pretrain=40, num_train=4, num_test=4))
+    return build_task(ArithmeticConfig(name="arithmetic", num_pretrain=40, num_train=4, num_test=4))
 
 
 @pytest.fixture(scope="module")
@@ -34,16 +33,11 @@ def test_guide_trunk_loads_pretrained_weights_from_a_path(saved_lm):
     torch.testing.assert_close(guide.trunk.get_input_embeddings().weight, model.get_input_embeddings().weight)
 
 
-def run_with(guide_path, task_cfg) -> Run:
-    cfg = RunConfig(task=task_cfg)
-    cfg.model.guide = GuideConfig(arch=ArchConfig(pretrained=str(guide_path)), head="v")
-    return Run(cfg)
-
-
-def test_guide_with_another_tokenizer_is_one_clear_error(saved_lm, tiny_task, tokenizer, tmp_path):
+def test_guide_with_another_tokenizer_is_one_clear_error(saved_lm, tokenizer):
     path, model, arithmetic_tokenizer = saved_lm
-    run = run_with(path, replace(tiny_task.cfg))
+    cfg = RunConfig()
+    cfg.model.guide = GuideConfig(arch=ArchConfig(pretrained=str(path)), head="v")
     star_pi_ref = build_causal_lm(tiny_arch("llama"), tokenizer, 0)
     with pytest.raises(UserError, match="does not share pi_ref's tokenizer"):
-        run._check_guide_tokenizer(codec(tokenizer, star_pi_ref))
-    run._check_guide_tokenizer(codec(arithmetic_tokenizer, model))  # the same tokenizer passes
+        check_tokenizer(cfg, codec(tokenizer, star_pi_ref))
+    check_tokenizer(cfg, codec(arithmetic_tokenizer, model))  # the same tokenizer passes

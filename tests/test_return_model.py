@@ -6,13 +6,15 @@ import pytest
 import torch
 
 from helpers import make_guide
-from qsharp_exp.config import GuideConfig, GuideTrainConfig
-from qsharp_exp.models.return_model import ReturnDistribution, ReturnModel
+from qsharp_exp.config import GuideConfig, GuideTrainConfig, HardwareConfig
+from qsharp_exp.guidance import RULES
+from qsharp_exp.hardware import Hardware
+from qsharp_exp.models.return_model import Examples, ReturnDistribution, ReturnModel
 from qsharp_exp.training.collect import Rollout
-from qsharp_exp.training.train_guide import (
+from qsharp_exp.training.return_model import (
     NoSignalError,
-    batch_tensors,
     drop_constant_problems,
+    labelled,
     sequence_mean_loss,
     train_return_model,
 )
@@ -32,9 +34,9 @@ def test_mse_ablation_is_squared_error_on_a_mean_clamped_to_the_return_range():
     out = torch.tensor([[0.3], [1.4]])
     torch.testing.assert_close(dist.loss(out, torch.tensor([1.0, 0.0])), torch.tensor([0.49, 1.96]))
     torch.testing.assert_close(dist.mean(out), torch.tensor([0.3, 1.0]))
-    torch.testing.assert_close(dist.offset(out, 0.5, "cd"), torch.tensor([0.6, 2.0]))
+    torch.testing.assert_close(RULES["cd"].offset(dist, out, 0.5), torch.tensor([0.6, 2.0]))
     expected = torch.log(torch.tensor([0.7 + 0.3 * math.exp(2.0), math.exp(2.0)]))
-    torch.testing.assert_close(dist.offset(out, 0.5, "qsharp"), expected)
+    torch.testing.assert_close(RULES["qsharp"].offset(dist, out, 0.5), expected)
 
 
 def test_histogram_labels_are_projected_with_their_real_value_and_clamped():
@@ -68,32 +70,29 @@ def rollout(pid, reward, switch=0, response=(5, 6, 2)):
 
 
 def test_examples_are_the_positions_from_the_switch_on_read_at_the_right_place(tokenizer):
-    q_model, v_model = make_guide(tokenizer, head="q"), make_guide(tokenizer, head="v")
+    q_model = make_guide(tokenizer, head="q")
     batch = [rollout("a", 1.0, switch=1), rollout("b", 0.0, switch=0, response=(5, 2))]
-    _, _, rows, cols, actions, steps, returns = batch_tensors(q_model, batch, tokenizer.pad_token_id)
-    assert rows.tolist() == [0, 0, 1, 1] and steps.tolist() == [1, 2, 0, 1]
-    assert actions.tolist() == [6, 2, 5, 2]
-    assert cols.tolist() == [3, 4, 2, 3]  # Q-type: the output just before the action
+    examples, out, returns = labelled(q_model, batch, tokenizer.pad_token_id, Hardware(HardwareConfig()))
+    assert examples.rows.tolist() == [0, 0, 1, 1] and examples.steps.tolist() == [1, 2, 0, 1]
+    assert examples.actions.tolist() == [6, 2, 5, 2]
+    assert examples.cols.tolist() == [3, 4, 2, 3]  # Q-type: the output just before the action
     assert returns.tolist() == [1.0, 1.0, 0.0, 0.0]
-    _, _, _, v_cols, _, _, _ = batch_tensors(v_model, batch, tokenizer.pad_token_id)
-    assert v_cols.tolist() == [4, 5, 3, 4]  # V-type: the output at the action itself
+    with torch.no_grad():
+        every = q_model(examples.ids, examples.mask)  # [B, T, V, 1]
+    torch.testing.assert_close(out.detach(), every[examples.rows, examples.cols, examples.actions])
+    v_examples = Examples.of("v", [(r.prompt, r.response, r.switch) for r in batch], tokenizer.pad_token_id)
+    assert v_examples.cols.tolist() == [4, 5, 3, 4]  # V-type: the output at the action itself
 
 
 def test_problems_whose_samples_all_agree_are_dropped_and_none_left_is_a_clear_error(tokenizer):
     rollouts = [rollout("a", 1.0), rollout("a", 0.0), rollout("b", 1.0), rollout("b", 1.0)]
     assert {r.problem_id for r in drop_constant_problems(rollouts)} == {"a"}
-    from qsharp_exp.config import GuideTrainConfig, HardwareConfig
-    from qsharp_exp.hardware import Hardware
-
     with pytest.raises(NoSignalError, match="samples_per_problem"):
         train_return_model(make_guide(tokenizer), [rollout("b", 1.0)] * 3, GuideTrainConfig(steps=1),
                            tokenizer.pad_token_id, Hardware(HardwareConfig()), 0, show_progress=False)
 
 
 def test_return_model_learns_a_deterministic_label_and_survives_save_and_load(tokenizer, tmp_path):
-    from qsharp_exp.config import GuideTrainConfig, HardwareConfig
-    from qsharp_exp.hardware import Hardware
-
     # Reward 1 iff the first response token is 5: learnable at the first position.
     rollouts = [rollout(f"p{i // 2}", float(a == 5), 0, (a, 6, 2)) for i, a in enumerate([5, 9] * 32)]
     model = make_guide(tokenizer, head="q")
@@ -111,16 +110,14 @@ def test_return_model_learns_a_deterministic_label_and_survives_save_and_load(to
 
 
 def test_training_killed_after_a_checkpoint_resumes_to_the_same_weights(tokenizer, tmp_path, monkeypatch):
-    import qsharp_exp.training.train_guide as train_guide
-    from qsharp_exp.config import HardwareConfig
-    from qsharp_exp.hardware import Hardware
+    import qsharp_exp.training.return_model as training
 
     rollouts = [rollout(f"p{i // 2}", float(a == 5), i % 2, (a, 6, 2)) for i, a in enumerate([5, 9, 9, 5] * 16)]
     cfg = GuideTrainConfig(steps=20, batch_size=8, lr=3e-3, eval_every=10, val_fraction=0.25, checkpoint_every=6)
     hw = Hardware(HardwareConfig())
     uninterrupted, curve, _ = train_return_model(make_guide(tokenizer, head="v"), rollouts, cfg, 0, hw, 0,
                                                  show_progress=False)
-    real_loss, calls = train_guide.sequence_mean_loss, {"n": 0}
+    real_loss, calls = training.sequence_mean_loss, {"n": 0}
 
     def killed_at_step_15(*args):
         calls["n"] += 1
@@ -128,7 +125,7 @@ def test_training_killed_after_a_checkpoint_resumes_to_the_same_weights(tokenize
             raise KeyboardInterrupt
         return real_loss(*args)
 
-    monkeypatch.setattr(train_guide, "sequence_mean_loss", killed_at_step_15)
+    monkeypatch.setattr(training, "sequence_mean_loss", killed_at_step_15)
     with pytest.raises(KeyboardInterrupt):
         train_return_model(make_guide(tokenizer, head="v"), rollouts, cfg, 0, hw, 0, False, tmp_path)
     assert (tmp_path / "latest").read_text() == "global_step_12"
@@ -142,7 +139,7 @@ def test_training_killed_after_a_checkpoint_resumes_to_the_same_weights(tokenize
 
 
 def test_length_grouped_batches_visit_every_sequence_once_per_epoch_with_similar_lengths():
-    from qsharp_exp.training.train_guide import length_grouped_batches
+    from qsharp_exp.training.return_model import length_grouped_batches
 
     lengths = [2 + i % 17 for i in range(40)]
     epoch = length_grouped_batches(lengths, 4, seed=0, epoch=0)
@@ -154,7 +151,7 @@ def test_length_grouped_batches_visit_every_sequence_once_per_epoch_with_similar
 
 
 def test_length_chunks_keep_padding_under_the_bound_and_cover_every_rollout():
-    from qsharp_exp.training.train_guide import length_chunks
+    from qsharp_exp.training.return_model import length_chunks
 
     lengths = [36, 120, 40, 128, 64, 70, 37, 90, 91, 100]
     chunks = length_chunks(lengths, 0.1)
@@ -166,9 +163,7 @@ def test_length_chunks_keep_padding_under_the_bound_and_cover_every_rollout():
 
 @pytest.mark.parametrize("head", ["q", "v"])
 def test_batch_loss_in_length_chunks_equals_the_loss_of_one_padded_batch(tokenizer, head):
-    from qsharp_exp.config import HardwareConfig
-    from qsharp_exp.hardware import Hardware
-    from qsharp_exp.training.train_guide import batch_loss
+    from qsharp_exp.training.return_model import batch_loss
 
     model = make_guide(tokenizer, head=head)
     batch = [rollout(f"p{i % 3}", float(i % 2), i % 2, tuple(3 + j % 6 for j in range(2 + 7 * i))) for i in range(8)]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from qsharp_exp.stages import run_stage, stage_key
+from qsharp_exp.stages.cache import run_stage, stage_key
 
 
 def test_same_inputs_reuse_the_stage_and_different_inputs_build_a_new_one(tmp_path):

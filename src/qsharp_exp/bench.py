@@ -39,18 +39,16 @@ from tokenizers import Tokenizer, models
 from transformers import PreTrainedTokenizerFast
 
 from qsharp_exp.config import ArchConfig, GuideConfig, GuideTrainConfig, HardwareConfig
-from qsharp_exp.decoding import Guidance, GuideState, LMState, SamplingSpec, generate
+from qsharp_exp.guidance import RULES, Guidance
 from qsharp_exp.hardware import Hardware
 from qsharp_exp.models.lm import build_causal_lm
 from qsharp_exp.models.return_model import build_return_model
-from qsharp_exp.rollouts import PaddingStats, sample_many
+from qsharp_exp.prompts import PromptCodec
+from qsharp_exp.sampling import PaddingStats, Sampler, SamplingSpec, generate
+from qsharp_exp.sampling.decoding import GuideState, LMState
+from qsharp_exp.sampling.padding import right_pad
 from qsharp_exp.training.collect import Rollout
-from qsharp_exp.training.train_guide import (
-    batch_tensors,
-    length_chunks,
-    length_grouped_batches,
-    train_return_model,
-)
+from qsharp_exp.training.return_model import length_chunks, length_grouped_batches, train_return_model
 
 NEVER = torch.tensor([-1])  # no stop token: every row generates exactly the requested tokens
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -190,8 +188,8 @@ def print_records(records: list[dict]) -> None:
 def run(args, pi_ref, guides) -> list[dict]:
     device = pi_ref.device
     torch.manual_seed(0)
-    variants = [("pi_ref", None, None)] + [(algo, head, Guidance(guides[head], algo, 0.1, args.top_k))
-                                           for head in ("v", "q") for algo in ("cd", "qsharp")]
+    variants = [("pi_ref", None, None)] + [(algo, head, Guidance(guides[head], rule, 0.1, args.top_k))
+                                           for head in ("v", "q") for algo, rule in RULES.items()]
     lengths = {"full": args.new_tokens, "first": 1}  # decoding time = full - first (the prefill cancels)
     records = []
     for batch in args.batches:
@@ -206,8 +204,8 @@ def run(args, pi_ref, guides) -> list[dict]:
                     generator = torch.Generator(device=device).manual_seed(repeat)
                     _sync(device)
                     start = time.perf_counter()
-                    gen = generate(pi_ref, ids, mask, spec, NEVER, 0, generator, guidance, cuda_graphs=args.cuda_graphs,
-                                   compile_steps=args.compile)
+                    gen = generate(pi_ref, ids, mask, spec, NEVER, 0, generator, guide=guidance,
+                                   cuda_graphs=args.cuda_graphs, compile_steps=args.compile)
                     _sync(device)
                     if repeat:
                         times[(algo, head, name)].append(time.perf_counter() - start)
@@ -257,8 +255,9 @@ def collection_throughput(pi_ref, args) -> dict:
                                  compile_decoding=args.compile))
     _sync(hw.device)
     start = time.perf_counter()
-    sampled = sample_many(pi_ref, prompts, spec, stops, 0, hw, 0, args.collection_batch, show_progress=False,
-                          stats=stats)
+    codec = PromptCodec(vocabulary(args.vocab), chat_template=False, stop_ids=stops, max_positions=None)
+    sampler = Sampler(pi_ref, codec, spec, hw, args.collection_batch, show_progress=False)
+    sampled = sampler.sample(prompts, 0, stats=stats)
     seconds = time.perf_counter() - start
     return {"stage": "collection", "batch": args.collection_batch, "samples": len(sampled),
             "samples_per_s": round(len(sampled) / seconds, 2),
@@ -295,7 +294,7 @@ def training_throughput(args) -> dict:
     for problems in plan:  # an epoch of batches as training draws them, run in chunks as training runs them
         batch = [r for i in problems for r in groups[i]]
         for chunk in length_chunks([len(r.prompt) + len(r.response) for r in batch]):
-            _, mask, *_ = batch_tensors(guide, [batch[i] for i in chunk], 0)
+            _, mask = right_pad([batch[i].prompt + batch[i].response for i in chunk], 0)
             real, slots = real + int(mask.sum()), slots + mask.numel()
     return {"stage": "guide_training", "steps": args.training_steps, "batch": 32,
             "tokens_per_s": round(args.training_steps * real / len(plan) / seconds, 1),

@@ -1,16 +1,20 @@
 """Typed schemas for the composed Hydra config, and the checks that run before any work.
 
-Hydra composes plain YAML; `load_run_config` merges each section into its dataclass (so an
-unknown key or a wrong type fails at once) and then checks values a type cannot express.
-Every failure is a `ConfigError` whose message names the key and the fix.
+Hydra composes plain YAML; `load_run_config` merges it into these dataclasses, so an unknown key, a
+wrong type or a choice outside its Enum fails at once. Each section checks its own values in
+`__post_init__` (raising `FieldError` with the field's name); the loader re-raises that as a
+`ConfigError` with the full key (`algo.eta`, `model.guide.arch.n_head`). `validate` keeps only the
+checks that span sections or consult the registries. Each task owns its section's schema: a
+subclass of `TaskConfig` registered with the task (tasks/base.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field, fields, is_dataclass
+from enum import Enum
+from typing import Any, ClassVar
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 
@@ -22,8 +26,50 @@ class ConfigError(UserError, ValueError):
     """A config value the run cannot use; the message says which key and how to fix it."""
 
 
+class FieldError(ConfigError):
+    """A section's check failed on one field. The message template says `{key}` where the field's full
+    key goes; alone (a dataclass built in code) it reads with the bare field name."""
+
+    def __init__(self, name: str, template: str) -> None:
+        super().__init__(template.format(key=name))
+        self.name, self.template = name, template
+
+    def under(self, section: str) -> ConfigError:
+        return ConfigError(self.template.format(key=f"{section}.{self.name}" if section else self.name))
+
+
+class Choice(str, Enum):
+    """A string setting with a fixed set of values: compares, hashes and prints as its value."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+# -- checks a section runs on its own fields ------------------------------------------------------
+
+
+def at_least(obj: Any, name: str, low: float, why: str = "") -> None:
+    value = getattr(obj, name)
+    if value is not None and not value >= low:
+        raise FieldError(name, f"{{key}}={value} must be >= {low}{why}: set e.g. {{key}}={low}.")
+
+
+def positive(obj: Any, name: str) -> None:
+    value = getattr(obj, name)
+    if value is not None and not value > 0:
+        raise FieldError(name, f"{{key}}={value} must be > 0: set a positive value, e.g. {{key}}=0.1.")
+
+
+# -- sections -------------------------------------------------------------------------------------
+
+
 @dataclass
 class TaskConfig:
+    """What every task's section has; each task adds its own fields in a subclass (tasks/)."""
+
     name: str = "star_graph"
     # Problems per split. Generated tasks draw this many; dataset tasks keep the first ones (null = all).
     num_pretrain: int | None = 50_000
@@ -32,21 +78,20 @@ class TaskConfig:
     seed: int = 0
     # The prompt goes inside pi_ref's chat template (math tasks); false feeds the bare prompt.
     chat_template: bool = False
-    # star-graph G(degree, path_length) over num_nodes labels; path_length counts the nodes of the
-    # answer path, source and goal included (Bachmann & Nagarajan's convention).
-    degree: int = 2
-    path_length: int = 3
-    num_nodes: int = 20
-    # gsm8k / math: a local directory of JSONL files (layout of ../shared/data) instead of the hub.
-    data_dir: str | None = None
-    # Seconds allowed per answer-equivalence check (math-verify).
-    verify_timeout_s: int = 5
-    # arithmetic: operations per word problem (inclusive range) and the largest starting number.
-    min_ops: int = 1
-    max_ops: int = 2
-    max_number: int = 20
-    # Vocabulary of the BPE tokenizer trained here for math-like tasks with random-init models.
-    tokenizer_vocab_size: int = 600
+    # A task that generates its problems needs a size for every split (a dataset task can keep all).
+    generates_problems: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        for name in ("num_pretrain", "num_train", "num_test"):
+            if getattr(self, name) is None and self.generates_problems:
+                raise FieldError(name, f"{{key}}=null: task={self.name} generates its problems, so it needs a "
+                                       "size, e.g. {key}=1000.")
+            at_least(self, name, 1)
+
+
+class Arch(Choice):
+    gpt2 = "gpt2"
+    llama = "llama"
 
 
 @dataclass
@@ -55,7 +100,7 @@ class ArchConfig:
 
     # A hub id or local path of a pretrained causal LM; when set, the fields below are not used.
     pretrained: str | None = None
-    arch: str = "gpt2"  # gpt2 | llama
+    arch: Arch = Arch.gpt2
     n_layer: int = 2
     n_embd: int = 64
     n_head: int = 4
@@ -67,15 +112,34 @@ class ArchConfig:
     # initial plateau much sooner with about 1/sqrt(n_embd).
     initializer_range: float = 0.02
 
+    def __post_init__(self) -> None:
+        if self.pretrained is not None:
+            return
+        if self.n_embd % self.n_head:
+            raise FieldError("n_embd", f"{{key}}={self.n_embd} must be divisible by n_head={self.n_head}.")
+        if self.n_kv_head is not None and (self.arch != Arch.llama or self.n_head % self.n_kv_head):
+            raise FieldError("n_kv_head", f"{{key}}={self.n_kv_head} needs arch=llama and must divide "
+                                          f"n_head={self.n_head}.")
+
+
+class Head(Choice):
+    q = "q"  # one pass over the prefix gives every candidate's value
+    v = "v"  # one value per (prefix, candidate)
+
+
+class Distribution(Choice):
+    bernoulli = "bernoulli"  # binary cross-entropy
+    histogram = "histogram"  # C51-style maximum likelihood over num_atoms atoms of [v_min, v_max]
+    mse = "mse"  # squared loss on the mean (ablation)
+
 
 @dataclass
 class GuideConfig:
-    """The return model: a causal LM trunk plus a value head (QSHARP.md section 2)."""
+    """The return model: a causal LM trunk plus a value head (docs/method.md, section 2)."""
 
     arch: ArchConfig = field(default_factory=ArchConfig)
-    head: str = "q"  # q: vocab-sized head from the prefix | v: scalar per (prefix, candidate)
-    # bernoulli (BCE) | histogram (C51-style maximum likelihood) | mse (squared loss on the mean; ablation)
-    distribution: str = "bernoulli"
+    head: Head = Head.q
+    distribution: Distribution = Distribution.bernoulli
     num_atoms: int = 11
     v_min: float = 0.0
     v_max: float = 1.0
@@ -85,6 +149,13 @@ class GuideConfig:
     # Start the trunk from pi_ref's own weights (then `arch` is pi_ref's): the CPU-sized analogue of the
     # paper's pretrained guide of the same family, for tiny models trained here.
     init_from_pi_ref: bool = False
+
+    def __post_init__(self) -> None:
+        if self.distribution == Distribution.histogram:
+            at_least(self, "num_atoms", 2)
+        if self.distribution != Distribution.bernoulli and not self.v_max > self.v_min:
+            raise FieldError("v_max", f"{{key}}={self.v_max} must exceed v_min={self.v_min}.")
+        at_least(self, "conv_width", 0)
 
 
 @dataclass
@@ -97,7 +168,7 @@ class ModelConfig:
 @dataclass
 class PolicyConfig:
     """Policy-based post-training (algo=reinforce|dpo|rpo): a copy of pi_ref fine-tuned on the training
-    problems, then sampled like pi_ref (QSHARP.md section 5)."""
+    problems, then sampled like pi_ref (docs/method.md, section 4)."""
 
     lr: float = 1e-5
     steps: int = 500
@@ -114,18 +185,33 @@ class PolicyConfig:
     rejected_tries: int = 4
     nll_weight: float = 1.0  # RPO: + nll_weight * per-token NLL of the chosen path
 
+    def __post_init__(self) -> None:
+        for name in ("lr", "beta", "sample_temperature"):
+            positive(self, name)
+        for name in ("steps", "batch_size", "rejected_tries"):
+            at_least(self, name, 1)
+
+
+class NonCandidates(Choice):
+    keep = "keep"  # multiplier 1, so eta -> inf gives pi_ref exactly
+    mask = "mask"
+
 
 @dataclass
 class AlgoConfig:
-    name: str = "qsharp"  # qsharp | cd | pi_ref | reinforce | dpo | rpo
+    # pi_ref, a guidance rule (guidance.RULES: qsharp, cd) or a policy trainer (training/policy.TRAINERS).
+    name: str = "qsharp"
     eta: float = 0.1  # KL weight (paper convention): larger = closer to pi_ref
-    top_k: int = 10  # pi_ref's top-k tokens are scored by the guide
-    # What tokens outside the top-k get: keep (multiplier 1, so eta -> inf gives pi_ref exactly) | mask.
-    non_candidates: str = "keep"
-    # Which round's return model guides decoding; None = the last round. CD's default is 1 (trained on
-    # pi_ref's own rollouts only), as the paper describes CD.
+    top_k: int = 10  # pi_ref's top-k tokens are scored by the return model
+    non_candidates: NonCandidates = NonCandidates.keep  # what tokens outside the top-k get
+    # Which round's return model guides decoding; None = the last round. conf/algo/cd.yaml sets 1
+    # (trained on pi_ref's own rollouts only), as the paper describes CD.
     guide_round: int | None = None
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+
+    def __post_init__(self) -> None:
+        positive(self, "eta")
+        at_least(self, "top_k", 1)
 
 
 @dataclass
@@ -140,6 +226,10 @@ class PretrainConfig:
     # pi_ref's accuracy is measured on at most this many pretraining and test problems after pretraining.
     eval_problems: int = 1_000
 
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "eval_problems"):
+            at_least(self, name, 1)
+
 
 @dataclass
 class CollectConfig:
@@ -152,6 +242,13 @@ class CollectConfig:
     # from pi_ref (the exploratory roll-out of the paper's Algorithm 2). Labels stay pi_ref returns.
     explore_prob: float = 0.5
     batch_size: int = 512
+
+    def __post_init__(self) -> None:
+        for name in ("rounds", "samples_per_problem", "batch_size"):
+            at_least(self, name, 1)
+        positive(self, "eta")
+        if not 0.0 <= self.explore_prob <= 1.0:
+            raise FieldError("explore_prob", f"{{key}}={self.explore_prob} must lie in [0, 1].")
 
 
 @dataclass
@@ -167,6 +264,11 @@ class GuideTrainConfig:
     val_fraction: float = 0.05
     # Save a resumable checkpoint (model, optimizer, schedule, step, RNG) every N steps; 0 = never.
     checkpoint_every: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "eval_every"):
+            at_least(self, name, 1)
+        positive(self, "epochs")
 
 
 @dataclass
@@ -184,11 +286,23 @@ class EvalConfig:
     # rm_best_of_k, rm_maj1@k). Needs the return models even for algo=pi_ref.
     reward_model: bool = True
 
+    def __post_init__(self) -> None:
+        positive(self, "temperature")
+        if not 0.0 < self.top_p <= 1.0:
+            raise FieldError("top_p", f"{{key}}={self.top_p} must lie in (0, 1]: 1 disables top-p.")
+        for name in ("num_samples", "max_new_tokens", "batch_size"):
+            at_least(self, name, 1)
+
+
+class Device(Choice):
+    cpu = "cpu"
+    cuda = "cuda"
+
 
 @dataclass
 class HardwareConfig:
     name: str = "cpu"
-    device: str = "cpu"  # cpu | cuda
+    device: Device = Device.cpu
     bf16: bool = False  # bf16 autocast (GPU)
     # Replay each kind of decoding step as a captured CUDA graph (CUDA; not with a sharded pi_ref):
     # one launch per step instead of one per kernel, so small guides cost what their size says.
@@ -206,13 +320,31 @@ class HardwareConfig:
     # false = a full copy per rank (ZeRO stage 0), faster when it fits.
     shard_pi_ref: bool = False
 
+    def __post_init__(self) -> None:
+        if self.zero_stage not in (0, 2, 3):
+            raise FieldError("zero_stage", f"{{key}}={self.zero_stage} is not supported: use 0 (no DeepSpeed), "
+                                           "2 or 3 (e.g. hardware=zero2, hardware=zero3).")
+        if self.offload and self.zero_stage != 3:
+            raise FieldError("offload", "{key}=true needs hardware.zero_stage=3 (use hardware=zero3_offload).")
+
+
+class Tracker(Choice):
+    none = "none"
+    wandb = "wandb"
+
+
+class TrackerMode(Choice):
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
+
 
 @dataclass
 class LoggerConfig:
-    name: str = "none"  # none | wandb
+    name: Tracker = Tracker.none
     project: str = "qsharp_exp"
     entity: str | None = None
-    mode: str = "online"  # online | offline | disabled
+    mode: TrackerMode = TrackerMode.online
     group: str | None = None
     tags: list[str] = field(default_factory=list)
 
@@ -233,130 +365,73 @@ class RunConfig:
     progress: bool = True
 
 
-TASKS = ("star_graph", "gsm8k", "math", "arithmetic")
-GUIDED_ALGOS = ("qsharp", "cd")
-POLICY_ALGOS = ("reinforce", "dpo", "rpo")
-ALGOS = ("pi_ref", *GUIDED_ALGOS, *POLICY_ALGOS)
+# -- cross-section checks, loading ----------------------------------------------------------------
 
 
-def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{key}={value!r} is not supported: use one of {', '.join(allowed)}.")
+def algo_names() -> tuple[str, ...]:
+    """Every value algo.name can take: pi_ref, the guidance rules and the policy trainers."""
+    from qsharp_exp.guidance import RULES
+    from qsharp_exp.training.policy import TRAINERS
 
-
-def _at_least(key: str, value: float, low: float, why: str = "") -> None:
-    if value < low:
-        raise ConfigError(f"{key}={value} must be >= {low}{why}: set e.g. {key}={low}.")
-
-
-def _positive(key: str, value: float) -> None:
-    if not value > 0:
-        raise ConfigError(f"{key}={value} must be > 0: set a positive value, e.g. {key}=0.1.")
+    return ("pi_ref", *RULES, *TRAINERS)
 
 
 def validate(cfg: RunConfig) -> None:
-    """Checks that types alone cannot express; raises ConfigError naming the key and the fix."""
-    _choice("task.name", cfg.task.name, TASKS)
-    _choice("algo.name", cfg.algo.name, ALGOS)
-    if cfg.task.name == "star_graph":
-        _at_least("task.degree", cfg.task.degree, 2, " (a star needs at least two arms)")
-        _at_least("task.path_length", cfg.task.path_length, 2)
-        needed = 1 + cfg.task.degree * (cfg.task.path_length - 1)
-        if cfg.task.num_nodes < needed:
-            raise ConfigError(
-                f"task.num_nodes={cfg.task.num_nodes} is too small for G({cfg.task.degree},"
-                f"{cfg.task.path_length}), which has {needed} nodes: set task.num_nodes>={needed}."
-            )
-    if cfg.task.name == "arithmetic":
-        _at_least("task.min_ops", cfg.task.min_ops, 1)
-        _at_least("task.max_ops", cfg.task.max_ops, cfg.task.min_ops, " (task.min_ops)")
-        _at_least("task.max_number", cfg.task.max_number, 2)
-    for key in ("num_pretrain", "num_train", "num_test"):
-        value = getattr(cfg.task, key)
-        if value is None and cfg.task.name in ("star_graph", "arithmetic"):
-            raise ConfigError(f"task.{key}=null: task={cfg.task.name} generates its problems, so it needs a size, "
-                              f"e.g. task.{key}=1000.")
-        if value is not None:
-            _at_least(f"task.{key}", value, 1)
-    _positive("algo.eta", cfg.algo.eta)
-    _positive("collect.eta", cfg.collect.eta)
-    _at_least("algo.top_k", cfg.algo.top_k, 1)
-    _choice("algo.non_candidates", cfg.algo.non_candidates, ("keep", "mask"))
-    _at_least("collect.rounds", cfg.collect.rounds, 1)
-    _at_least("collect.samples_per_problem", cfg.collect.samples_per_problem, 1)
-    if not 0.0 <= cfg.collect.explore_prob <= 1.0:
-        raise ConfigError(f"collect.explore_prob={cfg.collect.explore_prob} must lie in [0, 1].")
+    """Checks that span sections or consult the registries; raises ConfigError naming the key and the fix."""
+    if cfg.algo.name not in algo_names():
+        raise ConfigError(f"algo.name={cfg.algo.name!r} is not supported: use one of {', '.join(algo_names())}.")
     if cfg.algo.guide_round is not None and not 1 <= cfg.algo.guide_round <= cfg.collect.rounds:
         raise ConfigError(
             f"algo.guide_round={cfg.algo.guide_round} must lie in 1..collect.rounds={cfg.collect.rounds} "
             "(or be null for the last round)."
         )
-    guide = cfg.model.guide
-    _choice("model.guide.head", guide.head, ("q", "v"))
-    _choice("model.guide.distribution", guide.distribution, ("bernoulli", "histogram", "mse"))
-    if guide.distribution == "histogram":
-        _at_least("model.guide.num_atoms", guide.num_atoms, 2)
-    if guide.distribution != "bernoulli" and not guide.v_max > guide.v_min:
-        raise ConfigError(f"model.guide.v_max={guide.v_max} must exceed model.guide.v_min={guide.v_min}.")
-    _at_least("model.guide.conv_width", guide.conv_width, 0)
-    for key, arch in (("model.pi_ref", cfg.model.pi_ref), ("model.guide.arch", guide.arch)):
-        if arch.pretrained is not None:
-            continue
-        _choice(f"{key}.arch", arch.arch, ("gpt2", "llama"))
-        if arch.n_embd % arch.n_head:
-            raise ConfigError(f"{key}.n_embd={arch.n_embd} must be divisible by {key}.n_head={arch.n_head}.")
-        if arch.n_kv_head is not None and (arch.arch != "llama" or arch.n_head % arch.n_kv_head):
-            raise ConfigError(f"{key}.n_kv_head={arch.n_kv_head} needs arch=llama and must divide "
-                              f"{key}.n_head={arch.n_head}.")
-    _positive("eval.temperature", cfg.eval.temperature)
-    if not 0.0 < cfg.eval.top_p <= 1.0:
-        raise ConfigError(f"eval.top_p={cfg.eval.top_p} must lie in (0, 1]: 1 disables top-p.")
-    for section, keys in (
-        ("pretrain", ("steps", "batch_size")),
-        ("guide_train", ("steps", "batch_size", "eval_every")),
-        ("pretrain", ("eval_problems",)),
-        ("eval", ("num_samples", "max_new_tokens", "batch_size")),
-        ("collect", ("batch_size",)),
-    ):
-        for key in keys:
-            _at_least(f"{section}.{key}", getattr(getattr(cfg, section), key), 1)
-    policy = cfg.algo.policy
-    _positive("algo.policy.lr", policy.lr)
-    _positive("algo.policy.beta", policy.beta)
-    _positive("algo.policy.sample_temperature", policy.sample_temperature)
-    for key in ("steps", "batch_size", "rejected_tries"):
-        _at_least(f"algo.policy.{key}", getattr(policy, key), 1)
-    if cfg.guide_train.epochs is not None:
-        _positive("guide_train.epochs", cfg.guide_train.epochs)
-    _choice("hardware.device", cfg.hardware.device, ("cpu", "cuda"))
-    if cfg.hardware.zero_stage not in (0, 2, 3):
-        raise ConfigError(f"hardware.zero_stage={cfg.hardware.zero_stage} is not supported: use 0 (no DeepSpeed), "
-                          "2 or 3 (e.g. hardware=zero2, hardware=zero3).")
-    if cfg.hardware.offload and cfg.hardware.zero_stage != 3:
-        raise ConfigError("hardware.offload=true needs hardware.zero_stage=3 (use hardware=zero3_offload).")
-    _choice("logger.name", cfg.logger.name, ("none", "wandb"))
-    _choice("logger.mode", cfg.logger.mode, ("online", "offline", "disabled"))
+
+
+def _instantiate(node: DictConfig, key: str) -> Any:
+    """The dataclass of a merged, typed node, built bottom-up so that a section's FieldError can be
+    re-raised with its full key."""
+    cls = OmegaConf.get_type(node)
+    values = {}
+    for f in fields(cls):
+        value = node[f.name]
+        child = f"{key}.{f.name}" if key else f.name
+        if isinstance(value, DictConfig) and is_dataclass(OmegaConf.get_type(value)):
+            values[f.name] = _instantiate(value, child)
+        elif isinstance(value, DictConfig | ListConfig):
+            values[f.name] = OmegaConf.to_container(value, resolve=True)
+        else:
+            values[f.name] = value
+    try:
+        return cls(**values)
+    except FieldError as err:
+        raise err.under(key) from None
+
+
+def _merge_error(err: OmegaConfBaseException) -> ConfigError:
+    key = getattr(err, "full_key", None) or "?"
+    reason = str(getattr(err, "msg", err)).splitlines()[0]
+    return ConfigError(f"config key '{key}': {reason}. "
+                       "Check the spelling against conf/ (python -m qsharp_exp --cfg job shows every key).")
 
 
 def load_run_config(cfg: DictConfig) -> RunConfig:
-    """Merge the composed config into the typed schema and validate it."""
+    """Merge the composed config into the typed schema (the task's own schema for `task`) and validate it."""
+    from qsharp_exp.tasks import task_config_class
+
     schema = OmegaConf.structured(RunConfig)
     try:
+        task_name = OmegaConf.select(cfg, "task.name", default=TaskConfig.name)
+        schema.task = OmegaConf.structured(task_config_class(task_name))
         merged = OmegaConf.merge(schema, cfg)
     except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None) or "?"
-        reason = str(getattr(err, "msg", err)).splitlines()[0]
-        raise ConfigError(
-            f"config key '{key}': {reason}. "
-            "Check the spelling against conf/ (python -m qsharp_exp --cfg job shows every key)."
-        ) from None
-    run_cfg: RunConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+        raise _merge_error(err) from None
+    run_cfg: RunConfig = _instantiate(merged, "")
     validate(run_cfg)
     return run_cfg
 
 
 def as_dict(obj: Any) -> Any:
     """Dataclass -> plain dict (for hashing stage inputs and writing them next to artefacts)."""
-    if hasattr(obj, "__dataclass_fields__"):
+    if is_dataclass(obj):
         return {f.name: as_dict(getattr(obj, f.name)) for f in fields(obj)}
     return obj

@@ -17,63 +17,54 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel
 
-from qsharp_exp.decoding import Guidance, SamplingSpec
-from qsharp_exp.hardware import Hardware
-from qsharp_exp.models.return_model import ReturnModel
-from qsharp_exp.prompts import PromptCodec
-from qsharp_exp.rollouts import Sampled, sample_many
+from qsharp_exp.guidance import Guidance
+from qsharp_exp.models.return_model import Examples, ReturnModel
+from qsharp_exp.progress import progress
+from qsharp_exp.sampling import Sampled, Sampler
 from qsharp_exp.tasks import Problem, Task
 from qsharp_exp.tasks.answers import majority_vote
-from qsharp_exp.training.collect import Rollout
-from qsharp_exp.training.common import progress
-from qsharp_exp.training.train_guide import batch_tensors, example_outputs
 
 
 @torch.no_grad()
-def final_values(model: ReturnModel, prompts: list[list[int]], sampled: list[Sampled], codec: PromptCodec,
-                 hw: Hardware, batch_size: int) -> list[float]:
+def final_values(model: ReturnModel, prompts: list[list[int]], sampled: list[Sampled], sampler: Sampler) -> list[float]:
     """The return model's expected return at the last token of each response (a stop token is appended to
     responses cut by the token budget, so every response is scored as finished)."""
-    rows = []
+    codec, hw = sampler.codec, sampler.hw
+    sequences = []
     for prompt, s in zip(prompts, sampled, strict=True):
         response = s.response if s.response and s.response[-1] in codec.stop_ids else [*s.response, codec.eos_id]
-        rows.append(Rollout("", prompt, response, switch=len(response) - 1, reward=0.0))
+        sequences.append((prompt, response, len(response) - 1))
     scores: list[float] = []
-    for start in range(0, len(rows), batch_size):
-        ids, mask, index, cols, actions, _, _ = batch_tensors(model, rows[start : start + batch_size], codec.pad_id)
-        dev = hw.device
+    for start in range(0, len(sequences), sampler.batch_size):
+        examples = Examples.of(model.cfg.head, sequences[start : start + sampler.batch_size], codec.pad_id)
         with hw.autocast():
-            out = example_outputs(model, ids.to(dev), mask.to(dev), index.to(dev), cols.to(dev), actions.to(dev))
-        scores.extend(model.dist.mean(out).float().cpu().tolist())
+            out = examples.outputs(model, hw.device)
+        scores.extend(model.distribution.mean(out).float().cpu().tolist())
     return scores
 
 
 def evaluate(
     task: Task,
     problems: list[Problem],
-    pi_ref: PreTrainedModel,
-    codec: PromptCodec,
-    guide: Guidance | None,
-    spec: SamplingSpec,
+    sampler: Sampler,
     num_samples: int,
-    batch_size: int,
-    hw: Hardware,
     seed: int,
-    desc: str = "evaluate",
-    show_progress: bool = True,
-    checkpoint: Path | None = None,
-    reward_model: ReturnModel | None = None,
+    *,
+    guide: Guidance | None = None,
     policy: PreTrainedModel | None = None,
+    reward_model: ReturnModel | None = None,
+    desc: str = "evaluate",
+    checkpoint: Path | None = None,
 ) -> tuple[dict, list[dict]]:
+    """`num_samples` samples per problem from pi_ref, guided by `guide` or replaced by `policy`;
+    `reward_model` ranks each problem's samples; `checkpoint` keeps finished batches (resumable)."""
+    codec = sampler.codec
     jobs = [p for p in problems for _ in range(num_samples)]
-    prompts = codec.encode(jobs, spec.max_new_tokens)
-    sampled = sample_many(
-        pi_ref, prompts, spec, codec.stop_ids, codec.pad_id, hw, seed, batch_size,
-        guide=guide, desc=desc, show_progress=show_progress, checkpoint=checkpoint, policy=policy,
-    )
+    prompts = codec.encode(jobs, sampler.spec.max_new_tokens)
+    sampled = sampler.sample(prompts, seed, guide=guide, policy=policy, desc=desc, checkpoint=checkpoint)
     # Ranking needs several samples: with one, best-of-1 and the weighted vote are just pass@1.
     rank = reward_model is not None and num_samples > 1
-    scores = final_values(reward_model, prompts, sampled, codec, hw, batch_size) if rank else None
+    scores = final_values(reward_model, prompts, sampled, sampler) if rank else None
     samples, by_problem = [], defaultdict(list)
     for i, (problem, s) in enumerate(zip(jobs, sampled, strict=True)):
         text = codec.decode(s.response)
@@ -86,7 +77,7 @@ def evaluate(
     majority_right, rm_best_right, rm_vote_right = [], [], []
     gold = {p.id: p.answer for p in problems}
     for pid, rows in progress(by_problem.items(), total=len(by_problem), desc="majority vote",
-                              enabled=show_progress and num_samples > 1):
+                              enabled=sampler.show_progress and num_samples > 1):
         voted = majority_vote([r["answer"] for r in rows], task.same_answer)
         majority_right.append(voted is not None and task.same_answer(gold[pid], voted))
         if scores is not None:

@@ -1,16 +1,27 @@
-"""The guidance formulas of QSHARP.md section 1, as pure functions of the return model's outputs.
+"""Guidance rules and the formulas behind them (docs/method.md, sections 1-2), as pure functions.
 
-All offsets are log-multipliers added to pi_ref's log-probabilities of the scored candidates;
-they are computed in float32 from logits (never from saturated probabilities).
-eta is the KL weight: pi*(y|x) ∝ pi_ref(y|x) * E[exp(Z/eta)].
+A rule turns the return model's outputs for pi_ref's top-k candidates into log-multipliers (offsets)
+added to pi_ref's log-probabilities: pi(y|x) ∝ pi_ref(y|x) * exp(offset). Rules are registered by
+name with `@register_guidance`; `algo=<name>` picks one, and the algo list, the report's labels, the
+benchmark and the reproduction script read the registry. A new rule is one function here plus one
+`conf/algo/<name>.yaml`.
+
+Offsets are computed in float32 from logits (never from saturated probabilities). eta is the KL
+weight: larger eta = closer to pi_ref.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from qsharp_exp.models.return_model import ReturnModel
 
 
 def bernoulli_qsharp_offset(logit: torch.Tensor, eta: float) -> torch.Tensor:
@@ -100,3 +111,66 @@ def paper_compat_logprobs(
         base = torch.full_like(logits, float("-inf")) if mask_non_candidates else logits
         guided = base.scatter(-1, candidates, logits.gather(-1, candidates) + offsets.float())
     return sampler_logprobs(guided, temperature, top_p), torch.log_softmax(logits / temperature, dim=-1)
+
+
+# -- the rules -----------------------------------------------------------------------------------
+
+
+class ReturnDistributionLike(Protocol):
+    """What a rule may ask of the return model's distribution head (models/return_model.py)."""
+
+    def mean(self, out: torch.Tensor) -> torch.Tensor: ...
+
+    def log_mean_exp(self, out: torch.Tensor, eta: float) -> torch.Tensor: ...
+
+
+OffsetFn = Callable[[ReturnDistributionLike, torch.Tensor, float], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class GuidanceRule:
+    name: str
+    label: str  # how reports and plots name it
+    offset: OffsetFn  # (return distribution, head outputs [..., D], eta) -> offsets [...]
+
+
+RULES: dict[str, GuidanceRule] = {}
+
+
+def register_guidance(name: str, label: str | None = None) -> Callable[[OffsetFn], OffsetFn]:
+    """Register `offset(distribution, outputs, eta)` as the guidance rule `algo=name`."""
+
+    def register(offset: OffsetFn) -> OffsetFn:
+        if name in RULES:
+            raise ValueError(f"guidance rule {name!r} is registered twice")
+        RULES[name] = GuidanceRule(name, label or name, offset)
+        return offset
+
+    return register
+
+
+@register_guidance("cd", label="CD")
+def cd(distribution: ReturnDistributionLike, out: torch.Tensor, eta: float) -> torch.Tensor:
+    """Controlled decoding: pi ∝ pi_ref * exp(E[Z]/eta), the unregularised pi_ref value."""
+    return cd_offset(distribution.mean(out), eta)
+
+
+@register_guidance("qsharp", label="Q#")
+def qsharp(distribution: ReturnDistributionLike, out: torch.Tensor, eta: float) -> torch.Tensor:
+    """Q#: pi ∝ pi_ref * E[exp(Z/eta)], the KL-regularised optimum for pi_ref's return Z."""
+    return distribution.log_mean_exp(out, eta)
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """A return model guiding pi_ref by `rule` at KL weight `eta`, on pi_ref's `top_k` candidates; the
+    other tokens keep multiplier 1, or are masked out with `mask_non_candidates`."""
+
+    model: ReturnModel
+    rule: GuidanceRule
+    eta: float
+    top_k: int
+    mask_non_candidates: bool = False
+
+    def offsets(self, outputs: torch.Tensor) -> torch.Tensor:
+        return self.rule.offset(self.model.distribution, outputs, self.eta)

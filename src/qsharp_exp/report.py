@@ -1,4 +1,5 @@
-"""`python -m qsharp_exp.report DIR [DIR ...]`: tables and plots from the metrics.json of runs and sweeps.
+"""`python -m qsharp_exp.report DIR [DIR ...]`: tables and plots from the metrics.json of runs and sweeps,
+and the summaries a run prints and plots for itself.
 
 Writes, into the first DIR (or `--out`): `report.md` and `report.csv` in the paper's layout (rows
 pi_ref / REINFORCE / DPO / RPO / CD / Q# per model and task, and per eta where a sweep has several),
@@ -16,9 +17,28 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-ALGO_ORDER = {"pi_ref": 0, "reinforce": 1, "dpo": 2, "rpo": 3, "cd": 4, "qsharp": 5}
-ALGO_LABEL = {"pi_ref": "pi_ref", "reinforce": "REINFORCE", "dpo": "DPO", "rpo": "RPO", "cd": "CD", "qsharp": "Q#"}
-STYLE = {"cd": ("tab:orange", "s"), "qsharp": ("tab:blue", "o")}
+from qsharp_exp.guidance import RULES
+from qsharp_exp.training.policy import TRAINERS
+
+
+def algo_order(algo: str) -> int:
+    """Rows in the paper's order: the baseline, the policy trainers, then the guidance rules."""
+    names = ["pi_ref", *TRAINERS, *RULES]
+    return names.index(algo) if algo in names else len(names)
+
+
+def algo_label(algo: str) -> str:
+    """How tables and plots name a method: the label it was registered with."""
+    known = {**{n: t.label for n, t in TRAINERS.items()}, **{n: r.label for n, r in RULES.items()}}
+    return known.get(algo, algo)
+
+# Colour and marker of each guidance rule's line, by registry order (CD orange squares, Q# blue circles).
+COLORS, MARKERS = ("tab:orange", "tab:blue", "tab:green", "tab:red", "tab:purple"), "so^vD"
+
+
+def _style(rule: str) -> tuple[str, str]:
+    index = list(RULES).index(rule)
+    return COLORS[index % len(COLORS)], MARKERS[index % len(MARKERS)]
 
 
 def find_metrics(dirs: list[Path]) -> list[dict]:
@@ -38,16 +58,16 @@ def find_metrics(dirs: list[Path]) -> list[dict]:
     return list(runs.values())
 
 
-def reward_name(task: str) -> str:
-    return "accuracy" if task == "star_graph" else "pass@1"
+def reward_name(rows: list[dict]) -> str:
+    """The task's headline reward column (metrics.json's reward_metric): pass@1, or accuracy (star-graph)."""
+    return rows[0].get("reward_metric", "pass@1")
 
 
 def columns(rows: list[dict]) -> list[str]:
-    """The paper's columns for these rows' task: pass@1, maj1@k (math) or accuracy (star-graph), then KL,
-    then Q# as a reward model where it was measured."""
-    task = rows[0]["task"]
-    names = [reward_name(task)]
-    if task != "star_graph":
+    """The paper's columns: pass@1 and maj1@k (the math tables) or accuracy (star-graph), then KL, then Q#
+    as a reward model where it was measured."""
+    names = [reward_name(rows)]
+    if names[0] == "pass@1":
         names += sorted({k for r in rows for k in r if k.startswith("maj1@")})
     names.append("kl_mean")
     # Q# as a reward model ranks several samples; with one sample per problem it would repeat the reward.
@@ -57,7 +77,7 @@ def columns(rows: list[dict]) -> list[str]:
 
 
 def _sort_key(m: dict):
-    return ALGO_ORDER.get(m["algo"], 9), m.get("eta") or 0.0
+    return algo_order(m["algo"]), m.get("eta") or 0.0
 
 
 def groups(runs: list[dict]) -> dict[tuple[str, str], list[dict]]:
@@ -87,9 +107,9 @@ def write_tables(runs: list[dict], out: Path) -> None:
                   "|---|---|" + "---|" * len(cols)]
         for m in rows:
             eta = f"{m['eta']:g}" if m.get("eta") is not None else "-"
-            lines.append(f"| {ALGO_LABEL.get(m['algo'], m['algo'])} | {eta} | "
+            lines.append(f"| {algo_label(m['algo'])} | {eta} | "
                          + " | ".join(_fmt(m.get(c), c) for c in cols) + " |")
-            csv_rows.append({"model": model, "task": task, "method": ALGO_LABEL.get(m["algo"], m["algo"]),
+            csv_rows.append({"model": model, "task": task, "method": algo_label(m["algo"]),
                              "eta": m.get("eta") if m.get("eta") is not None else "",
                              **{c: m.get(c, "") for c in cols}, "run_dir": m["_path"]})
         lines.append("")
@@ -109,7 +129,7 @@ def write_plots(runs: list[dict], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     written = []
-    by_group = {k: v for k, v in groups(runs).items() if any(m["algo"] in STYLE for m in v)}
+    by_group = {k: v for k, v in groups(runs).items() if any(m["algo"] in RULES for m in v)}
     if not by_group:
         return written
     several = len(by_group) > 1
@@ -119,14 +139,12 @@ def write_plots(runs: list[dict], out: Path) -> list[Path]:
     ):
         fig, axes = plt.subplots(1, len(by_group), figsize=(5.5 * len(by_group), 4.2), squeeze=False)
         for ax, ((model, task), rows) in zip(axes[0], by_group.items(), strict=True):
-            metric = reward_name(task)
-            for algo in ("cd", "qsharp"):
+            metric = reward_name(rows)
+            for algo in sorted({m["algo"] for m in rows if m["algo"] in RULES}, key=algo_order):
                 points = sorted((m for m in rows if m["algo"] == algo), key=x_of)
-                if not points:
-                    continue
-                color, marker = STYLE[algo]
+                color, marker = _style(algo)
                 xs, ys = [x_of(m) for m in points], [m[metric] for m in points]
-                ax.plot(xs, ys, marker=marker, color=color, label=ALGO_LABEL[algo])
+                ax.plot(xs, ys, marker=marker, color=color, label=algo_label(algo))
                 labels: dict[tuple[float, float], list[str]] = defaultdict(list)  # one label per drawn point
                 for m, x, y in zip(points, xs, ys, strict=True):
                     labels[(x, y)].append(f"{m['eta']:g}")
@@ -154,7 +172,7 @@ def write_plots(runs: list[dict], out: Path) -> list[Path]:
 
 def write_bar_chart(runs: list[dict], out: Path) -> Path | None:
     """Star-graph accuracy per method, grouped by graph shape, with the 1/d line of the shortcut."""
-    star = [m for m in runs if m["task"] == "star_graph" and m.get("graph")]
+    star = [m for m in runs if m.get("graph") and m.get("degree")]
     if not star:
         return None
     import matplotlib
@@ -163,7 +181,7 @@ def write_bar_chart(runs: list[dict], out: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     shapes = sorted({m["graph"] for m in star})
-    algos = sorted({m["algo"] for m in star}, key=lambda a: ALGO_ORDER.get(a, 9))
+    algos = sorted({m["algo"] for m in star}, key=algo_order)
     width = 0.8 / len(algos)
     fig, ax = plt.subplots(figsize=(max(7.0, 1.6 + 1.4 * len(shapes) * len(algos) / 3), 4.2))
     for j, algo in enumerate(algos):
@@ -174,7 +192,7 @@ def write_bar_chart(runs: list[dict], out: Path) -> Path | None:
             best = min(points, key=lambda m: abs((m.get("eta") or 0.1) - 0.1)) if points else None
             values.append(best["accuracy"] if best else float("nan"))
         xs = [i + (j - (len(algos) - 1) / 2) * width for i in range(len(shapes))]
-        ax.bar(xs, values, width=width, label=ALGO_LABEL.get(algo, algo))
+        ax.bar(xs, values, width=width, label=algo_label(algo))
     for i, shape in enumerate(shapes):
         degree = next(m["degree"] for m in star if m["graph"] == shape)
         ax.hlines(1 / degree, i - 0.45, i + 0.45, colors="black", linestyles="--",
@@ -188,6 +206,50 @@ def write_bar_chart(runs: list[dict], out: Path) -> Path | None:
     fig.savefig(out / "accuracy_by_method.png", dpi=120)
     plt.close(fig)
     return out / "accuracy_by_method.png"
+
+
+def print_summary(metrics: dict) -> None:
+    rows = [
+        ("task", metrics["task"]),
+        ("algo", metrics["algo"]),
+        ("eta", metrics["eta"]),
+        *((key, f"{metrics[key]:.4f}") for key in metrics if key.startswith(("pass@", "maj1@"))),
+        ("kl_mean (nats)", f"{metrics['kl_mean']:.4f}"),
+        ("problems x samples", f"{metrics['num_problems']} x {metrics['num_samples']}"),
+    ]
+    if "pi_ref_test_accuracy" in metrics:
+        rows.append(("pi_ref accuracy (pretrain / test problems)",
+                     f"{metrics['pi_ref_pretrain_accuracy']:.4f} / {metrics['pi_ref_test_accuracy']:.4f}"))
+    rows += [(k[5:-2], f"{v:.1f} s") for k, v in metrics.items() if k.startswith("time_")]
+    width = max(len(k) for k, _ in rows)
+    print("\n" + "\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+
+
+def plot_guide_curve(curve: list[dict], path) -> None:
+    """Validation accuracy of the return model by response position over training steps (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [p for p in curve if "val_acc_by_pos" in p]
+    if not points:
+        return
+    steps = [p["step"] for p in points]
+    positions = sorted({int(k) for p in points for k in p["val_acc_by_pos"]})[:12]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for pos in positions:
+        ax.plot(steps, [p["val_acc_by_pos"].get(pos, p["val_acc_by_pos"].get(str(pos))) for p in points],
+                label=f"position {pos}")
+    ax.plot(steps, [p["val_acc"] for p in points], "k--", linewidth=2, label="all positions")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("validation accuracy (predicted success)")
+    ax.set_title("Return model: accuracy by response position")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,12 +6,12 @@ network an online run falls back to offline, so tracking never hangs or fails a 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
 
 from qsharp_exp.config import LoggerConfig, RunConfig, as_dict
+from qsharp_exp.files import read_jsonl
 
 log = logging.getLogger(__name__)
 SAMPLE_ROWS = 100  # generations shown in the samples table
@@ -30,7 +30,7 @@ def _has_api_key() -> bool:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+    return read_jsonl(path) if path.exists() else []
 
 
 def _init(cfg: LoggerConfig, run_cfg: RunConfig, name: str, group: str | None, out_dir: Path):

@@ -4,7 +4,8 @@
 - V-type (`head="v"`): the input is x·y, the output at y's position is the value of (x, y).
 The head's outputs parameterise the distribution of the return Z of pi_ref after (x, y):
 a Bernoulli logit, logits over `num_atoms` evenly spaced atoms of [v_min, v_max], or (the MSE
-ablation) a point estimate of E[Z].
+ablation) a point estimate of E[Z]. How decoding turns them into offsets is a guidance rule's choice
+(guidance.py); the same model also ranks finished responses (Q# as a reward model).
 
 `save_pretrained` / `from_pretrained` store it like a Hugging Face model: `config.json` (the guide's
 settings), `model.safetensors` (head and stem) and the trunk as a standard HF model in `trunk/`.
@@ -13,6 +14,8 @@ settings), `model.safetensors` (head and stem) and the trunk as a standard HF mo
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,6 +28,7 @@ from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerBase
 from qsharp_exp import guidance
 from qsharp_exp.config import GuideConfig, as_dict
 from qsharp_exp.models.lm import build_trunk, compiled
+from qsharp_exp.sampling.padding import right_pad
 
 FORMAT = "qsharp_exp.return_model"
 
@@ -71,13 +75,11 @@ class ReturnDistribution:
             return out.float().clamp(self.v_min, self.v_max)
         return guidance.histogram_mean(out, self.atoms.to(out.device))
 
-    def offset(self, out: torch.Tensor, eta: float, algo: str) -> torch.Tensor:
-        """Log-multiplier of a candidate: Q# uses ln E[exp(Z/eta)], CD uses E[Z]/eta.
+    def log_mean_exp(self, out: torch.Tensor, eta: float) -> torch.Tensor:
+        """ln E[exp(Z/eta)], in float32 from the logits.
 
-        MSE knows only the mean; for Q# it is read as the two-point distribution on {v_min, v_max}
-        with that mean (for 0/1 rewards: the Bernoulli with p = the mean)."""
-        if algo == "cd":
-            return guidance.cd_offset(self.mean(out), eta)
+        MSE knows only the mean; it is read as the two-point distribution on {v_min, v_max} with that
+        mean (for 0/1 rewards: the Bernoulli with p = the mean)."""
         if self.kind == "mse":
             return guidance.two_point_qsharp_offset(self.mean(out), self.v_min, self.v_max, eta)
         out = self._unit(out)
@@ -112,12 +114,12 @@ class ReturnModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.trunk = trunk
-        self.dist = ReturnDistribution(cfg)
+        self.distribution = ReturnDistribution(cfg)
         hidden = trunk.config.hidden_size if hasattr(trunk.config, "hidden_size") else trunk.config.n_embd
         self.vocab_size = trunk.config.vocab_size
         init_std = cfg.arch.initializer_range
         self.stem = CausalConvStem(cfg.conv_width, hidden, init_std) if cfg.conv_width > 1 else None
-        out = self.dist.size * (self.vocab_size if cfg.head == "q" else 1)
+        out = self.distribution.size * (self.vocab_size if cfg.head == "q" else 1)
         self.head = nn.Linear(hidden, out)
         nn.init.normal_(self.head.weight, std=init_std)
         nn.init.zeros_(self.head.bias)
@@ -152,7 +154,7 @@ class ReturnModel(nn.Module):
         """[..., V, D] for a Q-type head, [..., D] for a V-type head (D = distribution size)."""
         out = self.head(hidden).float()
         if self.cfg.head == "q":
-            return out.view(*hidden.shape[:-1], self.vocab_size, self.dist.size)
+            return out.view(*hidden.shape[:-1], self.vocab_size, self.distribution.size)
         return out
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -186,6 +188,42 @@ class ReturnModel(nn.Module):
         if stray:
             raise ValueError(f"{path}: head weights do not fit its config.json ({', '.join(stray)}).")
         return model
+
+
+@dataclass
+class Examples:
+    """The labelled positions of a batch of (prompt, response, switch) sequences: every response position
+    t >= switch is an example. For each: its row, the column of its head output (Q-type reads the output
+    at the token before the action, V-type at the action itself), the action, and t."""
+
+    ids: torch.Tensor  # [B, T] right-padded prompt + response
+    mask: torch.Tensor
+    rows: torch.Tensor
+    cols: torch.Tensor
+    actions: torch.Tensor
+    steps: torch.Tensor
+
+    @classmethod
+    def of(cls, head: str, sequences: Sequence[tuple[list[int], list[int], int]], pad_id: int) -> Examples:
+        ids, mask = right_pad([prompt + response for prompt, response, _ in sequences], pad_id)
+        shift = 1 if head == "q" else 0
+        rows, cols, actions, steps = [], [], [], []
+        for i, (prompt, response, switch) in enumerate(sequences):
+            for t in range(switch, len(response)):
+                rows.append(i)
+                cols.append(len(prompt) + t - shift)
+                actions.append(response[t])
+                steps.append(t)
+        as_long = lambda xs: torch.tensor(xs, dtype=torch.long)  # noqa: E731
+        return cls(ids, mask, as_long(rows), as_long(cols), as_long(actions), as_long(steps))
+
+    def outputs(self, model: ReturnModel, device: torch.device) -> torch.Tensor:
+        """The model's head outputs [N, D] at the examples (Q-type: for the action taken)."""
+        ids, mask, rows, cols = (x.to(device) for x in (self.ids, self.mask, self.rows, self.cols))
+        out = model(ids, mask)[rows, cols]
+        if model.cfg.head == "q":
+            out = out[torch.arange(len(self.actions), device=device), self.actions.to(device)]
+        return out
 
 
 def build_return_model(cfg: GuideConfig, tokenizer: PreTrainedTokenizerBase, seed: int,

@@ -1,4 +1,4 @@
-"""Final-answer extraction and equivalence for math tasks (QSHARP.md section 3).
+"""Final-answer extraction and equivalence for math tasks (docs/method.md, section 3).
 
 The answer of a response is the content of its last `\\boxed{}`; equivalence is math-verify's,
 gold first. A response without a box is wrong, never an error.
@@ -6,7 +6,6 @@ gold first. A response without a box is wrong, never an error.
 
 from __future__ import annotations
 
-import math
 import re
 import threading
 from collections.abc import Callable, Sequence
@@ -74,10 +73,3 @@ def majority_vote(answers: Sequence[str | None], same: Callable[[str, str], bool
     if not groups:
         return None
     return max(groups, key=lambda g: sum(g[1]))[0]  # max keeps the first of equal totals
-
-
-def pass_at_k(n: int, correct: int, k: int) -> float:
-    """Unbiased pass@k from n samples of which `correct` are right (Chen et al. 2021)."""
-    if n - correct < k:
-        return 1.0
-    return 1.0 - math.comb(n - correct, k) / math.comb(n, k)

@@ -9,10 +9,29 @@ real signal to learn from. Difficulty: `task.min_ops`..`task.max_ops` operations
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
+from typing import ClassVar
 
-from qsharp_exp.config import TaskConfig
-from qsharp_exp.tasks.math import MathRecord, MathTask
+from qsharp_exp.config import at_least
+from qsharp_exp.tasks.base import register_task
+from qsharp_exp.tasks.math import MathConfig, MathRecord, MathTask
 from qsharp_exp.tasks.splits import draw_distinct_splits
+
+
+@dataclass
+class ArithmeticConfig(MathConfig):
+    # Operations per word problem (inclusive range) and the largest starting number.
+    min_ops: int = 1
+    max_ops: int = 2
+    max_number: int = 20
+    generates_problems: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        at_least(self, "min_ops", 1)
+        at_least(self, "max_ops", self.min_ops, " (task.min_ops)")
+        at_least(self, "max_number", 2)
+
 
 NAMES = [("Tom", "He"), ("Anna", "She"), ("Ben", "He"), ("Mia", "She"), ("Leo", "He"), ("Zoe", "She")]
 ITEMS = ["apples", "marbles", "stickers", "books", "coins", "pencils", "cookies", "cards"]
@@ -52,7 +71,7 @@ def word_problem(rng: random.Random, min_ops: int, max_ops: int, max_number: int
     return " ".join(question), " ".join(solution), str(value)
 
 
-def generate_records(cfg: TaskConfig) -> dict[str, list[MathRecord]]:
+def generate_records(cfg: ArithmeticConfig) -> dict[str, list[MathRecord]]:
     """Deterministic by `cfg.seed`; one random stream per split, no question in two splits."""
     splits = draw_distinct_splits(
         {"test": cfg.num_test, "pretrain": cfg.num_pretrain, "train": cfg.num_train},
@@ -67,5 +86,6 @@ def generate_records(cfg: TaskConfig) -> dict[str, list[MathRecord]]:
     return records
 
 
-def build_arithmetic_task(cfg: TaskConfig) -> MathTask:
+@register_task("arithmetic", ArithmeticConfig)
+def build_arithmetic_task(cfg: ArithmeticConfig) -> MathTask:
     return MathTask(cfg, generate_records(cfg))

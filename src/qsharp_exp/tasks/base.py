@@ -1,11 +1,14 @@
-"""What every task provides to the shared pipeline; everything else is task-independent."""
+"""What every task provides to the shared pipeline, and the registry of tasks."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from transformers import PreTrainedTokenizerFast
+
+from qsharp_exp.config import TaskConfig
 
 
 @dataclass(frozen=True)
@@ -17,6 +20,9 @@ class Problem:
 
 class Task(Protocol):
     name: str
+    # The headline column of reports: "pass@1" (with maj1@k beside it), or "accuracy" where the paper
+    # reports one number per run (star-graph). Both are the mean reward of single samples.
+    reward_metric: str
 
     def problems(self, split: str) -> list[Problem]:
         """`pretrain` (for a pi_ref trained here), `train` (post-training) or `test`."""
@@ -41,3 +47,29 @@ class Task(Protocol):
     def build_tokenizer(self) -> PreTrainedTokenizerFast:
         """A tokenizer for models this framework builds from scratch."""
         ...
+
+    def describe(self) -> dict[str, Any]:
+        """Fields of the run's metrics.json that say which variant of the task ran (e.g. the graph shape)."""
+        ...
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    config: type[TaskConfig]  # the schema of the task's config section
+    build: Callable[[Any], Task]  # config -> task
+
+
+TASKS: dict[str, TaskSpec] = {}
+
+
+def register_task(name: str, config: type[TaskConfig]) -> Callable:
+    """Register `build(cfg) -> Task` (a class or a function) as `task=name`, with its config schema."""
+
+    def register(build: Callable) -> Callable:
+        if name in TASKS and TASKS[name].build is not build:
+            raise ValueError(f"task {name!r} is registered twice")
+        TASKS[name] = TaskSpec(name, config, build)
+        return build
+
+    return register

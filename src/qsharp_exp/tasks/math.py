@@ -1,4 +1,4 @@
-"""Math word problems (GSM8K, MATH, and the synthetic `arithmetic` stand-in): QSHARP.md section 3.
+"""Math word problems (GSM8K, MATH, and the synthetic `arithmetic` stand-in): docs/method.md, section 3.
 
 What the three share lives here: the paper's zero-shot prompt, the reward (last `\\boxed{}` of the
 response vs the gold answer under math-verify), answer extraction and equivalence for majority
@@ -18,12 +18,28 @@ from transformers import PreTrainedTokenizerFast
 
 from qsharp_exp.config import TaskConfig, UserError
 from qsharp_exp.tasks.answers import equivalent, gsm8k_gold, last_boxed
-from qsharp_exp.tasks.base import Problem
+from qsharp_exp.tasks.base import Problem, register_task
 from qsharp_exp.tasks.splits import reference_split
 from qsharp_exp.tasks.tokenizer import train_bpe_tokenizer
 
 PROMPT = "Problem:\n\n{question} Write your answer inside \\boxed{{}}.\n\nSolution:"
 _CALCULATOR = re.compile(r"<<[^>]*>>")
+
+
+@dataclass
+class MathConfig(TaskConfig):
+    """What the math tasks share: answer checking, and the tokenizer trained here for tiny models."""
+
+    # Seconds allowed per answer-equivalence check (math-verify).
+    verify_timeout_s: int = 5
+    # Vocabulary of the BPE tokenizer trained here for random-init models.
+    tokenizer_vocab_size: int = 600
+
+
+@dataclass
+class MathDatasetConfig(MathConfig):
+    # A local directory of JSONL files (layout of ../shared/data) instead of the hub.
+    data_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -37,7 +53,9 @@ class MathRecord:
 class MathTask:
     """A task over `MathRecord`s per split (`pretrain`, `train`, `validation`, `test`)."""
 
-    def __init__(self, cfg: TaskConfig, records: dict[str, list[MathRecord]]) -> None:
+    reward_metric = "pass@1"
+
+    def __init__(self, cfg: MathConfig, records: dict[str, list[MathRecord]]) -> None:
         self.cfg = cfg
         self.name = cfg.name
         self._records = records
@@ -58,6 +76,9 @@ class MathTask:
 
     def reward(self, problem: Problem, response: str) -> float:
         return float(equivalent(problem.answer, last_boxed(response), self.cfg.verify_timeout_s))
+
+    def describe(self) -> dict:
+        return {}
 
     def build_tokenizer(self) -> PreTrainedTokenizerFast:
         """A BPE tokenizer (with a chat template) trained on this task's pretraining text, for tiny models."""
@@ -115,7 +136,7 @@ def _no_hub_message(task: str, source: DatasetSource, why: str) -> str:
             f"with {source.local_train} and {source.local_test} (fields problem, solution, answer).")
 
 
-def _load_rows(task: str, split: str, cfg: TaskConfig) -> list[dict]:
+def _load_rows(task: str, split: str, cfg: MathDatasetConfig) -> list[dict]:
     source = SOURCES[task]
     if cfg.data_dir is not None:
         path = Path(cfg.data_dir) / (source.local_train if split == "train" else source.local_test)
@@ -138,7 +159,7 @@ def _first(rows: list, count: int | None) -> list:
     return rows if count is None else rows[:count]
 
 
-def dataset_records(cfg: TaskConfig) -> dict[str, list[MathRecord]]:
+def dataset_records(cfg: MathDatasetConfig) -> dict[str, list[MathRecord]]:
     """Train/validation by the published seed-47 split of the full training set; test as published."""
     train_rows = _load_rows(cfg.name, "train", cfg)
     test_rows = _load_rows(cfg.name, "test", cfg)
@@ -152,5 +173,7 @@ def dataset_records(cfg: TaskConfig) -> dict[str, list[MathRecord]]:
     }
 
 
-def build_dataset_task(cfg: TaskConfig) -> MathTask:
+@register_task("gsm8k", MathDatasetConfig)
+@register_task("math", MathDatasetConfig)
+def build_dataset_task(cfg: MathDatasetConfig) -> MathTask:
     return MathTask(cfg, dataset_records(cfg))

@@ -1,4 +1,4 @@
-"""The published train/validation split of GSM8K train and MATH train (QSHARP.md section 3)."""
+"""The published train/validation split of GSM8K train and MATH train (docs/method.md, section 3)."""
 
 from __future__ import annotations
 

@@ -8,16 +8,37 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import ClassVar
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from qsharp_exp.config import TaskConfig
-from qsharp_exp.tasks.base import Problem
+from qsharp_exp.config import FieldError, TaskConfig, at_least
+from qsharp_exp.tasks.base import Problem, register_task
 from qsharp_exp.tasks.splits import draw_distinct_splits
 
 SEPARATORS = (",", "|", "/", "=")
 BOS, EOS, PAD = "<bos>", "<eos>", "<pad>"
+
+
+@dataclass
+class StarGraphConfig(TaskConfig):
+    """G(degree, path_length) over num_nodes labels; path_length counts the nodes of the answer path,
+    source and goal included (Bachmann & Nagarajan's convention)."""
+
+    degree: int = 2
+    path_length: int = 3
+    num_nodes: int = 20
+    generates_problems: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        at_least(self, "degree", 2, " (a star needs at least two arms)")
+        at_least(self, "path_length", 2)
+        needed = 1 + self.degree * (self.path_length - 1)
+        if self.num_nodes < needed:
+            raise FieldError("num_nodes", f"{{key}}={self.num_nodes} is too small for G({self.degree},"
+                                          f"{self.path_length}), which has {needed} nodes: set {{key}}>={needed}.")
 
 
 @dataclass(frozen=True)
@@ -45,7 +66,7 @@ def sample_graph(rng: random.Random, degree: int, path_length: int, num_nodes: i
     return StarGraph(tuple(edges), source, goal_arm[-1], (source, *goal_arm))
 
 
-def generate_splits(cfg: TaskConfig) -> dict[str, list[StarGraph]]:
+def generate_splits(cfg: StarGraphConfig) -> dict[str, list[StarGraph]]:
     """Deterministic by `cfg.seed`; no graph (edge set with source and goal) is in two splits.
 
     Drawn in the order test, pretrain, train: the test set depends on nothing but the seed and its size,
@@ -68,10 +89,12 @@ def parse_path(response: str) -> tuple[int, ...] | None:
         return None
 
 
+@register_task("star_graph", StarGraphConfig)
 class StarGraphTask:
     name = "star_graph"
+    reward_metric = "accuracy"
 
-    def __init__(self, cfg: TaskConfig) -> None:
+    def __init__(self, cfg: StarGraphConfig) -> None:
         self.cfg = cfg
         self._splits = generate_splits(cfg)
 
@@ -87,6 +110,9 @@ class StarGraphTask:
 
     def same_answer(self, a: str, b: str) -> bool:
         return a == b
+
+    def describe(self) -> dict:
+        return {"graph": f"G({self.cfg.degree},{self.cfg.path_length})", "degree": self.cfg.degree}
 
     def reward(self, problem: Problem, response: str) -> float:
         return float(parse_path(response) == parse_path(problem.answer))

@@ -1,4 +1,4 @@
-"""Algorithm 1's data collection (QSHARP.md section 2).
+"""Algorithm 1's data collection (docs/method.md, section 2).
 
 Roll in with pi_k (pi_ref guided by the previous round's return model), pick a switch time h
 uniformly over the response, roll out with pi_ref from there. The final reward labels every
@@ -13,15 +13,11 @@ import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from transformers import PreTrainedModel
-
 from qsharp_exp.config import CollectConfig
-from qsharp_exp.decoding import Guidance, SamplingSpec
-from qsharp_exp.hardware import Hardware
-from qsharp_exp.prompts import PromptCodec
-from qsharp_exp.rollouts import sample_many
+from qsharp_exp.guidance import Guidance
+from qsharp_exp.progress import progress
+from qsharp_exp.sampling import Sampler
 from qsharp_exp.tasks import Problem, Task
-from qsharp_exp.training.common import progress
 
 
 @dataclass
@@ -39,27 +35,21 @@ class Rollout:
 def collect(
     task: Task,
     problems: list[Problem],
-    pi_ref: PreTrainedModel,
-    codec: PromptCodec,
+    sampler: Sampler,
     roll_in: Guidance | None,
     cfg: CollectConfig,
     top_k: int,
-    spec: SamplingSpec,
-    hw: Hardware,
     seed: int,
-    show_progress: bool = True,
     checkpoint: Path | None = None,
 ) -> list[Rollout]:
-    """`checkpoint`: a directory where finished batches are kept, so that a killed collection resumes."""
+    """`sampler` samples pi_ref in batches of cfg.batch_size; `roll_in` guides the roll-in (None in round
+    1); `checkpoint`: a directory where finished batches are kept, so that a killed collection resumes."""
     rng = random.Random(seed)
+    codec, max_new_tokens = sampler.codec, sampler.spec.max_new_tokens
     jobs = [p for p in problems for _ in range(cfg.samples_per_problem)]
-    prompts = codec.encode(jobs, spec.max_new_tokens)
-    common = dict(
-        pi_ref=pi_ref, spec=spec, stop_ids=codec.stop_ids, pad_id=codec.pad_id, hw=hw,
-        batch_size=cfg.batch_size, show_progress=show_progress,
-    )
-    roll_ins = sample_many(prompts=prompts, guide=roll_in, desc="collect: roll-in", seed=seed,
-                           checkpoint=checkpoint / "roll_in" if checkpoint else None, **common)
+    prompts = codec.encode(jobs, max_new_tokens)
+    roll_ins = sampler.sample(prompts, seed, guide=roll_in, desc="collect: roll-in",
+                              checkpoint=checkpoint / "roll_in" if checkpoint else None)
     switches = [rng.randrange(max(1, len(s.response))) for s in roll_ins]
     explore = [rng.random() < cfg.explore_prob for _ in jobs]
     # Rows that need a separate pi_ref roll-out: all of them when the roll-in was guided, else the explored.
@@ -67,16 +57,13 @@ def collect(
     responses = [s.response for s in roll_ins]
     if redo:
         prefixes = [prompts[i] + roll_ins[i].response[: switches[i]] for i in redo]
-        roll_outs = sample_many(
-            prompts=prefixes, explore=[explore[i] for i in redo], explore_top_k=top_k,
-            desc="collect: roll-out", seed=seed + 1, checkpoint=checkpoint / "roll_out" if checkpoint else None,
-            **common,
-        )
+        roll_outs = sampler.sample(prefixes, seed + 1, explore=[explore[i] for i in redo], explore_top_k=top_k,
+                                   desc="collect: roll-out", checkpoint=checkpoint / "roll_out" if checkpoint else None)
         for i, s in zip(redo, roll_outs, strict=True):
             # Cut to the response budget, as if the roll-out had max_new_tokens - switch tokens.
-            responses[i] = (roll_ins[i].response[: switches[i]] + s.response)[: spec.max_new_tokens]
+            responses[i] = (roll_ins[i].response[: switches[i]] + s.response)[:max_new_tokens]
     rollouts = []
-    for i, problem in progress(list(enumerate(jobs)), desc="collect: rewards", enabled=show_progress):
+    for i, problem in progress(list(enumerate(jobs)), desc="collect: rewards", enabled=sampler.show_progress):
         text = codec.decode(responses[i])
         rollouts.append(
             Rollout(problem.id, prompts[i], responses[i], switches[i], task.reward(problem, text), explore[i])

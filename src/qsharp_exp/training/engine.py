@@ -1,13 +1,15 @@
-"""The optimisation step of return-model training, plain PyTorch or DeepSpeed ZeRO, with checkpoints.
+"""The one optimisation loop of every training stage: plain PyTorch, or DeepSpeed ZeRO for the return model.
 
-Both keep the same contract: `backward(loss)`, `step()` (gradient clipping at 1, AdamW, schedule),
-`save(dir, state)` / `load(dir)` of a resumable checkpoint `global_step_N/` plus a `latest` file, and
+`make_trainer` builds AdamW with linear warm-up and cosine decay to 10% of lr. Both trainers keep the
+same contract: `update(loss)` (backward, gradient clipping at 1, AdamW, schedule), `save(dir, step,
+state)` / `load(dir, step)` of a resumable checkpoint `global_step_N/` plus a `latest` file, and
 `full_parameters()` to read the whole model (gathered under ZeRO-3) for export.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -46,15 +48,28 @@ def latest_step(directory: Path) -> int | None:
     return int(path.read_text().strip().removeprefix("global_step_"))
 
 
+def adamw_with_schedule(
+    params, lr: float, weight_decay: float, warmup_steps: int, total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW, linear warm-up, cosine decay to 10% of lr."""
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 class PlainTrainer:
     def __init__(self, model: torch.nn.Module, optimizer, schedule, hw: Hardware) -> None:
         self.module, self.optimizer, self.schedule, self.hw = model, optimizer, schedule, hw
 
-    def backward(self, loss: torch.Tensor) -> None:
+    def update(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-
-    def step(self) -> None:
         torch.nn.utils.clip_grad_norm_(self.module.parameters(), 1.0)
         self.optimizer.step()
         self.schedule.step()
@@ -88,10 +103,8 @@ class DeepSpeedTrainer:
                                                config=deepspeed_config(hw, micro_batch_size))
         self.module = self.engine.module
 
-    def backward(self, loss: torch.Tensor) -> None:
+    def update(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss)
-
-    def step(self) -> None:
         self.engine.step()
 
     def save(self, directory: Path, step: int, state: dict) -> None:
@@ -119,9 +132,14 @@ def _write_latest(directory: Path, step: int) -> None:
     os.replace(tmp, directory / LATEST)
 
 
-def make_trainer(model: torch.nn.Module, optimizer, schedule, hw: Hardware, micro_batch_size: int):
-    if hw.cfg.zero_stage:
-        return DeepSpeedTrainer(model, optimizer, schedule, hw, micro_batch_size)
+def make_trainer(model: torch.nn.Module, hw: Hardware, lr: float, weight_decay: float, warmup_steps: int,
+                 total_steps: int, data_parallel_batch: int | None = None) -> PlainTrainer | DeepSpeedTrainer:
+    """AdamW with its schedule around `model`. With `data_parallel_batch` (the per-rank micro-batch) and
+    hardware.zero_stage set, under DeepSpeed ZeRO (the return model); otherwise plain PyTorch on every
+    rank (pretraining and the policy baselines, which every rank runs alike)."""
+    optimizer, schedule = adamw_with_schedule(model.parameters(), lr, weight_decay, warmup_steps, total_steps)
+    if data_parallel_batch is not None and hw.cfg.zero_stage:
+        return DeepSpeedTrainer(model, optimizer, schedule, hw, data_parallel_batch)
     return PlainTrainer(model, optimizer, schedule, hw)
 
 

@@ -1,26 +1,29 @@
-"""Policy-based post-training baselines: REINFORCE, DPO and RPO on a copy of pi_ref (QSHARP.md section 5).
+"""Policy-based post-training baselines: REINFORCE, DPO and RPO on a copy of pi_ref (docs/method.md, section 4).
 
 The paper's contrast on star-graph: these fine-tune the policy itself and stay at the next-token
 shortcut's 1/d, where value guidance (CD, Q#) escapes it. Each loss is a pure function of sequence
-log-probabilities, tested against hand-computed values.
+log-probabilities, tested against hand-computed values. Trainers are registered by name
+(`@register_policy_trainer`): a new one is one function here plus one `conf/algo/<name>.yaml`.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
 from qsharp_exp.config import PolicyConfig, UserError
-from qsharp_exp.decoding import SamplingSpec
 from qsharp_exp.hardware import Hardware
-from qsharp_exp.prompts import PromptCodec
-from qsharp_exp.rollouts import sample_many
+from qsharp_exp.progress import progress
+from qsharp_exp.sampling import Sampler, SamplingSpec
+from qsharp_exp.sampling.padding import right_pad
 from qsharp_exp.tasks import Problem, Task
-from qsharp_exp.training.common import adamw_with_schedule, progress, right_pad
+from qsharp_exp.training.engine import PlainTrainer, make_trainer
 
 log = logging.getLogger(__name__)
 
@@ -66,35 +69,59 @@ def sequence_logprobs(model: PreTrainedModel, prompts: list[list[int]], response
     return (token_logp * in_response).sum(-1)
 
 
-def _reinforce(policy, task: Task, problems: list[Problem], codec: PromptCodec, cfg: PolicyConfig,
-               spec: SamplingSpec, hw: Hardware, seed: int, optimizer, schedule, show_progress: bool) -> list[dict]:
+@dataclass(frozen=True)
+class PolicyTrainer:
+    name: str
+    label: str  # how reports and plots name it
+    # (policy, task, training problems, pi_ref's sampler, settings, seed, trainer) -> learning curve
+    train: Callable[..., list[dict]]
+
+
+TRAINERS: dict[str, PolicyTrainer] = {}
+
+
+def register_policy_trainer(name: str, label: str) -> Callable:
+    def register(train: Callable[..., list[dict]]) -> Callable[..., list[dict]]:
+        if name in TRAINERS:
+            raise ValueError(f"policy trainer {name!r} is registered twice")
+        TRAINERS[name] = PolicyTrainer(name, label, train)
+        return train
+
+    return register
+
+
+@register_policy_trainer("reinforce", "REINFORCE")
+def reinforce(policy: PreTrainedModel, task: Task, problems: list[Problem], sampler: Sampler, cfg: PolicyConfig,
+              seed: int, trainer: PlainTrainer) -> list[dict]:
     rng = random.Random(seed)
-    explore = SamplingSpec(cfg.sample_temperature, 1.0, spec.max_new_tokens)
+    codec, hw, spec = sampler.codec, sampler.hw, sampler.spec
+    # The policy samples its own batches, at its exploration temperature.
+    own = replace(sampler, pi_ref=policy, spec=SamplingSpec(cfg.sample_temperature, 1.0, spec.max_new_tokens),
+                  show_progress=False)
     curve = []
-    for step in progress(range(cfg.steps), desc="REINFORCE", enabled=show_progress and hw.dist.is_main):
+    for step in progress(range(cfg.steps), desc="REINFORCE", enabled=sampler.show_progress and hw.dist.is_main):
         batch = rng.sample(problems, min(cfg.batch_size, len(problems)))
         prompts = codec.encode(batch, spec.max_new_tokens)
         policy.eval()
-        sampled = sample_many(policy, prompts, explore, codec.stop_ids, codec.pad_id, hw, seed * 7919 + step,
-                              len(prompts), show_progress=False)
+        sampled = replace(own, batch_size=len(prompts)).sample(prompts, seed * 7919 + step)
         policy.train()
         responses = [s.response for s in sampled]
         correct = torch.tensor([task.reward(p, codec.decode(r)) > 0 for p, r in zip(batch, responses, strict=True)])
         rewards = shaped_rewards(correct, cfg).to(hw.device)
         loss = reinforce_loss(sequence_logprobs(policy, prompts, responses, codec.pad_id, hw), rewards)
-        _step(policy, loss, optimizer, schedule)
+        trainer.update(loss)
         if step % 10 == 0 or step == cfg.steps - 1:
             curve.append({"step": step, "loss": round(loss.item(), 5), "accuracy": correct.float().mean().item()})
     return curve
 
 
-def preference_pairs(task: Task, problems: list[Problem], pi_ref, codec: PromptCodec, cfg: PolicyConfig,
-                     spec: SamplingSpec, hw: Hardware, seed: int, show_progress: bool):
+def preference_pairs(task: Task, problems: list[Problem], sampler: Sampler, cfg: PolicyConfig, seed: int):
     """(prompt, chosen = the correct path, rejected = pi_ref's first wrong sample) per problem that has one."""
-    prompts = codec.encode(problems, spec.max_new_tokens)
+    codec = sampler.codec
+    prompts = codec.encode(problems, sampler.spec.max_new_tokens)
     jobs = [i for i in range(len(problems)) for _ in range(cfg.rejected_tries)]
-    sampled = sample_many(pi_ref, [prompts[i] for i in jobs], spec, codec.stop_ids, codec.pad_id, hw, seed,
-                          512, desc="DPO: sample rejected paths", show_progress=show_progress)
+    sampled = replace(sampler, batch_size=512).sample([prompts[i] for i in jobs], seed,
+                                                      desc="DPO: sample rejected paths")
     rejected: dict[int, list[int]] = {}
     for i, s in zip(jobs, sampled, strict=True):
         if i not in rejected and task.reward(problems[i], codec.decode(s.response)) == 0:
@@ -102,17 +129,29 @@ def preference_pairs(task: Task, problems: list[Problem], pi_ref, codec: PromptC
     return [(prompts[i], codec.response_ids(task.target(problems[i])), rejected[i]) for i in sorted(rejected)]
 
 
-def _preference(algo: str, policy, pi_ref, task: Task, problems: list[Problem], codec: PromptCodec,
-                cfg: PolicyConfig, spec: SamplingSpec, hw: Hardware, seed: int, optimizer, schedule,
-                show_progress: bool) -> list[dict]:
-    pairs = preference_pairs(task, problems, pi_ref, codec, cfg, spec, hw, seed, show_progress)
+@register_policy_trainer("dpo", "DPO")
+def dpo(policy: PreTrainedModel, task: Task, problems: list[Problem], sampler: Sampler, cfg: PolicyConfig,
+        seed: int, trainer: PlainTrainer) -> list[dict]:
+    return _preference("dpo", policy, task, problems, sampler, cfg, seed, trainer)
+
+
+@register_policy_trainer("rpo", "RPO")
+def rpo(policy: PreTrainedModel, task: Task, problems: list[Problem], sampler: Sampler, cfg: PolicyConfig,
+        seed: int, trainer: PlainTrainer) -> list[dict]:
+    return _preference("rpo", policy, task, problems, sampler, cfg, seed, trainer)
+
+
+def _preference(algo: str, policy: PreTrainedModel, task: Task, problems: list[Problem], sampler: Sampler,
+                cfg: PolicyConfig, seed: int, trainer: PlainTrainer) -> list[dict]:
+    pi_ref, codec, hw = sampler.pi_ref, sampler.codec, sampler.hw
+    pairs = preference_pairs(task, problems, sampler, cfg, seed)
     if not pairs:
         raise UserError(f"algo={algo}: pi_ref answered every training problem right in all "
                         f"{cfg.rejected_tries} tries, so there is no rejected path: raise algo.policy.rejected_tries.")
     log.info("%s: %d preference pairs from %d problems", algo, len(pairs), len(problems))
     rng = random.Random(seed)
     curve = []
-    for step in progress(range(cfg.steps), desc=algo.upper(), enabled=show_progress and hw.dist.is_main):
+    for step in progress(range(cfg.steps), desc=algo.upper(), enabled=sampler.show_progress and hw.dist.is_main):
         batch = rng.sample(pairs, min(cfg.batch_size, len(pairs)))
         prompts, chosen, rejected = (list(x) for x in zip(*batch, strict=True))
         with torch.no_grad():
@@ -125,34 +164,20 @@ def _preference(algo: str, policy, pi_ref, task: Task, problems: list[Problem], 
             loss = rpo_loss(pol_c, pol_r, ref_c, ref_r, lengths, cfg.beta, cfg.nll_weight)
         else:
             loss = dpo_loss(pol_c, pol_r, ref_c, ref_r, cfg.beta)
-        _step(policy, loss, optimizer, schedule)
+        trainer.update(loss)
         if step % 10 == 0 or step == cfg.steps - 1:
             margin = dpo_margin(pol_c, pol_r, ref_c, ref_r, cfg.beta).mean().item()
             curve.append({"step": step, "loss": round(loss.item(), 5), "margin": round(margin, 5)})
     return curve
 
 
-def _step(model, loss, optimizer, schedule) -> None:
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    optimizer.step()
-    schedule.step()
-
-
-def train_policy(algo: str, policy: PreTrainedModel, pi_ref: PreTrainedModel, task: Task, codec: PromptCodec,
-                 cfg: PolicyConfig, spec: SamplingSpec, hw: Hardware, seed: int,
-                 show_progress: bool = True) -> list[dict]:
-    """Fine-tunes `policy` (a copy of pi_ref) in place with `algo`; returns its learning curve."""
+def train_policy(algo: str, policy: PreTrainedModel, task: Task, sampler: Sampler, cfg: PolicyConfig,
+                 seed: int) -> list[dict]:
+    """Fine-tunes `policy` (a copy of `sampler.pi_ref`) in place with trainer `algo` on the training
+    problems; returns its learning curve."""
     torch.manual_seed(seed)
-    policy.to(hw.device).train()
-    optimizer, schedule = adamw_with_schedule(policy.parameters(), cfg.lr, cfg.weight_decay, cfg.warmup_steps,
-                                              cfg.steps)
-    problems = task.problems("train")
-    if algo == "reinforce":
-        curve = _reinforce(policy, task, problems, codec, cfg, spec, hw, seed, optimizer, schedule, show_progress)
-    else:
-        curve = _preference(algo, policy, pi_ref, task, problems, codec, cfg, spec, hw, seed, optimizer, schedule,
-                            show_progress)
+    policy.to(sampler.hw.device).train()
+    trainer = make_trainer(policy, sampler.hw, cfg.lr, cfg.weight_decay, cfg.warmup_steps, cfg.steps)
+    curve = TRAINERS[algo].train(policy, task, task.problems("train"), sampler, cfg, seed, trainer)
     policy.eval()
     return curve

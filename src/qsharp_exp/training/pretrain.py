@@ -10,7 +10,9 @@ from transformers import PreTrainedModel
 
 from qsharp_exp.config import PretrainConfig
 from qsharp_exp.hardware import Hardware
-from qsharp_exp.training.common import adamw_with_schedule, progress, right_pad
+from qsharp_exp.progress import progress
+from qsharp_exp.sampling.padding import right_pad
+from qsharp_exp.training.engine import make_trainer
 
 
 def pretrain(
@@ -26,9 +28,7 @@ def pretrain(
     rng = random.Random(seed)
     torch.manual_seed(seed)
     model.to(hw.device).train()
-    optimizer, schedule = adamw_with_schedule(
-        model.parameters(), cfg.lr, cfg.weight_decay, cfg.warmup_steps, cfg.steps
-    )
+    trainer = make_trainer(model, hw, cfg.lr, cfg.weight_decay, cfg.warmup_steps, cfg.steps)
     curve = []
     bar = progress(range(cfg.steps), desc="pretrain pi_ref", enabled=show_progress)
     for step in bar:
@@ -42,11 +42,7 @@ def pretrain(
         with hw.autocast():
             logits = model(input_ids=ids, attention_mask=mask).logits
         loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
+        trainer.update(loss)
         if step % 50 == 0 or step == cfg.steps - 1:
             curve.append({"step": step, "loss": round(loss.item(), 5)})
             bar.set_postfix(loss=f"{loss.item():.4f}")

@@ -2,7 +2,7 @@
 
 Every position t >= switch of a response is an example (x_t, y_t) -> R. Loss: per-sequence
 masked mean over those positions, then batch mean. Problems whose samples all got the same reward
-carry no signal about which action is better and are dropped (QSHARP.md, step 4).
+carry no signal about which action is better and are dropped (docs/method.md, section 2, step 4).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import torch
 
 from qsharp_exp.config import GuideTrainConfig, UserError
 from qsharp_exp.hardware import Hardware
-from qsharp_exp.models.return_model import ReturnModel
+from qsharp_exp.models.return_model import Examples, ReturnModel
+from qsharp_exp.progress import progress
 from qsharp_exp.training.collect import Rollout
-from qsharp_exp.training.common import adamw_with_schedule, progress, right_pad
 from qsharp_exp.training.engine import latest_step, make_trainer
 
 log = logging.getLogger(__name__)
@@ -37,28 +37,14 @@ def drop_constant_problems(rollouts: list[Rollout]) -> list[Rollout]:
     return [r for r in rollouts if len(by_problem[r.problem_id]) > 1]
 
 
-def batch_tensors(model: ReturnModel, batch: list[Rollout], pad_id: int):
-    """ids/mask [B, T]; for every labelled example, (row, position of its head output, action, response index)."""
-    ids, mask = right_pad([r.prompt + r.response for r in batch], pad_id)
-    rows, cols, actions, steps = [], [], [], []
-    # Q-type reads the output at the token before the action; V-type at the action itself.
-    shift = 1 if model.cfg.head == "q" else 0
-    for i, r in enumerate(batch):
-        for t in range(r.switch, len(r.response)):
-            rows.append(i)
-            cols.append(len(r.prompt) + t - shift)
-            actions.append(r.response[t])
-            steps.append(t)
-    as_long = lambda xs: torch.tensor(xs, dtype=torch.long)  # noqa: E731
-    returns = torch.tensor([batch[i].reward for i in rows])
-    return ids, mask, as_long(rows), as_long(cols), as_long(actions), as_long(steps), returns
-
-
-def example_outputs(model: ReturnModel, ids, mask, rows, cols, actions) -> torch.Tensor:
-    out = model(ids, mask)[rows, cols]
-    if model.cfg.head == "q":
-        out = out[torch.arange(len(actions), device=out.device), actions]
-    return out
+def labelled(model: ReturnModel, rollouts: list[Rollout], pad_id: int, hw: Hardware
+             ) -> tuple[Examples, torch.Tensor, torch.Tensor]:
+    """The rollouts' examples, the model's outputs at them, and their returns (the rollout's reward)."""
+    examples = Examples.of(model.cfg.head, [(r.prompt, r.response, r.switch) for r in rollouts], pad_id)
+    with hw.autocast():
+        out = examples.outputs(model, hw.device)
+    returns = torch.tensor([rollouts[i].reward for i in examples.rows.tolist()], device=hw.device)
+    return examples, out, returns
 
 
 def sequence_mean_loss(per_example: torch.Tensor, rows: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -103,16 +89,14 @@ def batch_loss(model: ReturnModel, batch: list[Rollout], pad_id: int, hw: Hardwa
         chunks += [chunks[0]] * (target - len(chunks))  # runs again, counted once (below)
     losses, sequences, counted = [], [], set()
     for chunk in chunks:
-        ids, mask, rows, cols, actions, _, returns = batch_tensors(model, [batch[i] for i in chunk], pad_id)
-        with hw.autocast():
-            out = example_outputs(model, ids.to(dev), mask.to(dev), rows.to(dev), cols.to(dev), actions.to(dev))
-        loss = model.dist.loss(out, returns.to(dev))
+        examples, out, returns = labelled(model, [batch[i] for i in chunk], pad_id, hw)
+        loss = model.distribution.loss(out, returns)
         if id(chunk) in counted:  # a repeat that only keeps the ranks in step
             losses[0] = losses[0] + 0.0 * loss.sum()
             continue
         counted.add(id(chunk))
         losses.append(loss)
-        sequences.append(torch.tensor(chunk, dtype=torch.long)[rows].to(dev))
+        sequences.append(torch.tensor(chunk, dtype=torch.long)[examples.rows].to(dev))
     return sequence_mean_loss(torch.cat(losses), torch.cat(sequences), len(batch))
 
 
@@ -127,16 +111,12 @@ def evaluate_guide(model: ReturnModel, rollouts: list[Rollout], pad_id: int, hw:
     losses, correct, by_step = [], [], defaultdict(list)
     explored = torch.tensor([r.explored for r in rollouts])
     for start in range(0, len(rollouts), batch):
-        chunk = rollouts[start : start + batch]
-        ids, mask, rows, cols, actions, steps, returns = batch_tensors(model, chunk, pad_id)
-        dev = hw.device
-        with hw.autocast():
-            out = example_outputs(model, ids.to(dev), mask.to(dev), rows.to(dev), cols.to(dev), actions.to(dev))
-        losses.append(model.dist.loss(out, returns.to(dev)).cpu())
-        hit = (model.dist.predicts_success(out).cpu() == (returns > 0.5)).float()
+        examples, out, returns = labelled(model, rollouts[start : start + batch], pad_id, hw)
+        losses.append(model.distribution.loss(out, returns).cpu())
+        hit = (model.distribution.predicts_success(out).cpu() == (returns.cpu() > 0.5)).float()
         correct.append(hit)
-        own = ~explored[start : start + batch][rows]
-        for s, h in zip(steps[own].tolist(), hit[own].tolist(), strict=True):
+        own = ~explored[start : start + batch][examples.rows]
+        for s, h in zip(examples.steps[own].tolist(), hit[own].tolist(), strict=True):
             by_step[s].append(h)
     model.train()
     loss, acc = torch.cat(losses).mean().item(), torch.cat(correct).mean().item()
@@ -176,9 +156,9 @@ def train_return_model(
     torch.manual_seed(seed)
     model.to(hw.device).train()
     # Batches hold whole problems: the samples of one problem share their prefixes and differ in the
-    # actions taken, so their contrasting labels arrive together (on arithmetic, batches of single
-    # rollouts overfitted more: docs/math.md). Within a batch, rollouts run in length-sorted chunks
-    # (batch_loss), so padding stays small although a problem's rollouts differ much in length.
+    # actions taken, so their contrasting labels arrive together (docs/math.md compares batches of single
+    # rollouts). Within a batch, rollouts run in length-sorted chunks (batch_loss), so padding stays
+    # small although a problem's rollouts differ much in length.
     by_problem: dict[str, list[Rollout]] = defaultdict(list)
     for r in train:
         by_problem[r.problem_id].append(r)
@@ -191,8 +171,8 @@ def train_return_model(
         raise NoSignalError(f"only {len(groups)} training problems have variation, fewer than the {dist.world} "
                             "ranks: use fewer processes or more training problems.")
     steps = cfg.steps if cfg.epochs is None else max(1, math.ceil(cfg.epochs * len(groups) / problems_per_batch))
-    optimizer, schedule = adamw_with_schedule(model.parameters(), cfg.lr, cfg.weight_decay, cfg.warmup_steps, steps)
-    trainer = make_trainer(model, optimizer, schedule, hw, problems_per_batch // dist.world * per_problem)
+    trainer = make_trainer(model, hw, cfg.lr, cfg.weight_decay, cfg.warmup_steps, steps,
+                           data_parallel_batch=problems_per_batch // dist.world * per_problem)
     model = trainer.module
     curve: list[dict] = [{"kept_rollouts": len(kept), "dropped_rollouts": len(rollouts) - len(kept), "steps": steps}]
     first, running = 0, 0.0
@@ -213,8 +193,7 @@ def train_return_model(
         problems = [groups[i] for i in plans[epoch][position]]
         batch = [r for group in problems[dist.rank :: dist.world] for r in group]
         loss = batch_loss(model, batch, pad_id, hw)
-        trainer.backward(loss)
-        trainer.step()
+        trainer.update(loss)
         value = _mean_over_ranks(loss.item(), dist)
         running = 0.98 * running + 0.02 * value if step else value
         if (step + 1) % cfg.eval_every == 0 or step == steps - 1:

@@ -1,9 +1,10 @@
 """One batched sampling loop with KV caches for pi_ref and the guide (pi_ref, CD and Q# alike).
 
 Semantics: pi_ref is the sampler's distribution (temperature, then top-p). Guidance multiplies it
-on pi_ref's top-k candidates by exp(offset) and renormalises. The per-token KL(pi || pi_ref) is
-computed exactly over the vocabulary against that same sampler distribution, so it is 0 without
-guidance. `paper_compat` switches to the published code's ordering instead (guidance.paper_compat_step).
+on pi_ref's top-k candidates by exp(offset) (the guidance rule's, guidance.py) and renormalises. The
+per-token KL(pi || pi_ref) is computed exactly over the vocabulary against that same sampler
+distribution, so it is 0 without guidance. `paper_compat` switches to the published code's ordering
+instead (guidance.paper_compat_logprobs).
 Prompts are left-padded; each row stops at its own stop token.
 """
 
@@ -12,14 +13,18 @@ from __future__ import annotations
 import contextlib
 import weakref
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import PreTrainedModel, StaticCache
 
 from qsharp_exp import guidance as G
 from qsharp_exp.distributed import Dist
+from qsharp_exp.guidance import Guidance
 from qsharp_exp.models.lm import compiled
-from qsharp_exp.models.return_model import ReturnModel
+
+if TYPE_CHECKING:
+    from qsharp_exp.models.return_model import ReturnModel
 
 
 @dataclass(frozen=True)
@@ -28,15 +33,6 @@ class SamplingSpec:
     top_p: float = 1.0
     max_new_tokens: int = 32
     paper_compat: bool = False
-
-
-@dataclass(frozen=True)
-class Guidance:
-    model: ReturnModel
-    algo: str  # qsharp | cd
-    eta: float
-    top_k: int
-    mask_non_candidates: bool = False
 
 
 @dataclass
@@ -68,7 +64,7 @@ class KVWindow:
     fills the first columns, then each pass appends columns for every row at once (a masked pad for
     finished rows); `valid` marks the columns that hold real tokens. Shapes stay fixed from step to step,
     so with `graphs` (CUDA) each kind of step is captured once as a CUDA graph and then replayed: one
-    launch instead of one per kernel (an 8B pi_ref's step on an H200: 32 ms eager, 8.4 ms replayed)."""
+    launch instead of one per kernel (docs/performance.md)."""
 
     def __init__(self, config, batch: int, capacity: int, device: torch.device, graphs: bool = False) -> None:
         self.cache = StaticCache(config=config, max_cache_len=capacity)
@@ -294,6 +290,7 @@ def generate(
     stop_ids: torch.Tensor,
     pad_id: int,
     generator: torch.Generator,
+    *,
     guide: Guidance | None = None,
     explore: torch.Tensor | None = None,
     explore_top_k: int = 0,
@@ -339,7 +336,7 @@ def generate(
         candidates = offsets = None
         if state is not None:
             candidates = ref_logp.topk(guide.top_k, dim=-1).indices
-            offsets = guide.model.dist.offset(state.values(candidates), guide.eta, guide.algo)
+            offsets = guide.offsets(state.values(candidates))
         if spec.paper_compat:
             logp, kl_ref = G.paper_compat_logprobs(logits, spec.temperature, spec.top_p, candidates, offsets,
                                                    guide.mask_non_candidates if guide else False)

@@ -1,0 +1,159 @@
+"""Batched sampling over many prompts: the one entry point that collection, evaluation and the policy
+baselines share (`Sampler.sample`).
+
+Each batch draws from its own generator (seeded by the run's seed and the batch's index) and, with a
+`checkpoint` directory, is written there as soon as it is done: an interrupted run continues from the
+last finished batch and ends with exactly what an uninterrupted run with the same seed produces.
+Under several processes, rank r samples the batches whose index is r modulo the number of ranks and
+every rank gets all batches back in order: the samples do not depend on the number of ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel
+
+from qsharp_exp.guidance import Guidance
+from qsharp_exp.hardware import Hardware
+from qsharp_exp.progress import progress
+from qsharp_exp.prompts import PromptCodec
+from qsharp_exp.sampling.decoding import SamplingSpec, generate
+from qsharp_exp.sampling.padding import left_pad
+
+
+@dataclass
+class PaddingStats:
+    """What sampling computed against what it needed: padded prompt slots and decoding row-steps."""
+
+    prompt_slots: int = 0  # batch x longest prompt, summed over batches
+    prompt_tokens: int = 0
+    decode_slots: int = 0  # rows in the batch summed over the steps run
+    decode_tokens: int = 0  # tokens actually generated
+
+    def waste(self) -> float:
+        return _waste(self.prompt_tokens + self.decode_tokens, self.prompt_slots + self.decode_slots)
+
+    def prompt_waste(self) -> float:
+        return _waste(self.prompt_tokens, self.prompt_slots)
+
+    def decode_waste(self) -> float:
+        return _waste(self.decode_tokens, self.decode_slots)
+
+
+def _waste(used: int, slots: int) -> float:
+    return 1.0 - used / slots if slots else 0.0
+
+
+@dataclass
+class Sampled:
+    response: list[int]  # up to and including the stop token (if produced)
+    kl: float
+
+
+def batch_seed(seed: int, index: int) -> int:
+    return (seed * 1_000_003 + index) % (2**63)
+
+
+def _load_batch(path: Path) -> list[Sampled] | None:
+    if not path.exists():
+        return None
+    return [Sampled(**row) for row in json.loads(path.read_text())]
+
+
+def _save_batch(path: Path, batch: list[Sampled]) -> None:
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps([asdict(s) for s in batch]))
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """What every sampling call shares: the model that samples (pi_ref, or a policy standing in for it),
+    the codec (stop and pad tokens), how to sample, the hardware and the batch size. Calls pass only what
+    varies: the prompts, the seed, and optionally a guide, a policy, exploration and a checkpoint."""
+
+    pi_ref: PreTrainedModel
+    codec: PromptCodec
+    spec: SamplingSpec
+    hw: Hardware
+    batch_size: int
+    show_progress: bool = True
+
+    def sample(
+        self,
+        prompts: list[list[int]],
+        seed: int,
+        *,
+        guide: Guidance | None = None,
+        policy: PreTrainedModel | None = None,
+        explore: list[bool] | None = None,
+        explore_top_k: int = 0,
+        desc: str = "sample",
+        checkpoint: Path | None = None,
+        stats: PaddingStats | None = None,
+    ) -> list[Sampled]:
+        """One sample per prompt, in the prompts' order. `policy` samples instead of pi_ref (KL is then
+        KL(policy || pi_ref)); `explore` rows draw their first token uniformly from pi_ref's top
+        `explore_top_k`; `checkpoint` keeps finished batches, so that a killed call resumes."""
+        spec, hw, batch_size = self.spec, self.hw, self.batch_size
+        stops = torch.tensor(self.codec.stop_ids, dtype=torch.long)
+        if checkpoint is not None:
+            checkpoint.mkdir(parents=True, exist_ok=True)
+        dist = hw.dist
+        count = -(-len(prompts) // batch_size)
+        # Batches take the prompts in order of length, so that little of a batch is padding; the samples
+        # come back in the caller's order. The order depends on the lengths alone: a resume sees the same batches.
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        # A sharded pi_ref needs every rank in every forward: all ranks take part in every slot of batches,
+        # a rank without a batch of its own (or with it already on disk) generating a throwaway one.
+        lockstep = dist if dist.active and hw.cfg.shard_pi_ref else None
+        slots = range(-(-count // dist.world))
+        shown = self.show_progress and dist.is_main and len(slots) > 1
+        bar = progress(slots, total=len(slots), desc=desc, enabled=shown)
+        done: dict[int, list[Sampled]] = {}
+        for slot in bar:
+            index = slot * dist.world + dist.rank
+            saved = checkpoint / f"batch{index:06d}.json" if checkpoint is not None and index < count else None
+            finished = _load_batch(saved) if saved is not None else None
+            if finished is not None:
+                done[index] = finished
+            mine = index < count and finished is None
+            if not (lockstep.any(mine) if lockstep is not None else mine):
+                continue
+            members = order[index * batch_size : (index + 1) * batch_size] if mine else order[:1]
+            chunk = [prompts[i] for i in members]
+            ids, mask = left_pad(chunk, self.codec.pad_id)
+            rows_explore = None
+            if explore is not None:
+                rows_explore = torch.tensor([explore[i] for i in members], device=hw.device)
+            generator = torch.Generator(device=hw.device).manual_seed(batch_seed(seed, index))
+            with hw.autocast():
+                gen = generate(
+                    self.pi_ref, ids.to(hw.device), mask.to(hw.device), spec, stops, self.codec.pad_id, generator,
+                    guide=guide, explore=rows_explore, explore_top_k=explore_top_k, lockstep=lockstep, policy=policy,
+                    cuda_graphs=hw.cfg.cuda_graphs, compile_steps=hw.cfg.compile_decoding,
+                )
+            if not mine:
+                continue  # kept this rank in step with the others; nothing to keep
+            tokens, lengths, kl = gen.tokens.cpu(), gen.lengths.cpu(), gen.kl.cpu()
+            if stats is not None:
+                stats.prompt_slots += ids.numel()
+                stats.prompt_tokens += int(mask.sum())
+                stats.decode_slots += gen.row_steps
+                stats.decode_tokens += int(lengths.sum())
+            batch = [Sampled(tokens[i, : lengths[i]].tolist(), float(kl[i])) for i in range(len(chunk))]
+            if saved is not None:
+                _save_batch(saved, batch)
+            done[index] = batch
+        for part in dist.gather(done) if dist.active else []:
+            done.update(part)
+        by_prompt: list[Sampled] = [None] * len(prompts)  # type: ignore[list-item]  (all filled below)
+        for index, batch in done.items():
+            for i, sample in zip(order[index * batch_size : (index + 1) * batch_size], batch, strict=True):
+                by_prompt[i] = sample
+        return by_prompt

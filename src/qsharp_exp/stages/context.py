@@ -1,0 +1,95 @@
+"""What every stage of one run shares: the config, the hardware, the task, the cache, the sampling spec."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel
+
+from qsharp_exp.config import RunConfig, as_dict
+from qsharp_exp.guidance import RULES
+from qsharp_exp.hardware import Hardware
+from qsharp_exp.models.return_model import ReturnModel
+from qsharp_exp.prompts import PromptCodec
+from qsharp_exp.sampling import Sampler, SamplingSpec
+from qsharp_exp.stages.cache import StageResult, run_stage
+from qsharp_exp.tasks import Task, build_task
+
+# Part of every stage's inputs. Bumped when code changes what a stage produces for the same config
+# (a file layout, the random streams of sampling, the order of training batches), so that a cache
+# filled by older code is never taken for this code's results.
+PIPELINE_VERSION = 4
+
+
+@dataclass
+class RunContext:
+    cfg: RunConfig
+    hw: Hardware
+    task: Task
+    root: Path  # the cache
+    spec: SamplingSpec
+    stages: dict[str, StageResult] = field(default_factory=dict)  # what this run built or reused, in order
+
+    @classmethod
+    def create(cls, cfg: RunConfig) -> RunContext:
+        spec = SamplingSpec(cfg.eval.temperature, cfg.eval.top_p, cfg.eval.max_new_tokens, cfg.eval.paper_compat)
+        return cls(cfg, Hardware(cfg.hardware), build_task(cfg.task), Path(cfg.cache_dir), spec)
+
+    def stage(self, name: str, inputs: dict[str, Any], build: Callable[..., None], resumable: bool = False,
+              directory: str | None = None) -> StageResult:
+        """The stage `name` for these inputs (stages/cache.py), built unless it is in the cache already;
+        kept under `directory` (default: the name)."""
+        result = run_stage(self.root, directory or name, {"version": PIPELINE_VERSION, **inputs}, build,
+                           resumable=resumable, dist=self.hw.dist)
+        self.stages[name] = result
+        return result
+
+    def task_inputs(self, *unused: str) -> dict:
+        """The task's settings a stage depends on (problem counts of splits it does not read left out)."""
+        return {k: v for k, v in as_dict(self.cfg.task).items() if k not in unused}
+
+    @property
+    def sampling_inputs(self) -> dict:
+        """What sampled text depends on (eval.num_samples only matters to the evaluation stage)."""
+        return as_dict(self.spec)
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """Pretrained models are loaded in bf16 when the hardware computes in bf16."""
+        return torch.bfloat16 if self.cfg.hardware.bf16 else None
+
+    def load_return_model(self, stage: StageResult) -> ReturnModel:
+        return ReturnModel.from_pretrained(stage.path / "model", dtype=self.dtype).to(self.hw.device).eval()
+
+    def sampler(self, pi_ref: PreTrainedModel, codec: PromptCodec, batch_size: int) -> Sampler:
+        return Sampler(pi_ref, codec, self.spec, self.hw, batch_size, self.cfg.progress)
+
+    # -- which stages this run needs ------------------------------------------------------------
+
+    @property
+    def guided(self) -> bool:
+        return self.cfg.algo.name in RULES
+
+    @property
+    def ranks_with_return_model(self) -> bool:
+        """Q# as a reward model ranks several samples per problem; with one there is nothing to rank."""
+        return self.cfg.eval.reward_model and self.cfg.eval.num_samples > 1
+
+    @property
+    def uses_return_model(self) -> bool:
+        return self.guided or self.ranks_with_return_model
+
+    @property
+    def guide_round(self) -> int:
+        """The round whose return model guides decoding: algo.guide_round, or the last round."""
+        return self.cfg.algo.guide_round or self.cfg.collect.rounds
+
+    @property
+    def rounds_needed(self) -> int:
+        if self.ranks_with_return_model:
+            return self.cfg.collect.rounds
+        return self.guide_round if self.guided else 0

@@ -1,0 +1,51 @@
+"""Stage `evaluation`: samples for the test problems from pi_ref, guided by a return model or replaced by
+a fine-tuned policy, scored by the task (and ranked by the last round's return model); metrics.json and
+samples.jsonl (evaluation.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import AutoModelForCausalLM
+
+from qsharp_exp.config import as_dict
+from qsharp_exp.evaluation import evaluate as evaluate_samples
+from qsharp_exp.files import write_json, write_jsonl
+from qsharp_exp.guidance import RULES, Guidance
+from qsharp_exp.stages.cache import StageResult
+from qsharp_exp.stages.context import RunContext
+from qsharp_exp.stages.pi_ref import PiRef
+
+
+def evaluate(ctx: RunContext, pi_ref: PiRef, guide: StageResult | None, reward_model: StageResult | None,
+             policy: StageResult | None) -> StageResult:
+    cfg = ctx.cfg
+    if guide is not None:
+        algo_inputs = as_dict(cfg.algo)
+        algo_inputs.pop("policy")
+    else:
+        algo_inputs = {"name": cfg.algo.name}
+    inputs = {"pi_ref": pi_ref.key, "guide": guide.key if guide else None, "policy": policy.key if policy else None,
+              "reward_model": reward_model.key if reward_model else None, "algo": algo_inputs,
+              "eval": as_dict(cfg.eval), "seed": cfg.seed, "task": ctx.task_inputs("num_train", "num_pretrain")}
+
+    def build(out: Path, resume: Path) -> None:
+        guidance = None
+        if guide is not None:
+            guidance = Guidance(ctx.load_return_model(guide), RULES[cfg.algo.name], cfg.algo.eta, cfg.algo.top_k,
+                                cfg.algo.non_candidates == "mask")
+        ranker = ctx.load_return_model(reward_model) if reward_model is not None else None
+        sampler_policy = _load_policy(ctx, policy) if policy is not None else None
+        metrics, samples = evaluate_samples(
+            ctx.task, ctx.task.problems("test"), ctx.sampler(pi_ref.model, pi_ref.codec, cfg.eval.batch_size),
+            cfg.eval.num_samples, cfg.seed, guide=guidance, policy=sampler_policy, reward_model=ranker,
+            desc=f"evaluate {cfg.algo.name}", checkpoint=resume,
+        )
+        write_json(out / "metrics.json", metrics)
+        write_jsonl(out / "samples.jsonl", samples)
+
+    return ctx.stage("evaluation", inputs, build, resumable=True)
+
+
+def _load_policy(ctx: RunContext, stage: StageResult):
+    return AutoModelForCausalLM.from_pretrained(stage.path / "model").to(ctx.hw.device).eval()

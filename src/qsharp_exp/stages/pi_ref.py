@@ -1,0 +1,101 @@
+"""Stage `pi_ref`: a pretrained reference model (hub id or path), or a random-init one pretrained here by
+next-token training on the task's reference responses."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from qsharp_exp.config import UserError, as_dict
+from qsharp_exp.evaluation import evaluate
+from qsharp_exp.files import write_json, write_jsonl
+from qsharp_exp.models.lm import build_causal_lm, load_pretrained_lm, load_tokenizer
+from qsharp_exp.prompts import PromptCodec
+from qsharp_exp.stages.cache import stage_key
+from qsharp_exp.stages.context import RunContext
+from qsharp_exp.training.engine import shard_for_inference
+from qsharp_exp.training.pretrain import pretrain
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PiRef:
+    model: PreTrainedModel
+    codec: PromptCodec
+    key: str  # what later stages name it by in their inputs
+    source: str  # hub id or directory of its weights
+    metrics: dict[str, float]  # accuracy after pretraining here (empty for a pretrained pi_ref)
+
+
+def load(ctx: RunContext) -> PiRef:
+    """pi_ref on this rank's device, built first if it is to be pretrained here and is not in the cache."""
+    source = ctx.cfg.model.pi_ref.pretrained
+    if source is not None:
+        model = load_pretrained_lm(source, "model.pi_ref.pretrained", ctx.dtype)
+        tokenizer = load_tokenizer(source, "model.pi_ref.pretrained")
+        return PiRef(_place(ctx, model), _codec(ctx, tokenizer, model), stage_key({"pretrained": source}), source, {})
+    cfg = ctx.cfg
+    # pi_ref depends on the task's problems but not on the size of the post-training set.
+    inputs = {"task": ctx.task_inputs("num_train"), "arch": as_dict(cfg.model.pi_ref),
+              "pretrain": as_dict(cfg.pretrain), "sampling": ctx.sampling_inputs,
+              "eval_batch_size": cfg.eval.batch_size, "seed": cfg.seed}
+    stage = ctx.stage("pi_ref", inputs, lambda out: _pretrain(ctx, out))
+    path = stage.path / "model"
+    model = _place(ctx, AutoModelForCausalLM.from_pretrained(path))
+    metrics = json.loads((stage.path / "pretrain_metrics.json").read_text())
+    return PiRef(model, _codec(ctx, AutoTokenizer.from_pretrained(path), model), stage.key, str(path), metrics)
+
+
+def _pretrain(ctx: RunContext, out: Path) -> None:
+    cfg, task = ctx.cfg, ctx.task
+    tokenizer = task.build_tokenizer()
+    model = build_causal_lm(cfg.model.pi_ref, tokenizer, cfg.seed)
+    codec = PromptCodec.for_model(tokenizer, model, cfg.task.chat_template)
+    problems = task.problems("pretrain")
+    prompts = codec.encode(problems, 0)
+    examples = [(p, codec.response_ids(task.target(x))) for p, x in zip(prompts, problems, strict=True)]
+    longest = max(len(p) + len(r) for p, r in examples)
+    if codec.max_positions and longest > codec.max_positions:
+        raise UserError(f"a pretraining example has {longest} tokens, more than model.pi_ref.max_positions="
+                        f"{codec.max_positions}: raise it or use shorter problems.")
+    curve = pretrain(model, examples, cfg.pretrain, codec.pad_id, ctx.hw, cfg.seed, cfg.progress)
+    model.eval()
+    sampler = ctx.sampler(model, codec, cfg.eval.batch_size)
+    metrics = {}
+    for split in ("pretrain", "test"):
+        problems = task.problems(split)[: cfg.pretrain.eval_problems]
+        result, _ = evaluate(task, problems, sampler, 1, cfg.seed, desc=f"pi_ref on {split}")
+        metrics[f"{split}_accuracy"] = result["accuracy"]
+    log.info("pi_ref accuracy: on its pretraining problems %.3f, on test problems %.3f",
+             metrics["pretrain_accuracy"], metrics["test_accuracy"])
+    model.save_pretrained(out / "model")
+    tokenizer.save_pretrained(out / "model")
+    write_json(out / "pretrain_metrics.json", metrics)
+    write_jsonl(out / "curve.jsonl", curve)
+
+
+def _place(ctx: RunContext, model: PreTrainedModel) -> PreTrainedModel:
+    """On this rank's device: whole (replicated), or a ZeRO-3 shard of it (hardware.shard_pi_ref)."""
+    hw = ctx.hw
+    if hw.cfg.shard_pi_ref and hw.dist.active:
+        model = shard_for_inference(model.eval(), hw)
+        log.info("pi_ref: sharded with ZeRO-3 across %d ranks (%d of %d parameters held here)", hw.dist.world,
+                 sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in model.parameters()),
+                 sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters()))
+        return model
+    return model.to(hw.device).eval()
+
+
+def _codec(ctx: RunContext, tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> PromptCodec:
+    """Prompts must also fit the context of a return model built here, in runs that use one."""
+    codec = PromptCodec.for_model(tokenizer, model, ctx.cfg.task.chat_template)
+    guide = ctx.cfg.model.guide
+    built_here = guide.arch.pretrained is None and not guide.init_from_pi_ref
+    if ctx.uses_return_model and built_here and codec.max_positions:
+        codec.max_positions = min(codec.max_positions, guide.arch.max_positions)
+    return codec

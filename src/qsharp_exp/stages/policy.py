@@ -1,0 +1,30 @@
+"""Stage `policy_<algo>`: a copy of pi_ref fine-tuned by a policy-based baseline (REINFORCE, DPO, RPO;
+training/policy.py), sampled at evaluation like pi_ref."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from qsharp_exp.config import as_dict
+from qsharp_exp.files import write_jsonl
+from qsharp_exp.stages.cache import StageResult
+from qsharp_exp.stages.context import RunContext
+from qsharp_exp.stages.pi_ref import PiRef
+from qsharp_exp.training.policy import train_policy
+
+
+def train(ctx: RunContext, pi_ref: PiRef) -> StageResult:
+    cfg = ctx.cfg
+    inputs = {"pi_ref": pi_ref.key, "algo": cfg.algo.name, "policy": as_dict(cfg.algo.policy),
+              "task": ctx.task_inputs("num_test"), "sampling": ctx.sampling_inputs, "seed": cfg.seed}
+
+    def build(out: Path) -> None:
+        policy = copy.deepcopy(pi_ref.model)
+        sampler = ctx.sampler(pi_ref.model, pi_ref.codec, cfg.eval.batch_size)
+        curve = train_policy(cfg.algo.name, policy, ctx.task, sampler, cfg.algo.policy, cfg.seed)
+        policy.save_pretrained(out / "model")
+        pi_ref.codec.tokenizer.save_pretrained(out / "model")
+        write_jsonl(out / "curve.jsonl", curve)
+
+    return ctx.stage("policy", inputs, build, directory=f"policy_{cfg.algo.name}")

@@ -1,0 +1,81 @@
+"""Stage `return_model_round<k>`: the return model trained from scratch on the rollouts of rounds 1..k
+(training/return_model.py), saved with its learning curve."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+from qsharp_exp.config import RunConfig, UserError, as_dict
+from qsharp_exp.files import read_jsonl, write_jsonl
+from qsharp_exp.models.lm import load_tokenizer
+from qsharp_exp.models.return_model import build_return_model
+from qsharp_exp.prompts import PromptCodec
+from qsharp_exp.report import plot_guide_curve
+from qsharp_exp.stages.cache import StageResult
+from qsharp_exp.stages.context import RunContext
+from qsharp_exp.stages.pi_ref import PiRef
+from qsharp_exp.stages.rollouts import collect_round
+from qsharp_exp.training.collect import Rollout
+from qsharp_exp.training.return_model import NoSignalError, train_return_model
+
+log = logging.getLogger(__name__)
+
+
+def train_rounds(ctx: RunContext, pi_ref: PiRef, rounds: int) -> list[StageResult]:
+    """Algorithm 1: per round, collect with the previous round's model, then retrain on all data so far."""
+    check_tokenizer(ctx.cfg, pi_ref.codec)
+    models: list[StageResult] = []
+    data: list[StageResult] = []
+    for r in range(1, rounds + 1):
+        data.append(collect_round(ctx, pi_ref, r, models[-1] if models else None))
+        models.append(_train(ctx, pi_ref, r, data))
+    return models
+
+
+def _train(ctx: RunContext, pi_ref: PiRef, round_: int, data: list[StageResult]) -> StageResult:
+    cfg = ctx.cfg
+    guide = cfg.model.guide
+    # How often checkpoints are written does not change the trained model.
+    train_inputs = {k: v for k, v in as_dict(cfg.guide_train).items() if k != "checkpoint_every"}
+    inputs = {"rollouts": [s.key for s in data], "guide": as_dict(guide), "train": train_inputs, "seed": cfg.seed,
+              "init": pi_ref.key if guide.init_from_pi_ref else None}
+
+    def build(out: Path, resume: Path) -> None:
+        rollouts = [Rollout(**row) for s in data for row in read_jsonl(s.path / "rollouts.jsonl")]
+        guide_cfg = guide
+        if guide.init_from_pi_ref:
+            guide_cfg = replace(guide, arch=replace(guide.arch, pretrained=pi_ref.source))
+        # Trained in float32 under bf16 autocast: AdamW's small updates would round away in bf16 weights.
+        model = build_return_model(guide_cfg, pi_ref.codec.tokenizer, cfg.seed + round_)
+        log.info("round %d: training the return model on %d rollouts (%d parameters)", round_, len(rollouts),
+                 sum(p.numel() for p in model.parameters()))
+        resume.mkdir(parents=True, exist_ok=True)
+        try:
+            model, curve, whole = train_return_model(model, rollouts, cfg.guide_train, pi_ref.codec.pad_id, ctx.hw,
+                                                     cfg.seed + round_, cfg.progress, resume)
+        except NoSignalError as err:
+            raise NoSignalError(f"round {round_}: {err}") from None
+        with whole:  # under ZeRO-3 every rank takes part in gathering the parameters
+            model.save_pretrained(out / "model")
+        write_jsonl(out / "curve.jsonl", curve)
+        plot_guide_curve(curve, out / "curve.png")
+
+    return ctx.stage(f"return_model_round{round_}", inputs, build, resumable=True)
+
+
+def check_tokenizer(cfg: RunConfig, codec: PromptCodec) -> None:
+    """A pretrained return model must read pi_ref's tokens as pi_ref does."""
+    source = cfg.model.guide.arch.pretrained
+    if source is None:
+        return  # built here on pi_ref's own tokenizer
+    theirs = load_tokenizer(source, "model.guide.arch.pretrained").get_vocab()
+    ours = codec.tokenizer.get_vocab()
+    if theirs != ours:
+        differ = len(set(theirs.items()) ^ set(ours.items()))
+        raise UserError(
+            f"model.guide.arch.pretrained={source} does not share pi_ref's tokenizer ({differ} vocabulary "
+            f"entries differ, sizes {len(theirs)} vs {len(ours)}): pick a guide of the same family as "
+            f"model.pi_ref.pretrained={cfg.model.pi_ref.pretrained}."
+        )

@@ -1,0 +1,38 @@
+"""Stage `rollouts_round<k>`: Algorithm 1's data for round k, rolled in with pi_ref guided by the previous
+round's return model (Q#, at collect.eta) and rolled out with pi_ref (training/collect.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qsharp_exp.config import as_dict
+from qsharp_exp.files import write_json, write_jsonl
+from qsharp_exp.guidance import RULES, Guidance
+from qsharp_exp.stages.cache import StageResult
+from qsharp_exp.stages.context import RunContext
+from qsharp_exp.stages.pi_ref import PiRef
+from qsharp_exp.training.collect import collect
+
+
+def collect_round(ctx: RunContext, pi_ref: PiRef, round_: int, previous: StageResult | None) -> StageResult:
+    """`previous`: the return model of round k-1 (None in round 1, whose roll-in is pi_ref itself)."""
+    cfg = ctx.cfg
+    inputs = {"pi_ref": pi_ref.key, "roll_in_guide": previous.key if previous else None, "round": round_,
+              "collect": {k: v for k, v in as_dict(cfg.collect).items() if k != "rounds"},
+              "top_k": cfg.algo.top_k, "sampling": ctx.sampling_inputs, "seed": cfg.seed,
+              "task": ctx.task_inputs("num_test")}
+
+    def build(out: Path, resume: Path) -> None:
+        roll_in = None
+        if previous is not None:
+            roll_in = Guidance(ctx.load_return_model(previous), RULES["qsharp"], cfg.collect.eta, cfg.algo.top_k,
+                               cfg.algo.non_candidates == "mask")
+        sampler = ctx.sampler(pi_ref.model, pi_ref.codec, cfg.collect.batch_size)
+        rollouts = collect(ctx.task, ctx.task.problems("train"), sampler, roll_in, cfg.collect, cfg.algo.top_k,
+                           cfg.seed + 1000 * round_, resume)
+        write_jsonl(out / "rollouts.jsonl", (x.to_dict() for x in rollouts))
+        mean = sum(x.reward for x in rollouts) / len(rollouts)
+        write_json(out / "summary.json", {"rollouts": len(rollouts), "mean_reward": mean})
+
+    return ctx.stage(f"rollouts_round{round_}", inputs, build, resumable=True)
+
