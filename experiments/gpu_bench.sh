@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# Issue 7's GPU benchmark, prepared to run once on a lent GPU machine (the workplace's device tool):
-#   run(command="bash experiments/gpu_bench.sh", carry=[".whl"])
-# .whl holds the wheels the GPU image lacks (transformers 5.24.0, omegaconf 2.3.1, antlr4 4.9.3).
-# Writes its logs and bench JSON under $OUT. Timeouts keep the whole run inside one 10-minute call.
+# The decoding benchmark on one GPU (docs/performance.md): the paper-shaped pair (Llama 3 8B guided by a
+# Llama 3.2 1B-shaped guide, random weights), bf16, with CUDA graphs and eagerly.
+#   bash experiments/gpu_bench.sh        (OUT=dir for the logs and bench JSON; default /tmp/gpu_bench)
+# On a machine without package-index access, put wheels of what its Python lacks in .whl/ first.
+# Timeouts keep the whole script within 10 minutes.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gpu_bench}
 mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  || exit 1
+if compgen -G ".whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || exit 1
+fi
 export PYTHONPATH=/tmp/site:src
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
@@ -21,7 +24,7 @@ timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_decoding.py -k "c
 # 2. the paper-shaped pair (Llama 3 8B, Llama 3.2 1B-shaped guide), bf16, CUDA graphs
 timeout 250 python3 -m qsharp_exp.bench "${pair[@]}" --cuda-graphs --batches 1 8 32 --repeats 5 \
   --out "$OUT/bench_llama3_8b_1b_graphs.json" 2>&1 | tee "$OUT/graphs.log"
-# 3. the same pair without CUDA graphs (eager), with the GPU busy time of each step. Eager steps are
-# slow (32 ms for pi_ref): batches 1 and 8 with 3 repeats did not fit 180 s; this is what was measured.
+# 3. the same pair without CUDA graphs (eager), with the GPU busy time of each step; eager steps are slow,
+# so batch 8 with 2 repeats only.
 timeout 180 python3 -m qsharp_exp.bench "${pair[@]}" --batches 8 --repeats 2 --skip-stages \
   --out "$OUT/bench_llama3_8b_1b_eager.json" 2>&1 | tee "$OUT/eager.log"

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Issue 7's GPU benchmark with the decoding steps compiled (torch.compile) and replayed as CUDA graphs,
-# after experiments/gpu_bench.sh measured CUDA graphs alone. Batch 8 only (the issue's bar): every step
-# shape compiles once, about a minute for the 8B pi_ref. Run once on a lent GPU machine:
-#   run(command="bash experiments/gpu_bench_compiled.sh", carry=[".whl"])
+# The GPU decoding benchmark of experiments/gpu_bench.sh with the decoding steps compiled (torch.compile)
+# and replayed as CUDA graphs. Batch 8 only: every step shape compiles once (a minute or more for an 8B
+# pi_ref).   bash experiments/gpu_bench_compiled.sh   (wheels in .whl/ are installed first, if any)
 set -uo pipefail
 export PYTHONUNBUFFERED=1 TORCHINDUCTOR_COMPILE_THREADS=16
 OUT=${OUT:-/tmp/gpu_bench}
 mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  || exit 1
+if compgen -G ".whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || exit 1
+fi
 export PYTHONPATH=/tmp/site:src
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/gpu.txt"
 # compiled + graphed steps sample what eager steps sample (tiny models, on this GPU)

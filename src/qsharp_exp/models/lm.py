@@ -39,7 +39,7 @@ def hf_config(arch: ArchConfig, tokenizer: PreTrainedTokenizerBase) -> Pretraine
     )
     inner = arch.n_inner or 4 * arch.n_embd
     if arch.arch == "gpt2":
-        # "gelu" is about 35% faster than GPT-2's default "gelu_new" on CPU, with the same quality.
+        # Exact "gelu" rather than GPT-2's tanh approximation "gelu_new": faster on CPU (docs/performance.md).
         return GPT2Config(
             n_layer=arch.n_layer, n_embd=arch.n_embd, n_head=arch.n_head, n_inner=inner,
             n_positions=arch.max_positions, activation_function="gelu", resid_pdrop=arch.dropout,
