@@ -1,4 +1,4 @@
-"""The guidance formulas against their closed forms (QSHARP.md section 1)."""
+"""The guidance formulas against their closed forms (docs/method.md, section 1)."""
 
 import math
 
