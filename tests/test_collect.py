@@ -38,3 +38,19 @@ def test_explored_switch_token_comes_from_pi_refs_top_k(tiny_task, pi_ref, token
         with torch.no_grad():
             logits = pi_ref(input_ids=torch.tensor([r.prompt + r.response[: r.switch]])).logits[0, -1]
         assert r.response[r.switch] in logits.topk(4).indices.tolist()
+
+
+def test_roll_outs_stay_within_the_context_the_prompt_check_allowed(tiny_task, tokenizer):
+    """A roll-out after a switch at h has max_new_tokens - h tokens: with a GPT-2 whose context is exactly
+    prompt + max_new_tokens, a roll-out with the whole budget would run past its position table."""
+    from dataclasses import replace
+
+    from helpers import tiny_arch
+    from qsharp_exp.models.lm import build_causal_lm
+
+    prompt_length = len(tokenizer(tiny_task.problems("train")[0].prompt, add_special_tokens=False)["input_ids"])
+    arch = replace(tiny_arch("gpt2"), max_positions=prompt_length + SPEC.max_new_tokens, initializer_range=0.5)
+    pi_ref = build_causal_lm(arch, tokenizer, seed=0).eval()  # random: long responses, switches far in
+    rollouts = run(tiny_task, pi_ref, tokenizer, explore_prob=1.0)
+    assert max(r.switch for r in rollouts) > 0
+    assert all(len(r.response) <= SPEC.max_new_tokens for r in rollouts)

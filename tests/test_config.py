@@ -39,7 +39,7 @@ def test_every_algo_and_hardware_composes(algo, hardware):
         ("eval.top_p=0", "eval.top_p"),
         ("algo.guide_round=3", "algo.guide_round"),
         ("collect.explore_prob=2", "collect.explore_prob"),
-        ("+model.pi_ref.n_kv_head=3", "model.pi_ref.n_kv_head"),  # gpt2 has no grouped-query attention
+        ("model.pi_ref.n_kv_head=3", "model.pi_ref.n_kv_head"),  # gpt2 has no grouped-query attention
     ],
 )
 def test_bad_values_raise_a_config_error_naming_the_key(override, key):
@@ -103,3 +103,33 @@ def test_gpu_hardware_declares_cuda_graphs_and_compiled_decoding_off_so_plain_ov
     cfg = load_run_config(compose_cfg(f"hardware={hardware}", "hardware.cuda_graphs=true",
                                       "hardware.compile_decoding=true"))
     assert cfg.hardware.cuda_graphs and cfg.hardware.compile_decoding
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [("pretrain.lr=nan", "pretrain.lr"), ("guide_train.lr=nan", "guide_train.lr"),
+     ("algo.policy.lr=inf", "algo.policy.lr"), ("pretrain.weight_decay=-1", "pretrain.weight_decay"), ("hardware.num_threads=-1", "hardware.num_threads"),
+     ("guide_train.val_fraction=2", "guide_train.val_fraction"), ("cache_dir=", "cache_dir"),
+     ("algo.eta=inf", "algo.eta"), ("collect.eta=nan", "collect.eta"), ("guide_train.checkpoint_every=-5",
+                                                                        "guide_train.checkpoint_every")],
+)
+def test_values_that_would_fail_later_or_write_non_json_stop_at_once(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_run_config(compose_cfg(override))
+
+
+@pytest.mark.parametrize("task", ["star_graph", "gsm8k", "math", "arithmetic"])
+def test_every_key_of_the_schema_is_in_the_composed_config_so_plain_overrides_work(task):
+    from omegaconf import OmegaConf
+
+    from qsharp_exp.config import as_dict
+
+    def keys(tree, prefix=""):
+        return {f"{prefix}{k}" for k, v in tree.items()} | {
+            key for k, v in tree.items() if isinstance(v, dict) for key in keys(v, f"{prefix}{k}.")}
+
+    composed = compose_cfg(f"task={task}")
+    schema = keys(as_dict(load_run_config(composed)))
+    assert schema <= keys(OmegaConf.to_container(composed, resolve=False))
+    cfg = load_run_config(compose_cfg(f"task={task}", "eval.reward_model=false", "guide_train.checkpoint_every=7"))
+    assert not cfg.eval.reward_model and cfg.guide_train.checkpoint_every == 7

@@ -135,3 +135,12 @@ def test_reward_model_metrics_pick_the_best_scored_sample_and_the_heaviest_answe
     assert metrics["rm_best_of_4"] == 0.5
     assert metrics["rm_maj1@4"] == 1.0
     assert samples[0]["rm_score"] == 0.9
+
+
+@pytest.mark.parametrize("damage", ['[{"response": [1, 2], "kl":', "[]", "\xff\xfe"])
+def test_a_damaged_resume_batch_is_sampled_again(tiny_task, pi_ref, tokenizer, tmp_path, damage):
+    args = (tiny_task, tiny_task.problems("test")[:6], sampler(pi_ref, tokenizer, SamplingSpec(max_new_tokens=8), 4),
+            2, 3)
+    uninterrupted = evaluation.evaluate(*args, checkpoint=tmp_path)
+    (tmp_path / "batch000001.json").write_bytes(damage.encode("latin-1"))
+    assert evaluation.evaluate(*args, checkpoint=tmp_path) == uninterrupted

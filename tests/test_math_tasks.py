@@ -131,3 +131,29 @@ def test_prompt_longer_than_the_context_is_one_clear_error(tokenizer, pi_ref, ti
     codec.encode(problems, 8)
     with pytest.raises(UserError, match="eval.max_new_tokens=200"):
         codec.encode(problems, 200)
+
+
+@needs_shared_data
+def test_math_tiny_fits_the_longest_math_problems_with_their_solutions_and_the_answer_budget(tmp_path):
+    """model=math_tiny runs task=math: every pretraining example (problem + solution) and every test prompt
+    with eval.max_new_tokens fit its context. MATH-500 stands in for MATH train (not shared here)."""
+    from hydra import compose, initialize_config_dir
+
+    from qsharp_exp.__main__ import CONF_DIR
+    from qsharp_exp.config import load_run_config
+
+    (tmp_path / "math_train.jsonl").symlink_to(SHARED_DATA / "math500_test.jsonl")
+    (tmp_path / "math500_test.jsonl").symlink_to(SHARED_DATA / "math500_test.jsonl")
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = load_run_config(compose(config_name="config", overrides=[
+            "task=math", "model=math_tiny", f"task.data_dir={tmp_path}"]))
+    task = build_task(cfg.task)
+    tokenizer = task.build_tokenizer()
+    model = build_causal_lm(cfg.model.pi_ref, tokenizer, 0)
+    codec = PromptCodec.for_model(tokenizer, model, cfg.task.chat_template)
+    problems = task.problems("pretrain")
+    longest = max(len(p) + len(codec.response_ids(task.target(x)))
+                  for p, x in zip(codec.encode(problems, 0), problems, strict=True))
+    assert longest > 1024  # the context math_tiny had before was too short
+    assert longest <= cfg.model.pi_ref.max_positions
+    codec.encode(task.problems("test"), cfg.eval.max_new_tokens)  # raises if a prompt leaves no room

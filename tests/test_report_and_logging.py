@@ -64,3 +64,19 @@ def test_wandb_online_without_a_key_falls_back_to_offline(sweep, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "logging offline" in result.stdout + result.stderr
     assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+
+
+def test_report_skips_broken_or_incomplete_runs_and_names_them(sweep, tmp_path, capsys):
+    import shutil
+
+    shutil.copytree(sweep, tmp_path / "runs", ignore=shutil.ignore_patterns("*.png", "report.*"))
+    files = sorted((tmp_path / "runs").rglob("metrics.json"))
+    files[0].write_text('{"task": "star_graph", "algo": "cd"')  # cut short
+    lacking = json.loads(files[1].read_text())
+    del lacking["kl_mean"]
+    files[1].write_text(json.dumps(lacking))
+    assert report.main([str(tmp_path / "runs")]) == 0
+    err = capsys.readouterr().err
+    assert f"skipping {files[0]}: not readable JSON" in err and f"skipping {files[1]}: it lacks kl_mean" in err
+    rows = list(csv.DictReader((tmp_path / "runs" / "report.csv").open()))
+    assert len(rows) == len(files) - 2

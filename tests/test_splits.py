@@ -31,6 +31,6 @@ def test_generated_splits_are_disjoint_and_a_too_small_space_is_one_clear_error(
     splits = draw_distinct_splits({"a": 3, "b": 4}, stream=lambda s: f"0-{s}", draw=lambda rng: rng.randrange(10),
                                   key=lambda x: x, hint="widen it")
     assert len(splits["a"]) == 3 and len(splits["b"]) == 4 and not set(splits["a"]) & set(splits["b"])
-    with pytest.raises(ValueError, match="could not draw 8 distinct items for split 'b': widen it"):
+    with pytest.raises(ValueError, match="could not draw 8 distinct problems for split 'b': widen it"):
         draw_distinct_splits({"a": 3, "b": 8}, stream=lambda s: s, draw=lambda rng: rng.randrange(10),
                              key=lambda x: x, hint="widen it")

@@ -62,3 +62,75 @@ def test_resumable_stage_keeps_its_resume_directory_across_an_interruption(tmp_p
     assert seen == [[], ["batch1"]]  # the second run found the first run's finished batch
     assert (result.path / "result.txt").read_text() == "ok"
     assert not result.path.with_name(f"{result.key}.resume").exists()  # cleared once complete
+
+
+def _build_slowly_in_a_process(root, log, hold_s):
+    """Run the stage `demo` in another process; its build appends to `log` and takes `hold_s` seconds."""
+    import time
+
+    def build(out):
+        with open(log, "a") as f:
+            f.write("built\n")
+        time.sleep(hold_s)
+        (out / "artefact.txt").write_text("x")
+
+    run_stage(root, "demo", {"a": 1}, build)
+
+
+def test_concurrent_jobs_build_a_stage_once_and_the_others_reuse_it(tmp_path):
+    import multiprocessing
+
+    log = tmp_path / "builds.log"
+    context = multiprocessing.get_context("fork")
+    jobs = [context.Process(target=_build_slowly_in_a_process, args=(tmp_path / "cache", log, 1.0)) for _ in range(3)]
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join(60)
+    assert [job.exitcode for job in jobs] == [0, 0, 0]
+    assert log.read_text().splitlines() == ["built"]
+    assert not list((tmp_path / "cache" / "demo").glob("*.partial-*"))
+
+
+def test_the_lock_of_a_killed_job_is_taken_over_at_once(tmp_path):
+    import multiprocessing
+    import os
+    import signal
+    import time
+
+    root = tmp_path / "cache"
+    context = multiprocessing.get_context("fork")
+    holder = context.Process(target=_build_slowly_in_a_process, args=(root, tmp_path / "builds.log", 60.0))
+    holder.start()
+    while not (tmp_path / "builds.log").exists():  # it holds the lock while it builds
+        time.sleep(0.05)
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.join()
+    started = time.perf_counter()
+    done = run_stage(root, "demo", {"a": 1}, lambda out: (out / "artefact.txt").write_text("y"))
+    assert time.perf_counter() - started < 5 and not done.reused
+    assert (done.path / "artefact.txt").read_text() == "y"
+
+
+@pytest.mark.parametrize("damage", ["zeroed", "truncated", "deleted"])
+def test_a_damaged_stage_is_not_trusted_and_the_message_says_how_to_rebuild_it(tmp_path, damage):
+    from qsharp_exp.stages.cache import DamagedStageError
+
+    def build(out):
+        (out / "weights.bin").write_bytes(bytes(range(256)) * 64)
+        (out / "rows.jsonl").write_text('{"a": 1}\n{"a": 2}\n')
+
+    done = run_stage(tmp_path, "demo", {"a": 1}, build)
+    if damage == "zeroed":  # in place, at the same size
+        (done.path / "weights.bin").write_bytes(bytes(256 * 64))
+    elif damage == "truncated":  # cut at a line boundary: still valid JSON lines
+        (done.path / "rows.jsonl").write_text('{"a": 1}\n')
+    else:
+        (done.path / "weights.bin").unlink()
+    with pytest.raises(DamagedStageError, match="is damaged") as err:
+        run_stage(tmp_path, "demo", {"a": 1}, build)
+    assert f"rm -rf {done.path}" in str(err.value)
+    import shutil
+
+    shutil.rmtree(done.path)  # what the message says: the rerun rebuilds it
+    assert not run_stage(tmp_path, "demo", {"a": 1}, build).reused

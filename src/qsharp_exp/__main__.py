@@ -13,9 +13,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from qsharp_exp.config import ConfigError, UserError, load_run_config
+from qsharp_exp.config import ConfigError, UserError, load_run_config, register_schema
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+register_schema()
 
 
 def _exit_on_sigterm(signum, frame) -> None:

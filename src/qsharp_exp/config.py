@@ -10,6 +10,7 @@ subclass of `TaskConfig` registered with the task (tasks/base.py).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from typing import Any, ClassVar
@@ -59,8 +60,21 @@ def at_least(obj: Any, name: str, low: float, why: str = "") -> None:
 
 def positive(obj: Any, name: str) -> None:
     value = getattr(obj, name)
-    if value is not None and not value > 0:
-        raise FieldError(name, f"{{key}}={value} must be > 0: set a positive value, e.g. {{key}}=0.1.")
+    if value is not None and not (value > 0 and math.isfinite(value)):
+        raise FieldError(name, f"{{key}}={value} must be a finite number > 0: set e.g. {{key}}=0.1.")
+
+
+def in_unit_interval(obj: Any, name: str, closed_above: bool = True) -> None:
+    value = getattr(obj, name)
+    if not (0.0 <= value <= 1.0 if closed_above else 0.0 <= value < 1.0):
+        raise FieldError(name, f"{{key}}={value} must lie in [0, 1{']' if closed_above else ')'}.")
+
+
+def optimiser_checks(obj: Any) -> None:
+    """lr > 0 and finite, weight_decay >= 0, warmup_steps >= 0 (every section that trains has these)."""
+    positive(obj, "lr")
+    at_least(obj, "weight_decay", 0)
+    at_least(obj, "warmup_steps", 0)
 
 
 # -- sections -------------------------------------------------------------------------------------
@@ -186,7 +200,8 @@ class PolicyConfig:
     nll_weight: float = 1.0  # RPO: + nll_weight * per-token NLL of the chosen path
 
     def __post_init__(self) -> None:
-        for name in ("lr", "beta", "sample_temperature"):
+        optimiser_checks(self)
+        for name in ("beta", "sample_temperature"):
             positive(self, name)
         for name in ("steps", "batch_size", "rejected_tries"):
             at_least(self, name, 1)
@@ -227,6 +242,7 @@ class PretrainConfig:
     eval_problems: int = 1_000
 
     def __post_init__(self) -> None:
+        optimiser_checks(self)
         for name in ("steps", "batch_size", "eval_problems"):
             at_least(self, name, 1)
 
@@ -247,8 +263,7 @@ class CollectConfig:
         for name in ("rounds", "samples_per_problem", "batch_size"):
             at_least(self, name, 1)
         positive(self, "eta")
-        if not 0.0 <= self.explore_prob <= 1.0:
-            raise FieldError("explore_prob", f"{{key}}={self.explore_prob} must lie in [0, 1].")
+        in_unit_interval(self, "explore_prob")
 
 
 @dataclass
@@ -266,9 +281,12 @@ class GuideTrainConfig:
     checkpoint_every: int = 0
 
     def __post_init__(self) -> None:
+        optimiser_checks(self)
         for name in ("steps", "batch_size", "eval_every"):
             at_least(self, name, 1)
         positive(self, "epochs")
+        in_unit_interval(self, "val_fraction", closed_above=False)
+        at_least(self, "checkpoint_every", 0)
 
 
 @dataclass
@@ -321,6 +339,7 @@ class HardwareConfig:
     shard_pi_ref: bool = False
 
     def __post_init__(self) -> None:
+        at_least(self, "num_threads", 0, " (0 = torch's default)")
         if self.zero_stage not in (0, 2, 3):
             raise FieldError("zero_stage", f"{{key}}={self.zero_stage} is not supported: use 0 (no DeepSpeed), "
                                            "2 or 3 (e.g. hardware=zero2, hardware=zero3).")
@@ -363,6 +382,11 @@ class RunConfig:
     seed: int = 0
     cache_dir: str = ".qsharp_cache"
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.cache_dir.strip():
+            raise FieldError("cache_dir", "{key} is empty: set it to a directory for the stage outputs, e.g. "
+                                          "{key}=.qsharp_cache (or unset it for the default).")
 
 
 # -- cross-section checks, loading ----------------------------------------------------------------
@@ -428,6 +452,18 @@ def load_run_config(cfg: DictConfig) -> RunConfig:
     run_cfg: RunConfig = _instantiate(merged, "")
     validate(run_cfg)
     return run_cfg
+
+
+def register_schema() -> None:
+    """Put every key of the schema, with its default, into Hydra's config store as `schema`, the first entry
+    of conf/config.yaml's defaults: the composed config then holds every key, so a plain override
+    (`eval.reward_model=false`) works for each, not only for keys a YAML file sets. Values are checked by
+    `load_run_config`, not by Hydra. A task's own keys are declared by its YAML file."""
+    import json
+
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="schema", node=json.loads(json.dumps(as_dict(RunConfig()))))
 
 
 def as_dict(obj: Any) -> Any:

@@ -7,12 +7,13 @@ Each stage (stages/) writes to a cache directory named by its inputs, so changin
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
 from transformers.utils import logging as hf_logging
 
-from qsharp_exp.config import RunConfig
+from qsharp_exp.config import ConfigError, RunConfig, UserError
 from qsharp_exp.files import write_json
 from qsharp_exp.report import print_summary
 from qsharp_exp.stages import evaluation, pi_ref, policy, return_model
@@ -26,6 +27,7 @@ def run(cfg: RunConfig, out_dir: Path, tracker_group: str | None = None) -> dict
     torch.manual_seed(cfg.seed)
     ctx = RunContext.create(cfg)
     out_dir = ctx.hw.dist.broadcast(out_dir)  # every rank resolved Hydra's ${now}; rank 0's dir is the run's
+    check_before_work(ctx)
 
     reference = pi_ref.load(ctx)
     models = return_model.train_rounds(ctx, reference, ctx.rounds_needed)
@@ -43,6 +45,26 @@ def run(cfg: RunConfig, out_dir: Path, tracker_group: str | None = None) -> dict
     print_summary(metrics)
     log_run(cfg, metrics, out_dir, tracker_group)
     return metrics
+
+
+def check_before_work(ctx: RunContext) -> None:
+    """What can be checked before hours of work: the cache can be written, and top-k fits the vocabulary."""
+    root = ctx.root
+    if root.exists() and not root.is_dir():
+        raise UserError(f"cache_dir={root} is a file, not a directory: set cache_dir to a directory.")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"cache_dir={root} cannot be written ({err.strerror}): set cache_dir to a writable "
+                        "directory.") from None
+    if ctx.uses_return_model:
+        vocabulary = pi_ref.vocabulary_size(ctx)
+        if ctx.cfg.algo.top_k > vocabulary:
+            raise ConfigError(f"algo.top_k={ctx.cfg.algo.top_k} is more than pi_ref's vocabulary of {vocabulary} "
+                              f"tokens: set algo.top_k<={vocabulary}.")
 
 
 def run_metrics(ctx: RunContext, reference: pi_ref.PiRef, evaluation_metrics: Path) -> dict:

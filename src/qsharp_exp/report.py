@@ -41,18 +41,31 @@ def _style(rule: str) -> tuple[str, str]:
     return COLORS[index % len(COLORS)], MARKERS[index % len(MARKERS)]
 
 
+REQUIRED = ("task", "algo", "kl_mean", "num_samples")  # what every table row needs
+
+
 def find_metrics(dirs: list[Path]) -> list[dict]:
     """Every run's metrics.json under `dirs`; runs that reused the same evaluation (the same stage
-    directory, so the same numbers) count once."""
+    directory, so the same numbers) count once. A file that cannot be read or lacks a field the tables
+    need is skipped, and named on stderr."""
     runs: dict[str, dict] = {}
     for root in dirs:
         if not root.exists():
             raise SystemExit(f"report: {root} does not exist: give run or sweep directories (outputs/..., "
                              "multirun/...).")
         for path in sorted(root.rglob("metrics.json")):
-            metrics = json.loads(path.read_text())
-            if "algo" not in metrics or "task" not in metrics:
+            try:
+                metrics = json.loads(path.read_text())
+            except (OSError, ValueError) as err:
+                print(f"report: skipping {path}: not readable JSON ({err})", file=sys.stderr)
+                continue
+            if not isinstance(metrics, dict) or "algo" not in metrics or "task" not in metrics:
                 continue  # not a run's metrics (e.g. a stage's own file)
+            missing = [k for k in REQUIRED if k not in metrics]
+            if missing or metrics.get(reward_name([metrics])) is None:
+                print(f"report: skipping {path}: it lacks {', '.join(missing) or reward_name([metrics])}",
+                      file=sys.stderr)
+                continue
             key = metrics.get("dir_evaluation") or str(path)
             runs.setdefault(key, {**metrics, "_path": str(path.parent)})
     return list(runs.values())

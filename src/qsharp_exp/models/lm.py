@@ -10,6 +10,7 @@ import functools
 import os
 
 import torch
+from safetensors import SafetensorError
 from transformers import (
     AutoModel,
     AutoModelForCausalLM,
@@ -67,10 +68,10 @@ def _from_hub(loader, source: str, key: str, **kwargs):
                         f"(HF_HUB_OFFLINE): set {key} to a local copy of the model.")
     try:
         return loader.from_pretrained(source, **kwargs)
-    except OSError as err:
+    except (OSError, ValueError, SafetensorError) as err:  # missing, unreachable, or damaged files
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"{key}={source} could not be loaded ({first}): set {key} to a hub id you can "
-                        "access or to a local directory with the model's files.") from None
+        raise UserError(f"{key}={source} could not be loaded ({type(err).__name__}: {first}): set {key} to a hub "
+                        "id you can access or to a local directory with the model's complete files.") from None
 
 
 def load_pretrained_lm(source: str, key: str, dtype: torch.dtype | None) -> PreTrainedModel:

@@ -11,6 +11,7 @@ every rank gets all batches back in order: the samples do not depend on the numb
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +25,8 @@ from qsharp_exp.progress import progress
 from qsharp_exp.prompts import PromptCodec
 from qsharp_exp.sampling.decoding import SamplingSpec, generate
 from qsharp_exp.sampling.padding import left_pad
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -59,10 +62,20 @@ def batch_seed(seed: int, index: int) -> int:
     return (seed * 1_000_003 + index) % (2**63)
 
 
-def _load_batch(path: Path) -> list[Sampled] | None:
+def _load_batch(path: Path, size: int) -> list[Sampled] | None:
+    """A finished batch of `size` samples kept by an earlier, interrupted call; None if there is none. A
+    damaged one (cut short, edited, of another size) is deleted, so that the batch is sampled again."""
     if not path.exists():
         return None
-    return [Sampled(**row) for row in json.loads(path.read_text())]
+    try:
+        batch = [Sampled(**row) for row in json.loads(path.read_text())]
+        if len(batch) == size and all(isinstance(s.response, list) and isinstance(s.kl, float) for s in batch):
+            return batch
+    except (ValueError, TypeError):  # not JSON (ValueError covers UnicodeDecodeError), or rows of another shape
+        pass
+    log.warning("discarding the damaged resume batch %s: it is sampled again", path)
+    path.unlink(missing_ok=True)
+    return None
 
 
 def _save_batch(path: Path, batch: list[Sampled]) -> None:
@@ -93,13 +106,15 @@ class Sampler:
         policy: PreTrainedModel | None = None,
         explore: list[bool] | None = None,
         explore_top_k: int = 0,
+        budgets: list[int] | None = None,
         desc: str = "sample",
         checkpoint: Path | None = None,
         stats: PaddingStats | None = None,
     ) -> list[Sampled]:
         """One sample per prompt, in the prompts' order. `policy` samples instead of pi_ref (KL is then
         KL(policy || pi_ref)); `explore` rows draw their first token uniformly from pi_ref's top
-        `explore_top_k`; `checkpoint` keeps finished batches, so that a killed call resumes."""
+        `explore_top_k`; `budgets`: new tokens allowed per prompt (default spec.max_new_tokens);
+        `checkpoint` keeps finished batches, so that a killed call resumes."""
         spec, hw, batch_size = self.spec, self.hw, self.batch_size
         stops = torch.tensor(self.codec.stop_ids, dtype=torch.long)
         if checkpoint is not None:
@@ -119,7 +134,8 @@ class Sampler:
         for slot in bar:
             index = slot * dist.world + dist.rank
             saved = checkpoint / f"batch{index:06d}.json" if checkpoint is not None and index < count else None
-            finished = _load_batch(saved) if saved is not None else None
+            size = min(batch_size, len(prompts) - index * batch_size)
+            finished = _load_batch(saved, size) if saved is not None else None
             if finished is not None:
                 done[index] = finished
             mine = index < count and finished is None
@@ -128,14 +144,17 @@ class Sampler:
             members = order[index * batch_size : (index + 1) * batch_size] if mine else order[:1]
             chunk = [prompts[i] for i in members]
             ids, mask = left_pad(chunk, self.codec.pad_id)
-            rows_explore = None
+            rows_explore = rows_budget = None
             if explore is not None:
                 rows_explore = torch.tensor([explore[i] for i in members], device=hw.device)
+            if budgets is not None:
+                rows_budget = torch.tensor([budgets[i] for i in members], device=hw.device)
             generator = torch.Generator(device=hw.device).manual_seed(batch_seed(seed, index))
             with hw.autocast():
                 gen = generate(
                     self.pi_ref, ids.to(hw.device), mask.to(hw.device), spec, stops, self.codec.pad_id, generator,
-                    guide=guide, explore=rows_explore, explore_top_k=explore_top_k, lockstep=lockstep, policy=policy,
+                    guide=guide, explore=rows_explore, explore_top_k=explore_top_k, budget=rows_budget,
+                    lockstep=lockstep, policy=policy,
                     cuda_graphs=hw.cfg.cuda_graphs, compile_steps=hw.cfg.compile_decoding,
                 )
             if not mine:

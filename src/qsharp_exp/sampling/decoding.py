@@ -294,6 +294,7 @@ def generate(
     guide: Guidance | None = None,
     explore: torch.Tensor | None = None,
     explore_top_k: int = 0,
+    budget: torch.Tensor | None = None,
     lockstep: Dist | None = None,
     policy: PreTrainedModel | None = None,
     cuda_graphs: bool = False,
@@ -304,6 +305,8 @@ def generate(
 
     `explore` [B] bool: those rows draw their first token uniformly from pi_ref's top `explore_top_k`
     tokens (the exploratory switch of Algorithm 2), then continue as usual.
+    `budget` [B]: at most this many new tokens per row (at most spec.max_new_tokens), e.g. what is left of
+    the response budget after a roll-in prefix.
     `policy`: a fine-tuned copy of pi_ref (REINFORCE, DPO, RPO) that samples instead, with its own KV
     cache; KL is then KL(policy || pi_ref), both as the sampler sees them.
     `lockstep`: ranks that share a ZeRO-3-sharded pi_ref; every rank keeps stepping (finished rows feed
@@ -360,6 +363,8 @@ def generate(
         steps, row_steps = step + 1, row_steps + rows.numel()
         lengths[rows] += alive.long()
         alive = alive & ~torch.isin(token, stop_ids)
+        if budget is not None:
+            alive = alive & (lengths[rows] < budget[rows])
         if step == spec.max_new_tokens - 1:
             break  # the budget is spent: no forward for a token that will not be sampled
         remaining = int(alive.sum())  # the one host synchronisation per step

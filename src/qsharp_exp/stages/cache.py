@@ -5,23 +5,38 @@ so an interrupted stage leaves nothing that a rerun would take as done, and a re
 that shares inputs reuses the finished directory. A `resumable` stage also gets a directory
 `<key>.resume/` that survives an interruption (it keeps finished batches) and is removed once the
 stage is complete.
+
+Jobs that share a cache (a sweep, several SLURM jobs) take an exclusive lock per stage key while they
+check and build it (`<key>.lock`, a `flock`): one job builds, the others wait and then reuse its result.
+The kernel releases the lock of a killed job, so the next job takes over at once. On NFS, Linux turns
+`flock` into an NFS byte-range lock: this needs the NFS lock service (NLM for NFSv3, part of NFSv4),
+and a lock held by a job on a machine that died is released when the server's lease expires (NFSv4,
+about 90 s) or when lockd notices the reboot (NFSv3).
+
+At completion a stage records the size and SHA-256 of each of its files (`checksums.json`); reuse
+checks them, so a file damaged or cut after the build stops the run with the directory to delete,
+instead of being trusted.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from qsharp_exp.config import UserError
 from qsharp_exp.distributed import SINGLE, Dist
 
 log = logging.getLogger(__name__)
@@ -40,6 +55,74 @@ class StageResult:
     build_seconds: float  # what building it took when it was built
     reused: bool
     peak_gpu_gib: float | None = None  # peak GPU memory allocated while building (CUDA only)
+
+
+class DamagedStageError(UserError):
+    """A finished stage's files no longer match the checksums recorded when it was built."""
+
+
+CHECKSUMS = "checksums.json"
+DONE = "stage.json"  # written last: a directory with it is complete
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _record_checksums(directory: Path) -> None:
+    files = sorted(p for p in directory.rglob("*") if p.is_file())
+    sums = {str(p.relative_to(directory)): {"size": p.stat().st_size, "sha256": file_digest(p)} for p in files}
+    (directory / CHECKSUMS).write_text(json.dumps(sums, indent=1, sort_keys=True))
+
+
+def verify_stage(stage: str, directory: Path) -> int:
+    """Check a finished stage's files against its checksums; returns the bytes read. Raises
+    DamagedStageError naming the directory and how to rebuild it."""
+
+    def damaged(what: str) -> DamagedStageError:
+        return DamagedStageError(
+            f"{stage}: the cached stage {directory} is damaged ({what}); it was changed after it was built. "
+            f"Delete it (rm -rf {directory}) and rerun the same command, which rebuilds it.")
+
+    try:
+        sums = json.loads((directory / CHECKSUMS).read_text())
+    except (OSError, ValueError):
+        raise damaged(f"{CHECKSUMS} is missing or unreadable") from None
+    total = 0
+    for name, expected in sums.items():
+        path = directory / name
+        if not path.is_file():
+            raise damaged(f"{name} is missing")
+        if path.stat().st_size != expected["size"]:
+            raise damaged(f"{name} has {path.stat().st_size} bytes, {expected['size']} when built")
+        if file_digest(path) != expected["sha256"]:
+            raise damaged(f"{name} has other contents than when built")
+        total += expected["size"]
+    return total
+
+
+@contextlib.contextmanager
+def stage_lock(final: Path, stage: str) -> Iterator[None]:
+    """Hold the exclusive lock of one stage key (see the module's docstring); waits while another job holds it."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    path = final.with_name(f"{final.name}.lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = path.read_text().strip() or "another job"
+            log.info("%s: waiting for %s, which is building %s", stage, holder, final)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{socket.gethostname()} pid {os.getpid()}".encode())
+        yield
+    finally:
+        os.close(fd)  # releases the lock; the file stays (removing it would race with a waiting job)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -69,14 +152,29 @@ def run_stage(
     """`build(out)` writes the stage's files into `out`; a resumable stage's is `build(out, resume_dir)`.
 
     Under several processes every rank runs `build` (the work inside may be collective) into its own
-    temporary directory, and rank 0's becomes the stage directory."""
+    temporary directory, and rank 0's becomes the stage directory; rank 0 holds the stage's lock."""
     key = stage_key({"stage": stage, **inputs})
     final = root / stage / key
     started = time.perf_counter()
-    if dist.broadcast((final / "stage.json").exists()):
-        info = json.loads((final / "stage.json").read_text())
-        log.info("%s: reusing %s", stage, final)
-        return StageResult(final, key, time.perf_counter() - started, info["build_seconds"], True)
+    with stage_lock(final, stage) if dist.is_main else contextlib.nullcontext():
+        if dist.broadcast((final / DONE).exists()):
+            damage = None
+            if dist.is_main:
+                try:
+                    checked = verify_stage(stage, final)
+                    log.info("%s: reusing %s (%.1f MB checked in %.2f s)", stage, final, checked / 1e6,
+                             time.perf_counter() - started)
+                except DamagedStageError as err:
+                    damage = str(err)
+            if (damage := dist.broadcast(damage)) is not None:
+                raise DamagedStageError(damage)
+            info = json.loads((final / DONE).read_text())
+            return StageResult(final, key, time.perf_counter() - started, info["build_seconds"], True)
+        return _build(stage, inputs, build, resumable, dist, key, final, started)
+
+
+def _build(stage: str, inputs: dict[str, Any], build: Callable[..., None], resumable: bool, dist: Dist, key: str,
+           final: Path, started: float) -> StageResult:
     if dist.is_main:
         _remove_abandoned_partials(final)
     dist.barrier()
@@ -96,7 +194,8 @@ def run_stage(
     peak = round(torch.cuda.max_memory_allocated() / 2**30, 3) if torch.cuda.is_available() else None
     if dist.is_main:
         (tmp / "inputs.json").write_text(json.dumps(inputs, indent=2, sort_keys=True, default=str))
-        (tmp / "stage.json").write_text(json.dumps({"stage": stage, "build_seconds": round(seconds, 2)}))
+        _record_checksums(tmp)
+        (tmp / DONE).write_text(json.dumps({"stage": stage, "build_seconds": round(seconds, 2)}))
         if final.exists():  # a stale, incomplete directory (no stage.json): replace it
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -21,8 +21,22 @@ from qsharp_exp.tasks import Task, build_task
 
 # Part of every stage's inputs. Bumped when code changes what a stage produces for the same config
 # (a file layout, the random streams of sampling, the order of training batches), so that a cache
-# filled by older code is never taken for this code's results.
-PIPELINE_VERSION = 4
+# filled by older code is never taken for this code's results. 5: checksums; roll-outs within the budget.
+PIPELINE_VERSION = 5
+
+
+def numerics(cfg: RunConfig) -> dict[str, Any]:
+    """What changes a stage's floats besides its config (docs/reliability.md): the device kind, bf16, compiled
+    decoding steps, the CPU thread count (the order of a CPU matmul's sums follows it), and the torch and
+    transformers versions. Not included, because tests show the same results with and without them: the
+    number of ranks and the ZeRO stage (tests/test_distributed.py), CUDA graphs (replays of the same kernels,
+    tests/test_decoding.py), checkpoint frequency (tests/test_return_model.py)."""
+    import transformers
+
+    cpu = cfg.hardware.device == "cpu"
+    return {"device": str(cfg.hardware.device), "bf16": cfg.hardware.bf16,
+            "compile_decoding": cfg.hardware.compile_decoding, "cpu_threads": torch.get_num_threads() if cpu else None,
+            "torch": torch.__version__, "transformers": transformers.__version__}
 
 
 @dataclass
@@ -43,8 +57,8 @@ class RunContext:
               directory: str | None = None) -> StageResult:
         """The stage `name` for these inputs (stages/cache.py), built unless it is in the cache already;
         kept under `directory` (default: the name)."""
-        result = run_stage(self.root, directory or name, {"version": PIPELINE_VERSION, **inputs}, build,
-                           resumable=resumable, dist=self.hw.dist)
+        versioned = {"version": PIPELINE_VERSION, "numerics": numerics(self.cfg), **inputs}
+        result = run_stage(self.root, directory or name, versioned, build, resumable=resumable, dist=self.hw.dist)
         self.stages[name] = result
         return result
 

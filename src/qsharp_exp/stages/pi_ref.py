@@ -51,6 +51,13 @@ def load(ctx: RunContext) -> PiRef:
     return PiRef(model, _codec(ctx, AutoTokenizer.from_pretrained(path), model), stage.key, str(path), metrics)
 
 
+def vocabulary_size(ctx: RunContext) -> int:
+    """The size of pi_ref's vocabulary, known before pi_ref is built or loaded."""
+    source = ctx.cfg.model.pi_ref.pretrained
+    tokenizer = load_tokenizer(source, "model.pi_ref.pretrained") if source else ctx.task.build_tokenizer()
+    return len(tokenizer)
+
+
 def _pretrain(ctx: RunContext, out: Path) -> None:
     cfg, task = ctx.cfg, ctx.task
     tokenizer = task.build_tokenizer()

@@ -107,24 +107,65 @@ SOURCES = {
 }
 
 
-def _record(task: str, split: str, index: int, row: dict) -> MathRecord:
+@dataclass(frozen=True)
+class Row:
+    fields: dict
+    where: str  # "<file>, line N" or "<hub dataset> <split> row N", for messages
+
+
+def _record(task: str, split: str, index: int, row: Row) -> MathRecord:
     """One dataset row -> MathRecord. GSM8K's gold is the number after '####' (or its `answer` field);
     MATH's is the last boxed expression of the solution."""
-    question = row.get("problem") or row.get("question")
-    if question is None:
-        raise UserError(f"{task} {split} row {index} has neither 'problem' nor 'question': fix the data file.")
+    fields = row.fields
+
+    def bad(what: str) -> UserError:
+        return UserError(f"{row.where}: {what}: fix the row or remove it.")
+
+    question = fields.get("problem") or fields.get("question")
+    if not isinstance(question, str):
+        raise bad("no 'problem' (or 'question') text")
     if task == "gsm8k":
-        if "####" in row.get("answer", "") and not row.get("solution"):  # hub layout
-            solution, gold = row["answer"].split("####")[0].strip(), gsm8k_gold(row["answer"])
+        answer = fields.get("answer")
+        if answer is None:
+            raise bad("no 'answer'")
+        if "####" in str(answer) and not fields.get("solution"):  # hub layout
+            solution, gold = str(answer).split("####")[0].strip(), gsm8k_gold(str(answer))
+        elif isinstance(fields.get("solution"), str):
+            solution, gold = fields["solution"], gsm8k_gold(str(answer))
         else:
-            solution, gold = row["solution"], gsm8k_gold(str(row["answer"]))
+            raise bad("no 'solution', and no worked answer ending in '#### <number>'")
         solution = _CALCULATOR.sub("", solution).strip() + f"\nThe answer is \\boxed{{{gold}}}."
     else:
-        solution = row["solution"]
-        gold = row.get("answer") or last_boxed(solution)
+        solution = fields.get("solution")
+        if not isinstance(solution, str):
+            raise bad("no 'solution'")
+        gold = fields.get("answer") or last_boxed(solution)
         if gold is None:
-            raise UserError(f"{task} {split} row {index} has no answer and no \\boxed{{}} in its solution.")
-    return MathRecord(f"{split}-{index}", question, solution, gold)
+            raise bad("no 'answer' and no \\boxed{} in its solution")
+    return MathRecord(f"{split}-{index}", question, solution, str(gold))
+
+
+def read_jsonl_rows(path: Path) -> list[Row]:
+    """The rows of a JSON-lines file; a line that is not UTF-8 or not a JSON object is an error naming it."""
+    rows = []
+    for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        where = f"{path}, line {number}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise UserError(f"{where}: not UTF-8 text (byte {err.start + 1}): save the file as UTF-8.") from None
+        if not line.strip():
+            continue
+        try:
+            fields = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{where}: not valid JSON ({err.msg}, column {err.colno}): fix the line.") from None
+        if not isinstance(fields, dict):
+            raise UserError(f"{where}: a JSON object with fields problem, solution, answer is expected.")
+        rows.append(Row(fields, where))
+    if not rows:
+        raise UserError(f"{path} holds no rows: add JSON lines with fields problem, solution, answer.")
+    return rows
 
 
 def _hub_offline() -> bool:
@@ -136,21 +177,22 @@ def _no_hub_message(task: str, source: DatasetSource, why: str) -> str:
             f"with {source.local_train} and {source.local_test} (fields problem, solution, answer).")
 
 
-def _load_rows(task: str, split: str, cfg: MathDatasetConfig) -> list[dict]:
+def _load_rows(task: str, split: str, cfg: MathDatasetConfig) -> list[Row]:
     source = SOURCES[task]
     if cfg.data_dir is not None:
         path = Path(cfg.data_dir) / (source.local_train if split == "train" else source.local_test)
         if not path.exists():
             raise UserError(f"task.data_dir={cfg.data_dir} has no {path.name}: add it (JSONL with fields problem, "
                             "solution, answer) or unset task.data_dir to use the hub.")
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return read_jsonl_rows(path)
     hub_path, name, hub_split = source.hub_train if split == "train" else source.hub_test
     if _hub_offline():
         raise UserError(_no_hub_message(task, source, f"{hub_path} (the hub is marked offline)"))
     import datasets
 
     try:
-        return list(datasets.load_dataset(hub_path, name, split=hub_split))
+        rows = datasets.load_dataset(hub_path, name, split=hub_split)
+        return [Row(dict(fields), f"{hub_path} {hub_split} row {i}") for i, fields in enumerate(rows)]
     except Exception as err:  # no network, no such dataset, no access: all end the same way for the user
         raise UserError(_no_hub_message(task, source, f"{hub_path} ({type(err).__name__})")) from None
 

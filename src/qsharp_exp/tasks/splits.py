@@ -8,6 +8,8 @@ from typing import TypeVar
 
 import numpy as np
 
+from qsharp_exp.config import ConfigError
+
 T = TypeVar("T")
 
 
@@ -39,6 +41,6 @@ def draw_distinct_splits(sizes: dict[str, int], stream: Callable[[str], str], dr
                 seen.add(key(item))
                 items.append(item)
         if len(items) < size:
-            raise ValueError(f"could not draw {size} distinct items for split '{split}': {hint}")
+            raise ConfigError(f"could not draw {size} distinct problems for split '{split}': {hint}")
         splits[split] = items
     return splits

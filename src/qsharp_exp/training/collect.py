@@ -57,11 +57,13 @@ def collect(
     responses = [s.response for s in roll_ins]
     if redo:
         prefixes = [prompts[i] + roll_ins[i].response[: switches[i]] for i in redo]
+        # A roll-out has what the roll-in left of the response budget: the whole response stays within it,
+        # and within the context that the prompt check allowed.
         roll_outs = sampler.sample(prefixes, seed + 1, explore=[explore[i] for i in redo], explore_top_k=top_k,
-                                   desc="collect: roll-out", checkpoint=checkpoint / "roll_out" if checkpoint else None)
+                                   budgets=[max_new_tokens - switches[i] for i in redo], desc="collect: roll-out",
+                                   checkpoint=checkpoint / "roll_out" if checkpoint else None)
         for i, s in zip(redo, roll_outs, strict=True):
-            # Cut to the response budget, as if the roll-out had max_new_tokens - switch tokens.
-            responses[i] = (roll_ins[i].response[: switches[i]] + s.response)[:max_new_tokens]
+            responses[i] = roll_ins[i].response[: switches[i]] + s.response
     rollouts = []
     for i, problem in progress(list(enumerate(jobs)), desc="collect: rewards", enabled=sampler.show_progress):
         text = codec.decode(responses[i])
