@@ -41,3 +41,23 @@ def test_guide_with_another_tokenizer_is_one_clear_error(saved_lm, tokenizer):
     with pytest.raises(UserError, match="does not share pi_ref's tokenizer"):
         check_tokenizer(cfg, codec(tokenizer, star_pi_ref))
     check_tokenizer(cfg, codec(arithmetic_tokenizer, model))  # the same tokenizer passes
+
+
+def test_truncated_pretrained_weights_or_missing_tokenizer_files_are_one_clear_error(saved_lm, tmp_path):
+    import shutil
+
+    from qsharp_exp.models.lm import load_pretrained_lm, load_tokenizer
+
+    path, _, _ = saved_lm
+    broken = tmp_path / "broken"
+    shutil.copytree(path, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(UserError, match="model.pi_ref.pretrained=.* could not be loaded .*SafetensorError"):
+        load_pretrained_lm(str(broken), "model.pi_ref.pretrained", None)
+    # A GPT-2 directory without tokenizer files: transformers would return an empty tokenizer.
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=30)).save_pretrained(tmp_path / "gpt2")
+    with pytest.raises(UserError, match="has no tokenizer files"):
+        load_tokenizer(str(tmp_path / "gpt2"), "model.pi_ref.pretrained")

@@ -52,16 +52,24 @@ class Choice(str, Enum):
 # -- checks a section runs on its own fields ------------------------------------------------------
 
 
+def _default(obj: Any, name: str, fallback: float) -> Any:
+    """The field's default, as the value to suggest (the fallback where there is none)."""
+    default = obj.__dataclass_fields__[name].default
+    return default if isinstance(default, int | float) else fallback
+
+
 def at_least(obj: Any, name: str, low: float, why: str = "") -> None:
     value = getattr(obj, name)
     if value is not None and not value >= low:
-        raise FieldError(name, f"{{key}}={value} must be >= {low}{why}: set e.g. {{key}}={low}.")
+        suggestion = max(low, _default(obj, name, low))
+        raise FieldError(name, f"{{key}}={value} must be >= {low}{why}: set e.g. {{key}}={suggestion}.")
 
 
 def positive(obj: Any, name: str) -> None:
     value = getattr(obj, name)
     if value is not None and not (value > 0 and math.isfinite(value)):
-        raise FieldError(name, f"{{key}}={value} must be a finite number > 0: set e.g. {{key}}=0.1.")
+        suggestion = _default(obj, name, 1)
+        raise FieldError(name, f"{{key}}={value} must be a finite number > 0: set e.g. {{key}}={suggestion}.")
 
 
 def in_unit_interval(obj: Any, name: str, closed_above: bool = True) -> None:

@@ -79,7 +79,11 @@ def load_pretrained_lm(source: str, key: str, dtype: torch.dtype | None) -> PreT
 
 
 def load_tokenizer(source: str, key: str) -> PreTrainedTokenizerBase:
-    return _from_hub(AutoTokenizer, source, key)
+    tokenizer = _from_hub(AutoTokenizer, source, key)
+    if len(tokenizer) <= 1:  # transformers builds an empty tokenizer where the files are missing
+        raise UserError(f"{key}={source} has no tokenizer files (tokenizer.json, or the vocabulary files): save "
+                        "the tokenizer beside the model (tokenizer.save_pretrained(directory)).")
+    return tokenizer
 
 
 def build_trunk(arch: ArchConfig, tokenizer: PreTrainedTokenizerBase, seed: int, key: str = "model.guide.arch",

@@ -1,0 +1,224 @@
+"""Try bad inputs through the real CLI, as a new user would, and print what happened as a Markdown table
+(docs/reliability.md holds its output).
+
+    python experiments/try_bad_inputs.py [--out table.md]
+
+Each case runs `python -m qsharp_exp` (or the report command) in a scratch directory and records the exit
+code, whether a traceback was printed, and the last line of the error output. A few cases first fill a
+cache with a small run and then damage it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+SMOKE = ["+experiment=smoke", "progress=false"]
+GSM8K_TINY = ["task=gsm8k", "model=math_tiny", "hardware=cpu", "task.num_pretrain=8", "task.num_train=8",
+              "task.num_test=4", "pretrain.steps=5", "progress=false"]
+ROW = {"problem": "What is 1 + 1?", "solution": "1 + 1 = 2.", "answer": "2"}
+
+
+def run(args: list[str], cwd: Path, env: dict | None = None, module: str = "qsharp_exp") -> dict:
+    result = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True,
+                            env={**os.environ, **(env or {})}, timeout=900)
+    lines = [line for line in result.stderr.splitlines()
+             if line.strip() and "[WARNING]" not in line and "HYDRA_FULL_ERROR" not in line]
+    return {"rc": result.returncode, "traceback": "Traceback" in result.stderr, "stderr": result.stderr,
+            "log": result.stdout,
+            "message": _telling(lines)}
+
+
+def _telling(lines: list[str]) -> str:
+    """The line that says what went wrong: ours ('error: ...') or Hydra's ('Could not ...'), else the last."""
+    for line in lines:
+        if line.startswith(("error:", "config error:")) or "Could not" in line:
+            return line + (" (then lists the available options)" if "Could not find" in line else "")
+    return lines[-1] if lines else "(nothing on stderr)"
+
+
+def data_dir(work: Path, train: bytes | None) -> Path:
+    d = work / "data"
+    d.mkdir(exist_ok=True)
+    (d / "gsm8k_test.jsonl").write_text(json.dumps(ROW) + "\n")
+    (d / "gsm8k_train.jsonl").unlink(missing_ok=True)
+    if train is not None:
+        (d / "gsm8k_train.jsonl").write_bytes(train)
+    return d
+
+
+def cached_run(work: Path) -> Path:
+    """A small finished run whose cache the damage cases change."""
+    cache = work / "cache"
+    run([*SMOKE, f"cache_dir={cache}", f"hydra.run.dir={work / 'first'}"], work)
+    return cache
+
+
+def stage_file(cache: Path, stage: str, name: str) -> Path:
+    return next((cache / stage).glob(f"*/{name}"))
+
+
+def damage(cache: Path, stage: str, name: str, change: Callable[[Path], None]) -> None:
+    change(stage_file(cache, stage, name))
+
+
+def zero(path: Path) -> None:
+    path.write_bytes(bytes(path.stat().st_size))
+
+
+def cut_lines(path: Path) -> None:
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[: len(lines) // 2]))
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def cases(work: Path) -> list[tuple[str, Callable[[], dict]]]:
+    def cli(*args: str, env: dict | None = None) -> Callable[[], dict]:
+        return lambda: run([*args, f"cache_dir={work / 'c'}", f"hydra.run.dir={work / 'r'}"], work, env)
+
+    def with_data(train: bytes | None) -> Callable[[], dict]:
+        return lambda: run([*GSM8K_TINY, f"task.data_dir={data_dir(work, train)}", f"cache_dir={work / 'c'}",
+                            f"hydra.run.dir={work / 'r'}"], work)
+
+    def pretrained(broken: bool) -> Callable[[], dict]:
+        def go() -> dict:
+            from transformers import GPT2Config, GPT2LMHeadModel
+
+            from qsharp_exp.tasks.star_graph import StarGraphConfig, StarGraphTask
+
+            path = work / "lm"
+            tokenizer = StarGraphTask(StarGraphConfig(num_nodes=12, num_pretrain=1, num_train=1, num_test=1)
+                                      ).build_tokenizer()
+            config = GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=len(tokenizer),
+                                eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)
+            GPT2LMHeadModel(config).save_pretrained(path)
+            tokenizer.save_pretrained(path)
+            if broken:
+                truncate(path / "model.safetensors")
+            return cli(*SMOKE, f"model.pi_ref.pretrained={path if broken else work / 'missing'}")()
+        return go
+
+    def damaged(stage: str, name: str, change: Callable[[Path], None]) -> Callable[[], dict]:
+        def go() -> dict:
+            shutil.rmtree(work / "cache", ignore_errors=True)
+            cache = cached_run(work)
+            damage(cache, stage, name, change)
+            return run([*SMOKE, f"cache_dir={cache}", f"hydra.run.dir={work / 'again'}"], work)
+        return go
+
+    def damaged_resume_batch() -> dict:
+        shutil.rmtree(work / "cache", ignore_errors=True)
+        cache = cached_run(work)
+        evaluation = next((cache / "evaluation").glob("*/stage.json")).parent
+        shutil.rmtree(evaluation)  # as if killed during the evaluation, with a damaged batch kept
+        resume = evaluation.with_name(f"{evaluation.name}.resume")
+        resume.mkdir()
+        (resume / "batch000000.json").write_text('[{"response": [1, 2], "kl":')
+        result = run([*SMOKE, f"cache_dir={cache}", f"hydra.run.dir={work / 'again'}"], work)
+        warned = [line for line in result["log"].splitlines() if "discarding" in line]
+        result["message"] = "(the run completes) " + (warned[0].split(" - ", 1)[-1] if warned else "")
+        return result
+
+    def broken_report() -> dict:
+        runs = work / "report"
+        for name in ("a", "b"):
+            (runs / name).mkdir(parents=True, exist_ok=True)
+        (runs / "a" / "metrics.json").write_text('{"task": "star_graph", "algo": "cd"')
+        shutil.copy(work / "first" / "metrics.json", runs / "b" / "metrics.json")
+        result = run([str(runs)], work, module="qsharp_exp.report")
+        skipped = [line for line in result["stderr"].splitlines() if "skipping" in line]
+        result["message"] = "(the report of the other run is written) " + (skipped[0] if skipped else "")
+        return result
+
+    (work / "a_file").write_text("")
+    return [
+        ("`algo.eta=-1`", cli("algo.eta=-1")),
+        ("`algo.eta=inf`", cli("algo.eta=inf")),
+        ("`algo.top_k=0`", cli("algo.top_k=0")),
+        ("`algo.top_k=1000` (19-token vocabulary)", cli(*SMOKE, "algo.top_k=1000")),
+        ("`algo=foo`", cli("algo=foo")),
+        ("`algo.name=foo`", cli("algo.name=foo")),
+        ("`algo.guide_round=3`", cli("algo.guide_round=3")),
+        ("`task.degree=1`", cli("task.degree=1")),
+        ("`task.path_length=1`", cli("task.path_length=1")),
+        ("`task.num_nodes=4`", cli("task.num_nodes=4")),
+        ("`task.num_nodes=5` (too few distinct graphs)", cli("task.num_nodes=5")),
+        ("`task.num_train=null`", cli("task.num_train=null")),
+        ("`task.degree=two`", cli("task.degree=two")),
+        ("`task.name=foo`", cli("task.name=foo")),
+        ("`+task.data_dir=D` on star-graph", cli("+task.data_dir=D")),
+        ("`+algo.temprature=0.5` (misspelt key)", cli("+algo.temprature=0.5")),
+        ("`model.guide.head=w`", cli("model.guide.head=w")),
+        ("`model.guide.distribution=l2`", cli("model.guide.distribution=l2")),
+        ("`model.pi_ref.n_head=3`", cli("model.pi_ref.n_head=3")),
+        ("`model.pi_ref.n_kv_head=3` (gpt2)", cli("model.pi_ref.n_kv_head=3")),
+        ("`eval.top_p=0`", cli("eval.top_p=0")),
+        ("`eval.temperature=0`", cli("eval.temperature=0")),
+        ("`eval.max_new_tokens=0`", cli("eval.max_new_tokens=0")),
+        ("`eval.max_new_tokens=300` (context 256)", cli(*SMOKE, "eval.max_new_tokens=300")),
+        ("`collect.explore_prob=2`", cli("collect.explore_prob=2")),
+        ("`pretrain.lr=nan`", cli("pretrain.lr=nan")),
+        ("`guide_train.lr=nan`", cli("guide_train.lr=nan")),
+        ("`pretrain.weight_decay=-1`", cli("pretrain.weight_decay=-1")),
+        ("`guide_train.val_fraction=2`", cli("guide_train.val_fraction=2")),
+        ("`guide_train.epochs=0`", cli("guide_train.epochs=0")),
+        ("`hardware.num_threads=-1`", cli("hardware.num_threads=-1")),
+        ("`hardware.zero_stage=1`", cli("hardware.zero_stage=1")),
+        ("`hardware.offload=true` without ZeRO-3", cli("hardware.offload=true")),
+        ("`hardware=gpu` without CUDA", cli(*SMOKE, "hardware=gpu")),
+        ("`logger.mode=sometimes`", cli("logger.mode=sometimes")),
+        ("`cache_dir=` (empty)", lambda: run([*SMOKE, "cache_dir=", f"hydra.run.dir={work / 'r'}"], work)),
+        ("`cache_dir` is a file", lambda: run([*SMOKE, f"cache_dir={work / 'a_file'}", f"hydra.run.dir={work / 'r'}"],
+                                             work)),
+        ("gsm8k train file: malformed JSON line", with_data(json.dumps(ROW).encode() + b"\n{not json\n")),
+        ("gsm8k train file: a row without `answer`", with_data(b'{"problem": "1+1?", "solution": "2"}\n')),
+        ("gsm8k train file: empty", with_data(b"")),
+        ("gsm8k train file: a non-UTF-8 byte", with_data(b'{"problem": "caf\xe9", "solution": "2", "answer": "2"}\n')),
+        ("gsm8k train file: missing", with_data(None)),
+        ("`task=gsm8k` with the hub offline", cli("task=gsm8k", "hardware=cpu", env={"HF_HUB_OFFLINE": "1",
+                                                                                      "HF_DATASETS_OFFLINE": "1"})),
+        ("`model.pi_ref.pretrained=` a missing directory", pretrained(broken=False)),
+        ("`model.pi_ref.pretrained=` truncated safetensors", pretrained(broken=True)),
+        ("cache: pi_ref weights zeroed in place (same size)", damaged("pi_ref", "model/model.safetensors", zero)),
+        ("cache: `rollouts.jsonl` cut at a line boundary", damaged("rollouts_round1", "rollouts.jsonl", cut_lines)),
+        ("cache: return model safetensors truncated", damaged("return_model_round1", "model/model.safetensors",
+                                                             truncate)),
+        ("cache: evaluation `metrics.json` truncated", damaged("evaluation", "metrics.json", truncate)),
+        ("cache: a damaged resume batch", damaged_resume_batch),
+        ("report: one `metrics.json` broken", broken_report),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=None, help="also write the table here")
+    args = parser.parse_args(argv)
+    rows = ["| input | exit code | traceback | what the user reads (last line) |", "|---|---|---|---|"]
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for name, case in cases(work):
+            result = case()
+            message = str(result["message"]).replace("|", "\\|")
+            if len(message) > 300:
+                message = message[:297] + "..."
+            rows.append(f"| {name} | {result['rc']} | {'yes' if result['traceback'] else 'no'} | {message} |")
+            print(rows[-1], flush=True)
+            for scratch in ("c", "r", "again"):
+                shutil.rmtree(work / scratch, ignore_errors=True)
+    if args.out:
+        args.out.write_text("\n".join(rows) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
