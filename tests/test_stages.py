@@ -29,7 +29,8 @@ def test_interrupted_stage_leaves_nothing_that_a_rerun_takes_as_done(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         run_stage(tmp_path, "demo", {"a": 1}, crash)
-    assert not any((tmp_path / "demo").iterdir())
+    key = stage_key({"stage": "demo", "a": 1})
+    assert [p.name for p in (tmp_path / "demo").iterdir()] == [f"{key}.lock"]  # the lock alone, no partial
     done = run_stage(tmp_path, "demo", {"a": 1}, lambda out: (out / "full.txt").write_text("ok"))
     assert not done.reused and (done.path / "full.txt").exists() and not (done.path / "half.txt").exists()
 
