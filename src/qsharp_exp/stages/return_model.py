@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 def train_rounds(ctx: RunContext, pi_ref: PiRef, rounds: int) -> list[StageResult]:
     """Algorithm 1: per round, collect with the previous round's model, then retrain on all data so far."""
-    check_tokenizer(ctx.cfg, pi_ref.codec)
+    if rounds:
+        check_tokenizer(ctx.cfg, pi_ref.codec)
     models: list[StageResult] = []
     data: list[StageResult] = []
     for r in range(1, rounds + 1):
