@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from qsharp_exp.config import RunConfig, as_dict
 from qsharp_exp.guidance import RULES
@@ -70,6 +71,11 @@ class RunContext:
     def sampling_inputs(self) -> dict:
         """What sampled text depends on (eval.num_samples only matters to the evaluation stage)."""
         return as_dict(self.spec)
+
+    @cached_property
+    def task_tokenizer(self) -> PreTrainedTokenizerBase:
+        """The tokenizer of models built here, made once per run (for math tasks it is trained on the text)."""
+        return self.task.build_tokenizer()
 
     @property
     def dtype(self) -> torch.dtype | None:

@@ -54,13 +54,13 @@ def load(ctx: RunContext) -> PiRef:
 def vocabulary_size(ctx: RunContext) -> int:
     """The size of pi_ref's vocabulary, known before pi_ref is built or loaded."""
     source = ctx.cfg.model.pi_ref.pretrained
-    tokenizer = load_tokenizer(source, "model.pi_ref.pretrained") if source else ctx.task.build_tokenizer()
+    tokenizer = load_tokenizer(source, "model.pi_ref.pretrained") if source else ctx.task_tokenizer
     return len(tokenizer)
 
 
 def _pretrain(ctx: RunContext, out: Path) -> None:
     cfg, task = ctx.cfg, ctx.task
-    tokenizer = task.build_tokenizer()
+    tokenizer = ctx.task_tokenizer
     model = build_causal_lm(cfg.model.pi_ref, tokenizer, cfg.seed)
     codec = PromptCodec.for_model(tokenizer, model, cfg.task.chat_template)
     problems = task.problems("pretrain")
