@@ -39,6 +39,17 @@ MATH_PROTOCOL = {
     "model.guide.distribution": "bernoulli",
 }
 STAR_GRAPH_PROTOCOL = {"algo.eta": 0.1, "algo.top_k": 10, "eval.temperature": 1.0}
+# The published star-graph code (docs/star_graph.md, "Paper-scale presets"): pi_ref = GPT-2 fine-tuned, the
+# classifier = GPT-2's trunk with a scalar head per position, trained on pairs with BCE.
+STAR_GRAPH_PUBLISHED = {
+    "task.num_nodes": 50, "task.num_pretrain": 200_000, "task.num_train": 200_000, "task.num_test": 20_000,
+    "model.pi_ref_init": "base", "model.guide.init": "base", "model.guide.head": "v",
+    "model.guide.distribution": "bernoulli", "pretrain.lr": 2.5e-4, "pretrain.batch_size": 256,
+    "pretrain.steps": 7813, "pretrain.weight_decay": 0.1, "collect.mode": "pairs", "collect.pair_tries": 1024,
+    "collect.rounds": 1, "guide_train.epochs": 10, "guide_train.batch_size": 512, "guide_train.lr": 2.5e-4,
+    "guide_train.warmup_fraction": 0.1, "guide_train.warmup_steps": 100, "guide_train.weight_decay": 0.1,
+    "hardware.bf16": True, "algo.policy.steps": 7813, "algo.policy.batch_size": 256,
+}
 
 
 @dataclass(frozen=True)
@@ -60,12 +71,11 @@ def table2_presets() -> list[Preset]:
 def star_graph_presets(paper_scale: bool) -> list[Preset]:
     if not paper_scale:
         return [Preset("", {**STAR_GRAPH_PROTOCOL, "task.degree": 2, "task.path_length": 3})]
-    shapes = {"star_graph_g25_paper": (2, 5, 12), "star_graph_g55_paper": (5, 5, 12),
-              "star_graph_g38_paper": (3, 8, 24)}
-    return [Preset(name, {**STAR_GRAPH_PROTOCOL, "task.degree": d, "task.path_length": length,
-                          "task.num_nodes": 50, "model.pi_ref.n_layer": layers, "pretrain.lr": 2.5e-4,
-                          "algo.policy.steps": 7813, "algo.policy.batch_size": 256})
-            for name, (d, length, layers) in shapes.items()]
+    shapes = {"star_graph_g25_paper": (2, 5, "gpt2"), "star_graph_g55_paper": (5, 5, "gpt2"),
+              "star_graph_g38_paper": (3, 8, "gpt2-medium")}
+    return [Preset(name, {**STAR_GRAPH_PROTOCOL, **STAR_GRAPH_PUBLISHED, "task.degree": d, "task.path_length": length,
+                          "model.base.pretrained": gpt2})
+            for name, (d, length, gpt2) in shapes.items()]
 
 
 def resolved(cfg: RunConfig, key: str):
@@ -88,11 +98,14 @@ def dry_run(presets: list[Preset], algos: tuple[str, ...], overrides: list[str])
         for algo in algos:
             jobs += 1
             cfg = job_config(preset, algo, overrides)
-            guide = cfg.model.guide.arch.pretrained or ("random init" if not cfg.model.guide.init_from_pi_ref
-                                                         else "from pi_ref")
+            guide = {"scratch": cfg.model.guide.arch.pretrained or "random init", "pi_ref": "from pi_ref",
+                     "base": f"from base {cfg.model.base.pretrained or 'pretrained here'}"}[cfg.model.guide.init]
+            base = cfg.model.base.pretrained or "base model"
+            pi_ref = cfg.model.pi_ref.pretrained or (f"{base} fine-tuned" if cfg.model.pi_ref_init == "base"
+                                                     else f"{cfg.model.name} from random init")
             print(f"[{jobs:2d}] {preset.name or 'defaults'} algo={algo}: task={cfg.task.name} "
-                  f"pi_ref={cfg.model.pi_ref.pretrained or cfg.model.name} guide={guide} eta={cfg.algo.eta} "
-                  f"top_k={cfg.algo.top_k} rounds={cfg.collect.rounds} samples={cfg.collect.samples_per_problem} "
+                  f"pi_ref={pi_ref} guide={guide} eta={cfg.algo.eta} top_k={cfg.algo.top_k} "
+                  f"data={cfg.collect.mode} rounds={cfg.collect.rounds} samples={cfg.collect.samples_per_problem} "
                   f"T={cfg.eval.temperature} top_p={cfg.eval.top_p} eval_samples={cfg.eval.num_samples} "
                   f"max_new_tokens={cfg.eval.max_new_tokens} device={cfg.hardware.device}")
             for key, want in preset.expected.items():

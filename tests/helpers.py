@@ -1,5 +1,7 @@
 """Tiny models built from configs for tests (random init, no hub)."""
 
+from dataclasses import replace
+
 import torch
 
 from qsharp_exp.config import ArchConfig, GuideConfig
@@ -31,7 +33,8 @@ def tiny_arch(arch: str = "gpt2") -> ArchConfig:
 
 
 def make_guide(tokenizer, arch="gpt2", head="q", distribution="bernoulli", conv_width=4, seed=1):
-    cfg = GuideConfig(arch=tiny_arch(arch), head=head, distribution=distribution, conv_width=conv_width, num_atoms=5)
+    cfg = GuideConfig(arch=replace(tiny_arch(arch), conv_width=conv_width), head=head, distribution=distribution,
+                      num_atoms=5)
     model = build_return_model(cfg, tokenizer, seed).eval()
     with torch.no_grad():  # make the head matter: random init is near zero
         model.head.weight.normal_(0, 1.0)

@@ -22,16 +22,25 @@ def test_preset_composes_and_validates(preset):
     assert cfg.task.name == expected_task
 
 
-def test_paper_presets_carry_the_papers_settings():
+def test_paper_presets_match_the_published_star_graph_code():
     g25 = load_run_config(compose_cfg("+experiment=star_graph_g25_paper"))
     assert (g25.task.degree, g25.task.path_length, g25.task.num_nodes) == (2, 5, 50)
     assert (g25.task.num_pretrain, g25.task.num_train, g25.task.num_test) == (200_000, 200_000, 20_000)
-    assert g25.model.pi_ref.n_layer == 12 and g25.model.pi_ref.n_embd == 768
+    # pi_ref = hub GPT-2 fine-tuned; the return model = GPT-2's trunk (not pi_ref's) with a scalar head per position.
+    assert g25.model.base.pretrained == "gpt2" and g25.model.pi_ref_init == "base" and g25.model.guide.init == "base"
+    assert g25.model.guide.head == "v" and g25.model.guide.distribution == "bernoulli"
     assert g25.algo.eta == 0.1 and g25.algo.top_k == 10 and g25.eval.temperature == 1.0
-    assert g25.pretrain.lr == 2.5e-4 and g25.guide_train.lr == 1e-4 and g25.pretrain.batch_size == 256
+    assert g25.pretrain.lr == 2.5e-4 and g25.pretrain.batch_size == 256 and g25.pretrain.steps == 7813
+    assert (g25.collect.mode, g25.collect.pair_tries, g25.collect.rounds) == ("pairs", 1024, 1)
+    train = g25.guide_train
+    assert (train.epochs, train.batch_size, train.lr, train.weight_decay) == (10, 512, 2.5e-4, 0.1)
+    assert (train.warmup_fraction, train.warmup_steps) == (0.1, 100) and g25.hardware.bf16
     g38 = load_run_config(compose_cfg("+experiment=star_graph_g38_paper"))
-    assert g38.model.pi_ref.n_layer == 24 and g38.model.pi_ref.n_embd == 1024
+    assert g38.model.base.pretrained == "gpt2-medium" and g38.model.base.n_layer == 24
     assert g38.hardware.device == "cuda"
+    # Without the hub the same preset pretrains its base model here.
+    offline = load_run_config(compose_cfg("+experiment=star_graph_g25_paper", "model.base.pretrained=null"))
+    assert offline.model.base.pretrained is None and offline.model.base.n_layer == 12
 
 
 def test_reproduce_table2_dry_run_lists_the_twelve_jobs_and_checks_them(capsys):
@@ -51,4 +60,12 @@ def test_reproduce_dry_run_flags_a_setting_that_differs_from_the_paper(capsys):
 
 def test_reproduce_star_graph_at_paper_scale_checks_the_three_graphs(capsys):
     assert reproduce.main(["star-graph", "--paper-scale", "--dry-run"]) == 0
-    assert len([line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]) == 18
+    jobs = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    assert len(jobs) == 18 and all("data=pairs" in j for j in jobs)
+    assert sum("pi_ref=gpt2-medium fine-tuned guide=from base gpt2-medium" in j for j in jobs) == 6
+
+
+def test_reproduce_star_graph_dry_run_flags_a_departure_from_the_published_code(capsys):
+    assert reproduce.main(["star-graph", "--paper-scale", "--dry-run", "collect.mode=algorithm1",
+                           "collect.rounds=1"]) == 1
+    assert "MISMATCH collect.mode" in capsys.readouterr().out

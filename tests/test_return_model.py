@@ -171,3 +171,24 @@ def test_batch_loss_in_length_chunks_equals_the_loss_of_one_padded_batch(tokeniz
     whole = batch_loss(model, batch, tokenizer.pad_token_id, hw, max_padding=1.0)
     chunked = batch_loss(model, batch, tokenizer.pad_token_id, hw, max_padding=0.1)
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_an_epoch_budget_gives_twice_the_data_twice_the_steps_and_a_warm_up_share(tokenizer, monkeypatch):
+    import qsharp_exp.training.return_model as training
+
+    warmups = []
+    real = training.make_trainer
+    monkeypatch.setattr(training, "make_trainer", lambda model, hw, lr, wd, warmup, steps, **kw: (
+        warmups.append((warmup, steps)) or real(model, hw, lr, wd, warmup, steps, **kw)))
+    round1 = [rollout(f"p{i // 2}", float(i % 2), 0) for i in range(40)]
+    round2 = round1 + [rollout(f"q{i // 2}", float(i % 2), 0) for i in range(40)]  # rounds 1 + 2 aggregated
+    cfg = GuideTrainConfig(epochs=2, steps=999, batch_size=4, eval_every=1000, val_fraction=0.1,
+                           warmup_steps=1, warmup_fraction=0.5)
+    steps = []
+    for data in (round1, round2):
+        _, curve, _ = train_return_model(make_guide(tokenizer, head="v"), data, cfg, tokenizer.pad_token_id,
+                                         Hardware(HardwareConfig()), 0, show_progress=False)
+        steps.append(curve[0]["steps"])
+    # 18 (then 36) training problems of 2 rollouts, 2 problems per batch, 2 epochs; `steps` is not used.
+    assert steps == [18, 36]
+    assert warmups == [(9, 18), (18, 36)]  # half of the steps, above warmup_steps=1

@@ -133,10 +133,16 @@ class ArchConfig:
     # Std of the normal weight init. GPT-2's 0.02 suits 768-wide models; narrow models escape the
     # initial plateau much sooner with about 1/sqrt(n_embd).
     initializer_range: float = 0.02
+    # Causal convolution of this width over the token embeddings before the blocks (0 = none; for a causal
+    # LM, gpt2 only).
+    # It lets a position see its neighbours directly, which makes in-context lookup learnable at small
+    # scale (models/stem.py, docs/star_graph.md).
+    conv_width: int = 0
 
     def __post_init__(self) -> None:
         if self.pretrained is not None:
             return
+        at_least(self, "conv_width", 0)
         if self.n_embd % self.n_head:
             raise FieldError("n_embd", f"{{key}}={self.n_embd} must be divisible by n_head={self.n_head}.")
         if self.n_kv_head is not None and (self.arch != Arch.llama or self.n_head % self.n_kv_head):
@@ -147,6 +153,14 @@ class ArchConfig:
 class Head(Choice):
     q = "q"  # one pass over the prefix gives every candidate's value
     v = "v"  # one value per (prefix, candidate)
+
+
+class Init(Choice):
+    """Where a model built here starts (docs/star_graph.md, the ablation)."""
+
+    scratch = "scratch"  # its own `arch`: random init, or the weights `arch.pretrained` names
+    base = "base"  # the base model (model.base): pretrained on a generic lookup corpus, or a hub LM
+    pi_ref = "pi_ref"  # pi_ref's weights (return model only)
 
 
 class Distribution(Choice):
@@ -165,19 +179,15 @@ class GuideConfig:
     num_atoms: int = 11
     v_min: float = 0.0
     v_max: float = 1.0
-    # Causal convolution over the token embeddings before the blocks (0 = off). It lets a position see
-    # its neighbours directly, which makes the star-graph lookup learnable at small scale.
-    conv_width: int = 0
-    # Start the trunk from pi_ref's own weights (then `arch` is pi_ref's): the CPU-sized analogue of the
-    # paper's pretrained guide of the same family, for tiny models trained here.
-    init_from_pi_ref: bool = False
+    # Where the trunk starts: `scratch` (from `arch`), `base` or `pi_ref` (that model's trunk and stem with a
+    # fresh head, as the published star-graph classifier is GPT-2's trunk; `arch` is then not used).
+    init: Init = Init.scratch
 
     def __post_init__(self) -> None:
         if self.distribution == Distribution.histogram:
             at_least(self, "num_atoms", 2)
         if self.distribution != Distribution.bernoulli and not self.v_max > self.v_min:
             raise FieldError("v_max", f"{{key}}={self.v_max} must exceed v_min={self.v_min}.")
-        at_least(self, "conv_width", 0)
 
 
 @dataclass
@@ -185,6 +195,24 @@ class ModelConfig:
     name: str = "star_graph_tiny"
     pi_ref: ArchConfig = field(default_factory=ArchConfig)
     guide: GuideConfig = field(default_factory=GuideConfig)
+    # The base model: the CPU analogue of a language-pretrained LM, pretrained here on a generic lookup
+    # corpus (base_pretrain), or a hub LM (`base.pretrained: gpt2`, as the published star-graph code).
+    base: ArchConfig = field(default_factory=ArchConfig)
+    # Where a pi_ref pretrained here starts: `scratch` (model.pi_ref) or `base` (fine-tuned from the base
+    # model, as the paper's pi_ref is GPT-2 fine-tuned; model.pi_ref's architecture is then not used).
+    pi_ref_init: Init = Init.scratch
+
+    def __post_init__(self) -> None:
+        for name in ("pi_ref", "base"):  # causal LMs: the stem exists for GPT-2 (models/stem.py)
+            arch = getattr(self, name)
+            if arch.pretrained is None and arch.conv_width > 1 and arch.arch != Arch.gpt2:
+                raise FieldError(f"{name}.conv_width", f"{{key}}={arch.conv_width} needs {name}.arch=gpt2: set "
+                                                       "{key}=0 or the arch to gpt2.")
+        if self.pi_ref_init == Init.pi_ref:
+            raise FieldError("pi_ref_init", "{key}=pi_ref is circular: use scratch or base.")
+        if self.pi_ref_init == Init.base and self.pi_ref.pretrained is not None:
+            raise FieldError("pi_ref_init", f"{{key}}=base fine-tunes pi_ref here, but model.pi_ref.pretrained="
+                                            f"{self.pi_ref.pretrained} loads a finished one: set one of them.")
 
 
 @dataclass
@@ -238,8 +266,29 @@ class AlgoConfig:
 
 
 @dataclass
+class BasePretrainConfig:
+    """Next-token pretraining of the base model on the generic lookup corpus (training/base_corpus.py):
+    the CPU analogue of language pretraining. Not used when model.base.pretrained names a hub LM."""
+
+    steps: int = 1_000
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    corpus_lines: int = 100_000  # distinct lines drawn (batches are sampled from them)
+    max_pairs: int = 12  # a line lists 1..max_pairs pairs
+    eval_lines: int = 1_000  # held-out lines on which the base model's lookup accuracy is measured
+
+    def __post_init__(self) -> None:
+        optimiser_checks(self)
+        for name in ("steps", "batch_size", "corpus_lines", "max_pairs", "eval_lines"):
+            at_least(self, name, 1)
+
+
+@dataclass
 class PretrainConfig:
-    """Next-token pretraining of a random-init pi_ref on the task's reference responses."""
+    """Next-token training of pi_ref here on the task's reference responses (from scratch or from the base
+    model, model.pi_ref_init)."""
 
     steps: int = 1_500
     batch_size: int = 256
@@ -255,10 +304,18 @@ class PretrainConfig:
             at_least(self, name, 1)
 
 
+class CollectMode(Choice):
+    algorithm1 = "algorithm1"  # roll in with pi_k, switch, roll out with pi_ref (docs/method.md, section 2)
+    pairs = "pairs"  # the published star-graph code: the reference answer (1) and pi_ref's first wrong sample (0)
+
+
 @dataclass
 class CollectConfig:
-    """Algorithm 1's data collection."""
+    """The return model's training data: Algorithm 1, or the published star-graph code's pairs."""
 
+    mode: CollectMode = CollectMode.algorithm1
+    # pairs: pi_ref samples up to this many times per problem for a wrong answer (the published code: 1,024).
+    pair_tries: int = 1024
     rounds: int = 2
     samples_per_problem: int = 4
     eta: float = 0.1  # eta of the guided roll-in policy pi_k (rounds >= 2); independent of algo.eta
@@ -268,8 +325,11 @@ class CollectConfig:
     batch_size: int = 512
 
     def __post_init__(self) -> None:
-        for name in ("rounds", "samples_per_problem", "batch_size"):
+        for name in ("rounds", "samples_per_problem", "batch_size", "pair_tries"):
             at_least(self, name, 1)
+        if self.mode == CollectMode.pairs and self.rounds != 1:
+            raise FieldError("mode", f"{{key}}=pairs is one round of data (no roll-in to improve): set "
+                                     f"collect.rounds=1 (it is {self.rounds}).")
         positive(self, "eta")
         in_unit_interval(self, "explore_prob")
 
@@ -283,6 +343,8 @@ class GuideTrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_steps: int = 100
+    # Warm-up of at least this share of the steps (the published star-graph code: 10%, at least 100 steps).
+    warmup_fraction: float = 0.0
     eval_every: int = 250
     val_fraction: float = 0.05
     # Save a resumable checkpoint (model, optimizer, schedule, step, RNG) every N steps; 0 = never.
@@ -294,6 +356,7 @@ class GuideTrainConfig:
             at_least(self, name, 1)
         positive(self, "epochs")
         in_unit_interval(self, "val_fraction", closed_above=False)
+        in_unit_interval(self, "warmup_fraction", closed_above=False)
         at_least(self, "checkpoint_every", 0)
 
 
@@ -382,6 +445,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    base_pretrain: BasePretrainConfig = field(default_factory=BasePretrainConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     collect: CollectConfig = field(default_factory=CollectConfig)
     guide_train: GuideTrainConfig = field(default_factory=GuideTrainConfig)

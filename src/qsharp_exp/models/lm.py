@@ -28,6 +28,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from qsharp_exp.config import ArchConfig, UserError
+from qsharp_exp.models.stem import ConvGPT2Config, ConvGPT2LMHeadModel
 
 
 def hf_config(arch: ArchConfig, tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
@@ -54,8 +55,11 @@ def hf_config(arch: ArchConfig, tokenizer: PreTrainedTokenizerBase) -> Pretraine
 
 
 def build_causal_lm(arch: ArchConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> PreTrainedModel:
+    """Random init; GPT-2 with a causal convolution stem when `arch.conv_width` > 1 (models/stem.py)."""
     torch.manual_seed(seed)
     config = hf_config(arch, tokenizer)
+    if arch.conv_width > 1:
+        return ConvGPT2LMHeadModel(ConvGPT2Config(conv_width=arch.conv_width, **config.to_diff_dict()))
     cls = GPT2LMHeadModel if arch.arch == "gpt2" else LlamaForCausalLM
     return cls(config)
 

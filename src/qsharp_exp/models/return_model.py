@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -28,6 +28,7 @@ from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerBase
 from qsharp_exp import guidance
 from qsharp_exp.config import GuideConfig, as_dict
 from qsharp_exp.models.lm import build_trunk, compiled
+from qsharp_exp.models.stem import CausalConvStem, embed_tokens, split_lm
 from qsharp_exp.sampling.padding import right_pad
 
 FORMAT = "qsharp_exp.return_model"
@@ -91,24 +92,6 @@ class ReturnDistribution:
         return self.mean(out) > (self.v_min + self.v_max) / 2
 
 
-class CausalConvStem(nn.Module):
-    """y_t = x_t + W * [x_{t-w+1} .. x_t]: each position sees its w-1 predecessors before attention."""
-
-    def __init__(self, width: int, hidden: int, init_std: float) -> None:
-        super().__init__()
-        self.width = width
-        self.conv = nn.Conv1d(hidden, hidden, kernel_size=width)
-        nn.init.normal_(self.conv.weight, std=init_std)
-        nn.init.zeros_(self.conv.bias)
-
-    def forward(self, embeds: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
-        """embeds [B, T, H]; context [B, width-1, H] = the embeddings just before (zeros at the start)."""
-        if context is None:
-            context = embeds.new_zeros(embeds.shape[0], self.width - 1, embeds.shape[-1])
-        window = torch.cat([context, embeds], dim=1).transpose(1, 2)
-        return embeds + self.conv(window).transpose(1, 2)
-
-
 class ReturnModel(nn.Module):
     def __init__(self, cfg: GuideConfig, trunk: PreTrainedModel) -> None:
         super().__init__()
@@ -118,7 +101,8 @@ class ReturnModel(nn.Module):
         hidden = trunk.config.hidden_size if hasattr(trunk.config, "hidden_size") else trunk.config.n_embd
         self.vocab_size = trunk.config.vocab_size
         init_std = cfg.arch.initializer_range
-        self.stem = CausalConvStem(cfg.conv_width, hidden, init_std) if cfg.conv_width > 1 else None
+        width = cfg.arch.conv_width
+        self.stem = CausalConvStem(width, hidden, init_std) if width > 1 else None
         out = self.distribution.size * (self.vocab_size if cfg.head == "q" else 1)
         self.head = nn.Linear(hidden, out)
         nn.init.normal_(self.head.weight, std=init_std)
@@ -134,14 +118,7 @@ class ReturnModel(nn.Module):
         context_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Input embeddings of `ids` [B, T]; padding embeds as zeros so left padding changes nothing."""
-        table = self.trunk.get_input_embeddings()
-        embeds = table(ids) * mask.unsqueeze(-1).to(table.weight.dtype)
-        if self.stem is None:
-            return embeds
-        context = None
-        if context_ids is not None:
-            context = table(context_ids) * context_mask.unsqueeze(-1).to(table.weight.dtype)
-        return self.stem(embeds, context)
+        return embed_tokens(self.trunk.get_input_embeddings(), self.stem, ids, mask, context_ids, context_mask)
 
     def hidden(self, embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                cache=None, compile_trunk: bool = False) -> torch.Tensor:
@@ -229,3 +206,15 @@ class Examples:
 def build_return_model(cfg: GuideConfig, tokenizer: PreTrainedTokenizerBase, seed: int,
                        dtype: torch.dtype | None = None) -> ReturnModel:
     return ReturnModel(cfg, build_trunk(cfg.arch, tokenizer, seed, dtype=dtype))
+
+
+def return_model_from_lm(cfg: GuideConfig, lm: PreTrainedModel, source: str, seed: int) -> ReturnModel:
+    """The published classifier's construction: a causal LM's trunk (and stem) with a fresh value head;
+    the LM's own head is dropped. `source` (where the LM came from) is recorded as the trunk's origin."""
+    trunk, stem = split_lm(lm)
+    arch = replace(cfg.arch, pretrained=source, conv_width=stem.width if stem is not None else 0)
+    torch.manual_seed(seed)
+    model = ReturnModel(replace(cfg, arch=arch), trunk)
+    if stem is not None:
+        model.stem.load_state_dict(stem.state_dict())
+    return model

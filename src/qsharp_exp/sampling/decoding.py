@@ -22,6 +22,7 @@ from qsharp_exp import guidance as G
 from qsharp_exp.distributed import Dist
 from qsharp_exp.guidance import Guidance
 from qsharp_exp.models.lm import compiled
+from qsharp_exp.models.stem import context_width
 
 if TYPE_CHECKING:
     from qsharp_exp.models.return_model import ReturnModel
@@ -158,9 +159,32 @@ class KVWindow:
         self.length -= columns  # `valid` past `length` is never read: each pass writes its columns' flags
 
 
+class RecentTokens:
+    """The last `width` tokens of each row (and whether each is real): the context a conv stem needs to
+    embed the next token of cached decoding (models/stem.py)."""
+
+    def __init__(self, ids: torch.Tensor, mask: torch.Tensor, width: int) -> None:
+        self.ids, self.mask = ids[:, ids.shape[1] - width :], mask[:, mask.shape[1] - width :]
+
+    def embed(self, embed, ids: torch.Tensor) -> torch.Tensor:
+        """`embed(ids, mask, context_ids, context_mask)` of one new token per row [B, n] (n side by side,
+        each after the same context)."""
+        b, n = ids.shape
+        flat = ids.reshape(b * n, 1)
+        context, context_mask = self.ids.repeat_interleave(n, 0), self.mask.repeat_interleave(n, 0)
+        return embed(flat, torch.ones_like(flat), context, context_mask).view(b, n, -1)
+
+    def push(self, tokens: torch.Tensor, alive: torch.Tensor) -> None:
+        self.ids = torch.cat([self.ids[:, 1:], tokens.unsqueeze(1)], dim=1)
+        self.mask = torch.cat([self.mask[:, 1:], alive.to(self.mask.dtype).unsqueeze(1)], 1)
+
+    def select(self, keep: torch.Tensor) -> None:
+        self.ids, self.mask = self.ids[keep], self.mask[keep]
+
+
 class LMState:
     """A causal LM (pi_ref, or a policy) in step with the sampled tokens: its KV window and the logits of
-    the next token."""
+    the next token. A model with a conv stem is fed embeddings, made with the tokens before them."""
 
     def __init__(self, model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, capacity: int,
                  graphs: bool = False, compile_steps: bool = False) -> None:
@@ -168,25 +192,35 @@ class LMState:
         self.window = KVWindow.for_model(model, model.config, mask.shape[0], capacity, mask.device, graphs)
         self.next_pos = mask.long().sum(-1)
         self.compile_steps = compile_steps
-        self.logits = self.window.run(None, self._forward, ids, positions(mask), _prefix_mask(mask), mask.bool())
+        width = context_width(model)
+        self.recent = RecentTokens(ids, mask, width) if width else None
+        inputs = model.embed(ids, mask) if width else ids
+        self.logits = self.window.run(None, self._forward, inputs, positions(mask), _prefix_mask(mask), mask.bool())
 
-    def _forward(self, ids, attn, position_ids, cache, model=None) -> torch.Tensor:
-        return (model or self.model)(input_ids=ids, attention_mask=attn, position_ids=position_ids, cache=cache,
+    def _forward(self, inputs, attn, position_ids, cache, model=None) -> torch.Tensor:
+        given = {"inputs_embeds" if self.recent is not None else "input_ids": inputs}
+        return (model or self.model)(**given, attention_mask=attn, position_ids=position_ids, cache=cache,
                                      use_cache=True, logits_to_keep=1).logits[:, -1]
 
-    def _step_forward(self, ids, attn, position_ids, cache) -> torch.Tensor:
-        return self._forward(ids, attn, position_ids, cache, compiled(self.model) if self.compile_steps else None)
+    def _step_forward(self, inputs, attn, position_ids, cache) -> torch.Tensor:
+        return self._forward(inputs, attn, position_ids, cache, compiled(self.model) if self.compile_steps else None)
 
     def advance(self, tokens: torch.Tensor, alive: torch.Tensor) -> None:
         """Take in each row's sampled token (a masked pad for finished rows)."""
         one = torch.ones(tokens.shape[0], 1, 1, dtype=torch.bool, device=tokens.device)
-        self.logits = self.window.run("step", self._step_forward, tokens.unsqueeze(1), self.next_pos.unsqueeze(1),
-                                      one, alive.unsqueeze(1))
+        inputs = tokens.unsqueeze(1)
+        if self.recent is not None:
+            inputs = self.recent.embed(self.model.embed, inputs)
+            self.recent.push(tokens, alive)
+        self.logits = self.window.run("step", self._step_forward, inputs, self.next_pos.unsqueeze(1), one,
+                                      alive.unsqueeze(1))
         self.next_pos = self.next_pos + alive.long()
 
     def select(self, keep: torch.Tensor) -> None:
         self.window.select(keep)
         self.next_pos, self.logits = self.next_pos[keep], self.logits[keep]
+        if self.recent is not None:
+            self.recent.select(keep)
 
 
 class GuideState:
@@ -206,8 +240,7 @@ class GuideState:
         self.window = KVWindow.for_model(model, model.trunk.config, mask.shape[0], capacity, mask.device, graphs)
         self.next_pos = mask.long().sum(-1)
         width = model.context_width
-        self.recent_ids = ids[:, ids.shape[1] - width :] if width else None
-        self.recent_mask = mask[:, mask.shape[1] - width :] if width else None
+        self.recent = RecentTokens(ids, mask, width) if width else None
         self.passes = 0
         # V-type: the sampled token not yet in the cache: its embedding, position and whether it is real.
         self._pending: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
@@ -228,13 +261,9 @@ class GuideState:
 
     def _embed_new(self, ids: torch.Tensor) -> torch.Tensor:
         """Embeddings of one new token per row [B, n] (n candidates side by side, each alone)."""
-        b, n = ids.shape
-        if not self.model.context_width:
+        if self.recent is None:
             return self.model.embed(ids, torch.ones_like(ids))
-        ctx = self.recent_ids.repeat_interleave(n, 0)
-        ctx_mask = self.recent_mask.repeat_interleave(n, 0)
-        flat = ids.reshape(b * n, 1)
-        return self.model.embed(flat, torch.ones_like(flat), ctx, ctx_mask).view(b, n, -1)
+        return self.recent.embed(self.model.embed, ids)
 
     def values(self, candidates: torch.Tensor) -> torch.Tensor:
         """Head outputs [B, k, D] for each candidate token after the current prefix."""
@@ -260,8 +289,8 @@ class GuideState:
         """Keep only the rows `keep` (finished rows leave the batch)."""
         self.window.select(keep)
         self.next_pos = self.next_pos[keep]
-        if self.recent_ids is not None:
-            self.recent_ids, self.recent_mask = self.recent_ids[keep], self.recent_mask[keep]
+        if self.recent is not None:
+            self.recent.select(keep)
         if self._pending is not None:
             self._pending = tuple(x[keep] for x in self._pending)
         if self.q_outputs is not None:
@@ -276,9 +305,8 @@ class GuideState:
         else:
             self._pending = (embeds, self.next_pos.clone(), alive.clone())
         self.next_pos = self.next_pos + alive.long()
-        if self.recent_ids is not None:
-            self.recent_ids = torch.cat([self.recent_ids[:, 1:], tokens.unsqueeze(1)], dim=1)
-            self.recent_mask = torch.cat([self.recent_mask[:, 1:], alive.to(self.recent_mask.dtype).unsqueeze(1)], 1)
+        if self.recent is not None:
+            self.recent.push(tokens, alive)
 
 
 @torch.no_grad()

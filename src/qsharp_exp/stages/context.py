@@ -23,7 +23,8 @@ from qsharp_exp.tasks import Task, build_task
 # Part of every stage's inputs. Bumped when code changes what a stage produces for the same config
 # (a file layout, the random streams of sampling, the order of training batches), so that a cache
 # filled by older code is never taken for this code's results. 5: checksums; roll-outs within the budget.
-PIPELINE_VERSION = 5
+# 6: the base model stage (its lookup corpus), GPT-2 with a conv stem, pair-mode data.
+PIPELINE_VERSION = 6
 
 
 def numerics(cfg: RunConfig) -> dict[str, Any]:

@@ -1,5 +1,5 @@
-"""Stage `pi_ref`: a pretrained reference model (hub id or path), or a random-init one pretrained here by
-next-token training on the task's reference responses."""
+"""Stage `pi_ref`: a pretrained reference model (hub id or path), or one trained here by next-token training
+on the task's reference responses, from random init or from the base model (model.pi_ref_init)."""
 
 from __future__ import annotations
 
@@ -10,15 +10,17 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from qsharp_exp.config import UserError, as_dict
+from qsharp_exp.config import Init, as_dict
 from qsharp_exp.evaluation import evaluate
 from qsharp_exp.files import write_json, write_jsonl
 from qsharp_exp.models.lm import build_causal_lm, load_pretrained_lm, load_tokenizer
 from qsharp_exp.prompts import PromptCodec
+from qsharp_exp.stages import base_model
+from qsharp_exp.stages.base_model import BaseModel
 from qsharp_exp.stages.cache import stage_key
 from qsharp_exp.stages.context import RunContext
 from qsharp_exp.training.engine import shard_for_inference
-from qsharp_exp.training.pretrain import pretrain
+from qsharp_exp.training.pretrain import pretrain, supervised_examples
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +42,12 @@ def load(ctx: RunContext) -> PiRef:
         tokenizer = load_tokenizer(source, "model.pi_ref.pretrained")
         return PiRef(_place(ctx, model), _codec(ctx, tokenizer, model), stage_key({"pretrained": source}), source, {})
     cfg = ctx.cfg
+    start = base_model.load(ctx) if cfg.model.pi_ref_init == Init.base else None
     # pi_ref depends on the task's problems but not on the size of the post-training set.
-    inputs = {"task": ctx.task_inputs("num_train"), "arch": as_dict(cfg.model.pi_ref),
-              "pretrain": as_dict(cfg.pretrain), "sampling": ctx.sampling_inputs,
-              "eval_batch_size": cfg.eval.batch_size, "seed": cfg.seed}
-    stage = ctx.stage("pi_ref", inputs, lambda out: _pretrain(ctx, out))
+    inputs = {"task": ctx.task_inputs("num_train"), "sampling": ctx.sampling_inputs,
+              "init": start.key if start else as_dict(cfg.model.pi_ref),
+              "pretrain": as_dict(cfg.pretrain), "eval_batch_size": cfg.eval.batch_size, "seed": cfg.seed}
+    stage = ctx.stage("pi_ref", inputs, lambda out: _pretrain(ctx, start, out))
     path = stage.path / "model"
     model = _place(ctx, AutoModelForCausalLM.from_pretrained(path))
     metrics = json.loads((stage.path / "pretrain_metrics.json").read_text())
@@ -53,23 +56,28 @@ def load(ctx: RunContext) -> PiRef:
 
 def vocabulary_size(ctx: RunContext) -> int:
     """The size of pi_ref's vocabulary, known before pi_ref is built or loaded."""
-    source = ctx.cfg.model.pi_ref.pretrained
-    tokenizer = load_tokenizer(source, "model.pi_ref.pretrained") if source else ctx.task_tokenizer
-    return len(tokenizer)
+    model = ctx.cfg.model
+    if model.pi_ref.pretrained:
+        return len(load_tokenizer(model.pi_ref.pretrained, "model.pi_ref.pretrained"))
+    if model.pi_ref_init == Init.base and model.base.pretrained:
+        return len(load_tokenizer(model.base.pretrained, "model.base.pretrained"))
+    return len(ctx.task_tokenizer)
 
 
-def _pretrain(ctx: RunContext, out: Path) -> None:
+def _pretrain(ctx: RunContext, start: BaseModel | None, out: Path) -> None:
+    """Next-token training on the pretraining problems, from random init or from `start`."""
     cfg, task = ctx.cfg, ctx.task
-    tokenizer = ctx.task_tokenizer
-    model = build_causal_lm(cfg.model.pi_ref, tokenizer, cfg.seed)
+    if start is None:
+        tokenizer = ctx.task_tokenizer
+        model = build_causal_lm(cfg.model.pi_ref, tokenizer, cfg.seed)
+        key = "model.pi_ref.max_positions"
+    else:
+        tokenizer = load_tokenizer(start.source, "model.base.pretrained")
+        model = load_pretrained_lm(start.source, "model.base.pretrained", None)
+        key = "model.base.max_positions"
     codec = PromptCodec.for_model(tokenizer, model, cfg.task.chat_template)
     problems = task.problems("pretrain")
-    prompts = codec.encode(problems, 0)
-    examples = [(p, codec.response_ids(task.target(x))) for p, x in zip(prompts, problems, strict=True)]
-    longest = max(len(p) + len(r) for p, r in examples)
-    if codec.max_positions and longest > codec.max_positions:
-        raise UserError(f"a pretraining example has {longest} tokens, more than model.pi_ref.max_positions="
-                        f"{codec.max_positions}: raise it or use shorter problems.")
+    examples = supervised_examples(codec, problems, [task.target(x) for x in problems], key)
     curve = pretrain(model, examples, cfg.pretrain, codec.pad_id, ctx.hw, cfg.seed, cfg.progress)
     model.eval()
     sampler = ctx.sampler(model, codec, cfg.eval.batch_size)
@@ -102,7 +110,7 @@ def _codec(ctx: RunContext, tokenizer: PreTrainedTokenizerBase, model: PreTraine
     """Prompts must also fit the context of a return model built here, in runs that use one."""
     codec = PromptCodec.for_model(tokenizer, model, ctx.cfg.task.chat_template)
     guide = ctx.cfg.model.guide
-    built_here = guide.arch.pretrained is None and not guide.init_from_pi_ref
+    built_here = guide.arch.pretrained is None and guide.init == Init.scratch
     if ctx.uses_return_model and built_here and codec.max_positions:
         codec.max_positions = min(codec.max_positions, guide.arch.max_positions)
     return codec

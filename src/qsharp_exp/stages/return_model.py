@@ -4,15 +4,15 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from pathlib import Path
 
-from qsharp_exp.config import RunConfig, UserError, as_dict
+from qsharp_exp.config import Init, RunConfig, UserError, as_dict
 from qsharp_exp.files import read_jsonl, write_jsonl
-from qsharp_exp.models.lm import load_tokenizer
-from qsharp_exp.models.return_model import build_return_model
+from qsharp_exp.models.lm import load_pretrained_lm, load_tokenizer
+from qsharp_exp.models.return_model import build_return_model, return_model_from_lm
 from qsharp_exp.prompts import PromptCodec
 from qsharp_exp.report import plot_guide_curve
+from qsharp_exp.stages import base_model
 from qsharp_exp.stages.cache import StageResult
 from qsharp_exp.stages.context import RunContext
 from qsharp_exp.stages.pi_ref import PiRef
@@ -38,18 +38,22 @@ def train_rounds(ctx: RunContext, pi_ref: PiRef, rounds: int) -> list[StageResul
 def _train(ctx: RunContext, pi_ref: PiRef, round_: int, data: list[StageResult]) -> StageResult:
     cfg = ctx.cfg
     guide = cfg.model.guide
-    # How often checkpoints are written does not change the trained model.
-    train_inputs = {k: v for k, v in as_dict(cfg.guide_train).items() if k != "checkpoint_every"}
+    # How often checkpoints are written does not change the trained model; `steps` does not when epochs count.
+    unused = {"checkpoint_every", *(["steps"] if cfg.guide_train.epochs is not None else [])}
+    train_inputs = {k: v for k, v in as_dict(cfg.guide_train).items() if k not in unused}
+    start = _start(ctx, pi_ref)
     inputs = {"rollouts": [s.key for s in data], "guide": as_dict(guide), "train": train_inputs, "seed": cfg.seed,
-              "init": pi_ref.key if guide.init_from_pi_ref else None}
+              "init": start[1] if start else None}
 
     def build(out: Path, resume: Path) -> None:
         rollouts = [Rollout(**row) for s in data for row in read_jsonl(s.path / "rollouts.jsonl")]
-        guide_cfg = guide
-        if guide.init_from_pi_ref:
-            guide_cfg = replace(guide, arch=replace(guide.arch, pretrained=pi_ref.source))
         # Trained in float32 under bf16 autocast: AdamW's small updates would round away in bf16 weights.
-        model = build_return_model(guide_cfg, pi_ref.codec.tokenizer, cfg.seed + round_)
+        if start is None:
+            model = build_return_model(guide, pi_ref.codec.tokenizer, cfg.seed + round_)
+        else:
+            source = start[0]
+            lm = load_pretrained_lm(source, f"model.guide.init={guide.init.value}", None)
+            model = return_model_from_lm(guide, lm, source, cfg.seed + round_)
         log.info("round %d: training the return model on %d rollouts (%d parameters)", round_, len(rollouts),
                  sum(p.numel() for p in model.parameters()))
         resume.mkdir(parents=True, exist_ok=True)
@@ -66,11 +70,23 @@ def _train(ctx: RunContext, pi_ref: PiRef, round_: int, data: list[StageResult])
     return ctx.stage(f"return_model_round{round_}", inputs, build, resumable=True)
 
 
+def _start(ctx: RunContext, pi_ref: PiRef) -> tuple[str, str] | None:
+    """(source, key) of the causal LM whose trunk the return model starts from; None: from model.guide.arch."""
+    init = ctx.cfg.model.guide.init
+    if init == Init.pi_ref:
+        return pi_ref.source, pi_ref.key
+    if init == Init.base:
+        base = base_model.load(ctx)
+        return base.source, base.key
+    return None
+
+
 def check_tokenizer(cfg: RunConfig, codec: PromptCodec) -> None:
     """A pretrained return model must read pi_ref's tokens as pi_ref does."""
-    source = cfg.model.guide.arch.pretrained
+    guide = cfg.model.guide
+    source = {Init.scratch: guide.arch.pretrained, Init.base: cfg.model.base.pretrained}.get(guide.init)
     if source is None:
-        return  # built here on pi_ref's own tokenizer
+        return  # built here on pi_ref's own tokenizer, or from pi_ref or a base model of this tokenizer
     theirs = load_tokenizer(source, "model.guide.arch.pretrained").get_vocab()
     ours = codec.tokenizer.get_vocab()
     if theirs != ours:

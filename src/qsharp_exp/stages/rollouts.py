@@ -1,24 +1,27 @@
 """Stage `rollouts_round<k>`: Algorithm 1's data for round k, rolled in with pi_ref guided by the previous
-round's return model (Q#, at collect.eta) and rolled out with pi_ref (training/collect.py)."""
+round's return model (Q#, at collect.eta) and rolled out with pi_ref; or (collect.mode=pairs, one round)
+the published star-graph code's pairs of reference answer and pi_ref's wrong sample (training/collect.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from qsharp_exp.config import as_dict
+from qsharp_exp.config import CollectMode, as_dict
 from qsharp_exp.files import write_json, write_jsonl
 from qsharp_exp.guidance import RULES, Guidance
 from qsharp_exp.stages.cache import StageResult
 from qsharp_exp.stages.context import RunContext
 from qsharp_exp.stages.pi_ref import PiRef
-from qsharp_exp.training.collect import collect
+from qsharp_exp.training.collect import collect, collect_pairs
 
 
 def collect_round(ctx: RunContext, pi_ref: PiRef, round_: int, previous: StageResult | None) -> StageResult:
     """`previous`: the return model of round k-1 (None in round 1, whose roll-in is pi_ref itself)."""
     cfg = ctx.cfg
+    if cfg.collect.mode == CollectMode.pairs:
+        return _pairs(ctx, pi_ref)
     inputs = {"pi_ref": pi_ref.key, "roll_in_guide": previous.key if previous else None, "round": round_,
-              "collect": {k: v for k, v in as_dict(cfg.collect).items() if k != "rounds"},
+              "collect": {k: v for k, v in as_dict(cfg.collect).items() if k not in ("rounds", "pair_tries")},
               "top_k": cfg.algo.top_k, "sampling": ctx.sampling_inputs, "seed": cfg.seed,
               "task": ctx.task_inputs("num_test")}
 
@@ -36,3 +39,19 @@ def collect_round(ctx: RunContext, pi_ref: PiRef, round_: int, previous: StageRe
 
     return ctx.stage(f"rollouts_round{round_}", inputs, build, resumable=True)
 
+
+
+def _pairs(ctx: RunContext, pi_ref: PiRef) -> StageResult:
+    cfg = ctx.cfg
+    inputs = {"pi_ref": pi_ref.key, "mode": "pairs", "pair_tries": cfg.collect.pair_tries,
+              "batch_size": cfg.collect.batch_size, "sampling": ctx.sampling_inputs, "seed": cfg.seed,
+              "task": ctx.task_inputs("num_test")}
+
+    def build(out: Path, resume: Path) -> None:
+        sampler = ctx.sampler(pi_ref.model, pi_ref.codec, cfg.collect.batch_size)
+        rollouts, counts = collect_pairs(ctx.task, ctx.task.problems("train"), sampler, cfg.collect.pair_tries,
+                                         cfg.seed + 1000, resume)
+        write_jsonl(out / "rollouts.jsonl", (x.to_dict() for x in rollouts))
+        write_json(out / "summary.json", {"rollouts": len(rollouts), **counts})
+
+    return ctx.stage("rollouts_pairs", inputs, build, resumable=True)

@@ -111,6 +111,10 @@ class StarGraphTask:
     def same_answer(self, a: str, b: str) -> bool:
         return a == b
 
+    def lookup_labels(self) -> list[str]:
+        """The node labels: the base model's lookup corpus is written over them (training/base_corpus.py)."""
+        return [str(label) for label in range(self.cfg.num_nodes)]
+
     def describe(self) -> dict:
         return {"graph": f"G({self.cfg.degree},{self.cfg.path_length})", "degree": self.cfg.degree}
 

@@ -1,10 +1,14 @@
-"""Algorithm 1's data collection (docs/method.md, section 2).
+"""The return model's training data (docs/method.md, section 2): Algorithm 1's roll-in / roll-out
+(`collect`), or the published star-graph code's pairs (`collect_pairs`).
 
 Roll in with pi_k (pi_ref guided by the previous round's return model), pick a switch time h
 uniformly over the response, roll out with pi_ref from there. The final reward labels every
 position t >= h. In round 1 pi_k = pi_ref, so the roll-in already is the roll-out.
 With probability `explore_prob` the switch token is instead drawn uniformly from pi_ref's top-k
 (Algorithm 2's exploration); the tokens after it still come from pi_ref, so labels stay pi_ref returns.
+
+Pairs: per problem, the reference answer and pi_ref's first wrong sample, every position labelled with
+its whole response's reward (switch 0): balanced labels, and the one action pi_ref gets wrong in context.
 """
 
 from __future__ import annotations
@@ -71,3 +75,32 @@ def collect(
             Rollout(problem.id, prompts[i], responses[i], switches[i], task.reward(problem, text), explore[i])
         )
     return rollouts
+
+
+def collect_pairs(
+    task: Task, problems: list[Problem], sampler: Sampler, tries: int, seed: int, checkpoint: Path | None = None,
+) -> tuple[list[Rollout], dict[str, int]]:
+    """Per problem the reference answer and pi_ref's first wrong sample (a reward below the reference's),
+    sampling each problem up to `tries` times; problems where pi_ref was never wrong give no pair. Returns
+    the rollouts (switch 0: every response position is an example) and counts for the summary."""
+    codec = sampler.codec
+    prompts = codec.encode(problems, sampler.spec.max_new_tokens)
+    best = [task.reward(p, task.target(p)) for p in problems]
+    wrong: dict[int, list[int]] = {}
+    pending = list(range(len(problems)))
+    attempts = 0
+    while pending and attempts < tries:
+        samples = sampler.sample([prompts[i] for i in pending], seed + attempts,
+                                 desc=f"collect: pairs, try {attempts + 1} ({len(pending)} problems)",
+                                 checkpoint=checkpoint / "try1" if checkpoint and not attempts else None)
+        for i, sample in zip(pending, samples, strict=True):
+            if task.reward(problems[i], codec.decode(sample.response)) < best[i]:
+                wrong[i] = sample.response
+        pending = [i for i in pending if i not in wrong]
+        attempts += 1
+    rollouts = []
+    for i in sorted(wrong):
+        problem = problems[i]
+        rollouts.append(Rollout(problem.id, prompts[i], codec.response_ids(task.target(problem)), 0, best[i]))
+        rollouts.append(Rollout(problem.id, prompts[i], wrong[i], 0, task.reward(problem, codec.decode(wrong[i]))))
+    return rollouts, {"pairs": len(wrong), "never_wrong": len(pending), "sampling_passes": attempts}

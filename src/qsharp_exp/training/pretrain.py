@@ -1,4 +1,5 @@
-"""Next-token pretraining of pi_ref on prompt + reference response (teacher forcing, loss on the response)."""
+"""Next-token training on prompt + reference response (teacher forcing, loss on the response): pi_ref on the
+task's problems, the base model on the lookup corpus."""
 
 from __future__ import annotations
 
@@ -8,21 +9,24 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-from qsharp_exp.config import PretrainConfig
+from qsharp_exp.config import BasePretrainConfig, PretrainConfig, UserError
 from qsharp_exp.hardware import Hardware
 from qsharp_exp.progress import progress
+from qsharp_exp.prompts import PromptCodec
 from qsharp_exp.sampling.padding import right_pad
+from qsharp_exp.tasks import Problem
 from qsharp_exp.training.engine import make_trainer
 
 
 def pretrain(
     model: PreTrainedModel,
     examples: list[tuple[list[int], list[int]]],
-    cfg: PretrainConfig,
+    cfg: PretrainConfig | BasePretrainConfig,
     pad_id: int,
     hw: Hardware,
     seed: int,
     show_progress: bool = True,
+    desc: str = "pretrain pi_ref",
 ) -> list[dict]:
     """examples: (prompt ids, response ids ending in EOS). Returns the loss curve."""
     rng = random.Random(seed)
@@ -30,15 +34,10 @@ def pretrain(
     model.to(hw.device).train()
     trainer = make_trainer(model, hw, cfg.lr, cfg.weight_decay, cfg.warmup_steps, cfg.steps)
     curve = []
-    bar = progress(range(cfg.steps), desc="pretrain pi_ref", enabled=show_progress)
+    bar = progress(range(cfg.steps), desc=desc, enabled=show_progress)
     for step in bar:
         batch = rng.sample(examples, min(cfg.batch_size, len(examples)))
-        ids, mask = right_pad([p + r for p, r in batch], pad_id)
-        labels = ids.clone()
-        for i, (p, _) in enumerate(batch):
-            labels[i, : len(p)] = -100
-        labels[mask == 0] = -100
-        ids, mask, labels = ids.to(hw.device), mask.to(hw.device), labels.to(hw.device)
+        ids, mask, labels = _teacher_forced(batch, pad_id, hw)
         with hw.autocast():
             logits = model(input_ids=ids, attention_mask=mask).logits
         loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
@@ -48,3 +47,41 @@ def pretrain(
             bar.set_postfix(loss=f"{loss.item():.4f}")
     model.eval()
     return curve
+
+
+def _teacher_forced(batch: list[tuple[list[int], list[int]]], pad_id: int, hw: Hardware):
+    """Right-padded ids, mask, and labels that are -100 except on the responses."""
+    ids, mask = right_pad([p + r for p, r in batch], pad_id)
+    labels = ids.clone()
+    for i, (p, _) in enumerate(batch):
+        labels[i, : len(p)] = -100
+    labels[mask == 0] = -100
+    return ids.to(hw.device), mask.to(hw.device), labels.to(hw.device)
+
+
+def supervised_examples(codec: PromptCodec, problems: list[Problem], targets: list[str], key: str
+                        ) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, response ids) pairs; a pair longer than the model's context is a UserError naming `key`."""
+    prompts = codec.encode(problems, 0)
+    examples = [(p, codec.response_ids(t)) for p, t in zip(prompts, targets, strict=True)]
+    longest = max(len(p) + len(r) for p, r in examples)
+    if codec.max_positions and longest > codec.max_positions:
+        raise UserError(f"a pretraining example has {longest} tokens, more than {key}={codec.max_positions}: "
+                        "raise it or use shorter problems.")
+    return examples
+
+
+@torch.no_grad()
+def exact_match(model: PreTrainedModel, examples: list[tuple[list[int], list[int]]], pad_id: int, hw: Hardware,
+                batch_size: int = 500) -> float:
+    """Share of examples whose every response token is the model's top prediction, given the true prefix."""
+    model.eval()
+    hits = 0
+    for start in range(0, len(examples), batch_size):
+        ids, mask, labels = _teacher_forced(examples[start : start + batch_size], pad_id, hw)
+        with hw.autocast():
+            predicted = model(input_ids=ids, attention_mask=mask).logits[:, :-1].argmax(-1)
+        target = labels[:, 1:]
+        wrong = (predicted != target) & (target != -100)
+        hits += int((~wrong.any(-1)).sum())
+    return hits / len(examples)

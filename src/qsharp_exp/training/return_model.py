@@ -171,7 +171,8 @@ def train_return_model(
         raise NoSignalError(f"only {len(groups)} training problems have variation, fewer than the {dist.world} "
                             "ranks: use fewer processes or more training problems.")
     steps = cfg.steps if cfg.epochs is None else max(1, math.ceil(cfg.epochs * len(groups) / problems_per_batch))
-    trainer = make_trainer(model, hw, cfg.lr, cfg.weight_decay, cfg.warmup_steps, steps,
+    warmup = max(cfg.warmup_steps, int(cfg.warmup_fraction * steps))
+    trainer = make_trainer(model, hw, cfg.lr, cfg.weight_decay, warmup, steps,
                            data_parallel_batch=problems_per_batch // dist.world * per_problem)
     model = trainer.module
     curve: list[dict] = [{"kept_rollouts": len(kept), "dropped_rollouts": len(rollouts) - len(kept), "steps": steps}]
