@@ -145,7 +145,8 @@ def test_each_init_choice_builds_the_model_it_names(tmp_path):
     ctx = context(tmp_path)  # the default: both from the base model (2 layers here; pi_ref's own arch has 1)
     base = base_model.load(ctx)
     assert 0.0 <= base.metrics["lookup_accuracy"] <= 1.0
-    reference = pi_ref.load(ctx)
+    reference = pi_ref.load(ctx)  # asks for the base model again: the run still reports the call that built it
+    assert not ctx.stages["base_model"].reused and ctx.stages["base_model"].build_seconds > 0
     assert isinstance(reference.model, ConvGPT2LMHeadModel) and reference.model.config.n_layer == 2
     guide, stage = return_model_config(ctx, reference)
     assert guide["arch"]["pretrained"] == base.source and guide["arch"]["conv_width"] == 6

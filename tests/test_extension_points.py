@@ -87,9 +87,11 @@ pretrain: {steps: 60, batch_size: 32, lr: 3.0e-3, warmup_steps: 5, eval_problems
 collect: {samples_per_problem: 4, batch_size: 64}
 guide_train: {steps: 10, batch_size: 16, warmup_steps: 2, eval_every: 5}
 eval: {max_new_tokens: 8, batch_size: 64}
-model:
+model:  # no lookup vocabulary for a base model: both start from random init
+  pi_ref_init: scratch
   pi_ref: {n_layer: 1, n_embd: 32, n_head: 2}
   guide:
+    init: scratch
     arch: {n_layer: 1, n_embd: 32, n_head: 2}
 progress: false
 """

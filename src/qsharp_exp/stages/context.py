@@ -61,7 +61,9 @@ class RunContext:
         kept under `directory` (default: the name)."""
         versioned = {"version": PIPELINE_VERSION, "numerics": numerics(self.cfg), **inputs}
         result = run_stage(self.root, directory or name, versioned, build, resumable=resumable, dist=self.hw.dist)
-        self.stages[name] = result
+        # A stage asked for twice in a run (the base model, by pi_ref and by the return model) is reported by
+        # its first call, the one that built it.
+        self.stages.setdefault(name, result)
         return result
 
     def task_inputs(self, *unused: str) -> dict:
