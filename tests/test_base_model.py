@@ -137,7 +137,8 @@ def context(tmp_path, *overrides) -> RunContext:
 
 
 def return_model_config(ctx, reference) -> dict:
-    stage = return_model.train_rounds(ctx, reference, 1)[0]
+    base = base_model.load(ctx) if ctx.uses_base_model else None
+    stage = return_model.train_rounds(ctx, reference, 1, base)[0]
     return json.loads((stage.path / "model" / "config.json").read_text())["guide"], stage
 
 
@@ -145,7 +146,7 @@ def test_each_init_choice_builds_the_model_it_names(tmp_path):
     ctx = context(tmp_path)  # the default: both from the base model (2 layers here; pi_ref's own arch has 1)
     base = base_model.load(ctx)
     assert 0.0 <= base.metrics["lookup_accuracy"] <= 1.0
-    reference = pi_ref.load(ctx)  # asks for the base model again: the run still reports the call that built it
+    reference = pi_ref.load(ctx, base)
     assert not ctx.stages["base_model"].reused and ctx.stages["base_model"].build_seconds > 0
     assert isinstance(reference.model, ConvGPT2LMHeadModel) and reference.model.config.n_layer == 2
     guide, stage = return_model_config(ctx, reference)
@@ -153,14 +154,14 @@ def test_each_init_choice_builds_the_model_it_names(tmp_path):
     assert json.loads((stage.path / "inputs.json").read_text())["init"] == base.key
 
     ctx = context(tmp_path, "model.pi_ref_init=scratch", "model.guide.init=scratch")
-    reference = pi_ref.load(ctx)
+    reference = pi_ref.load(ctx, None)
     assert type(reference.model).__name__ == "GPT2LMHeadModel" and reference.model.config.n_layer == 1
     guide, stage = return_model_config(ctx, reference)
     assert guide["arch"]["pretrained"] is None and guide["arch"]["n_layer"] == 1 and guide["arch"]["conv_width"] == 6
     assert json.loads((stage.path / "inputs.json").read_text())["init"] is None
 
     ctx = context(tmp_path, "model.pi_ref_init=scratch", "model.guide.init=pi_ref")
-    reference = pi_ref.load(ctx)
+    reference = pi_ref.load(ctx, None)
     guide, stage = return_model_config(ctx, reference)
     assert guide["arch"]["pretrained"] == reference.source and guide["arch"]["conv_width"] == 0
     assert json.loads((stage.path / "inputs.json").read_text())["init"] == reference.key
@@ -170,7 +171,7 @@ def test_stage_keys_change_when_the_base_model_changes(tmp_path):
     keys = []
     for steps in (30, 31):
         ctx = context(tmp_path, f"base_pretrain.steps={steps}")
-        reference = pi_ref.load(ctx)
+        reference = pi_ref.load(ctx, base_model.load(ctx))
         _, stage = return_model_config(ctx, reference)
         keys.append((base_model.load(ctx).key, reference.key, ctx.stages["rollouts_round1"].key, stage.key))
     assert all(a != b for a, b in zip(*keys, strict=True))

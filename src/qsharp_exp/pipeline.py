@@ -16,7 +16,7 @@ from transformers.utils import logging as hf_logging
 from qsharp_exp.config import ConfigError, RunConfig, UserError
 from qsharp_exp.files import write_json
 from qsharp_exp.report import print_summary
-from qsharp_exp.stages import evaluation, pi_ref, policy, return_model
+from qsharp_exp.stages import base_model, evaluation, pi_ref, policy, return_model
 from qsharp_exp.stages.context import RunContext
 from qsharp_exp.tracking import log_run
 from qsharp_exp.training.policy import TRAINERS
@@ -29,8 +29,9 @@ def run(cfg: RunConfig, out_dir: Path, tracker_group: str | None = None) -> dict
     out_dir = ctx.hw.dist.broadcast(out_dir)  # every rank resolved Hydra's ${now}; rank 0's dir is the run's
     check_before_work(ctx)
 
-    reference = pi_ref.load(ctx)
-    models = return_model.train_rounds(ctx, reference, ctx.rounds_needed)
+    base = base_model.load(ctx) if ctx.uses_base_model else None
+    reference = pi_ref.load(ctx, base)
+    models = return_model.train_rounds(ctx, reference, ctx.rounds_needed, base)
     guide = models[ctx.guide_round - 1] if ctx.guided else None
     ranker = models[-1] if ctx.ranks_with_return_model else None
     fine_tuned = policy.train(ctx, reference) if cfg.algo.name in TRAINERS else None

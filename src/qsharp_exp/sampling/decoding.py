@@ -194,13 +194,13 @@ class LMState:
         self.compile_steps = compile_steps
         width = context_width(model)
         self.recent = RecentTokens(ids, mask, width) if width else None
+        self.input_name = "inputs_embeds" if width else "input_ids"  # a stem's model is fed embeddings
         inputs = model.embed(ids, mask) if width else ids
         self.logits = self.window.run(None, self._forward, inputs, positions(mask), _prefix_mask(mask), mask.bool())
 
     def _forward(self, inputs, attn, position_ids, cache, model=None) -> torch.Tensor:
-        given = {"inputs_embeds" if self.recent is not None else "input_ids": inputs}
-        return (model or self.model)(**given, attention_mask=attn, position_ids=position_ids, cache=cache,
-                                     use_cache=True, logits_to_keep=1).logits[:, -1]
+        return (model or self.model)(**{self.input_name: inputs}, attention_mask=attn, position_ids=position_ids,
+                                     cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
 
     def _step_forward(self, inputs, attn, position_ids, cache) -> torch.Tensor:
         return self._forward(inputs, attn, position_ids, cache, compiled(self.model) if self.compile_steps else None)

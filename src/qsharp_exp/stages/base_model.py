@@ -11,8 +11,6 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from transformers import PreTrainedTokenizerBase
-
 from qsharp_exp.config import UserError, as_dict
 from qsharp_exp.files import write_json, write_jsonl
 from qsharp_exp.models.lm import build_causal_lm
@@ -58,7 +56,8 @@ def _pretrain(ctx: RunContext, labels: list[str], out: Path) -> None:
     tokenizer = ctx.task_tokenizer
     model = build_causal_lm(cfg.model.base, tokenizer, cfg.seed)
     lines = lookup_corpus(labels, train.corpus_lines + train.eval_lines, train.max_pairs, cfg.seed)
-    examples = [(_ids(tokenizer, x.prompt), _ids(tokenizer, x.answer) + [tokenizer.eos_token_id]) for x in lines]
+    vocab = tokenizer.get_vocab()
+    examples = [(_ids(vocab, x.prompt), _ids(vocab, x.answer) + [tokenizer.eos_token_id]) for x in lines]
     longest = max(len(p) + len(r) for p, r in examples)
     if longest > cfg.model.base.max_positions:
         raise UserError(f"a lookup line has {longest} tokens, more than model.base.max_positions="
@@ -76,9 +75,8 @@ def _pretrain(ctx: RunContext, labels: list[str], out: Path) -> None:
     write_jsonl(out / "curve.jsonl", curve)
 
 
-def _ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+def _ids(vocab: dict[str, int], text: str) -> list[int]:
     """The corpus's tokens as ids: each label and separator is one token of the task's tokenizer."""
-    vocab = tokenizer.get_vocab()
     missing = sorted({t for t in tokens(text) if t not in vocab})
     if missing:
         raise UserError(f"the task's tokenizer has no token for {', '.join(missing)}: the lookup corpus needs every "

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from qsharp_exp.config import RunConfig, as_dict
+from qsharp_exp.config import Init, RunConfig, as_dict
 from qsharp_exp.guidance import RULES
 from qsharp_exp.hardware import Hardware
 from qsharp_exp.models.return_model import ReturnModel
@@ -61,9 +61,7 @@ class RunContext:
         kept under `directory` (default: the name)."""
         versioned = {"version": PIPELINE_VERSION, "numerics": numerics(self.cfg), **inputs}
         result = run_stage(self.root, directory or name, versioned, build, resumable=resumable, dist=self.hw.dist)
-        # A stage asked for twice in a run (the base model, by pi_ref and by the return model) is reported by
-        # its first call, the one that built it.
-        self.stages.setdefault(name, result)
+        self.stages[name] = result
         return result
 
     def task_inputs(self, *unused: str) -> dict:
@@ -110,6 +108,13 @@ class RunContext:
     def guide_round(self) -> int:
         """The round whose return model guides decoding: algo.guide_round, or the last round."""
         return self.cfg.algo.guide_round or self.cfg.collect.rounds
+
+    @property
+    def uses_base_model(self) -> bool:
+        """pi_ref is fine-tuned here from it, or a return model this run needs starts from it."""
+        model = self.cfg.model
+        fine_tunes = model.pi_ref_init == Init.base and model.pi_ref.pretrained is None
+        return fine_tunes or (model.guide.init == Init.base and self.rounds_needed > 0)
 
     @property
     def rounds_needed(self) -> int:

@@ -15,7 +15,6 @@ from qsharp_exp.evaluation import evaluate
 from qsharp_exp.files import write_json, write_jsonl
 from qsharp_exp.models.lm import build_causal_lm, load_pretrained_lm, load_tokenizer
 from qsharp_exp.prompts import PromptCodec
-from qsharp_exp.stages import base_model
 from qsharp_exp.stages.base_model import BaseModel
 from qsharp_exp.stages.cache import stage_key
 from qsharp_exp.stages.context import RunContext
@@ -34,15 +33,18 @@ class PiRef:
     metrics: dict[str, float]  # accuracy after pretraining here (empty for a pretrained pi_ref)
 
 
-def load(ctx: RunContext) -> PiRef:
-    """pi_ref on this rank's device, built first if it is to be pretrained here and is not in the cache."""
+def load(ctx: RunContext, base: BaseModel | None) -> PiRef:
+    """pi_ref on this rank's device, built first if it is to be pretrained here and is not in the cache;
+    `base`: the base model (needed when model.pi_ref_init=base)."""
     source = ctx.cfg.model.pi_ref.pretrained
     if source is not None:
         model = load_pretrained_lm(source, "model.pi_ref.pretrained", ctx.dtype)
         tokenizer = load_tokenizer(source, "model.pi_ref.pretrained")
         return PiRef(_place(ctx, model), _codec(ctx, tokenizer, model), stage_key({"pretrained": source}), source, {})
     cfg = ctx.cfg
-    start = base_model.load(ctx) if cfg.model.pi_ref_init == Init.base else None
+    start = base if cfg.model.pi_ref_init == Init.base else None
+    if cfg.model.pi_ref_init == Init.base and base is None:
+        raise ValueError("model.pi_ref_init=base: pass the base model (stages/base_model.load)")
     # pi_ref depends on the task's problems but not on the size of the post-training set.
     inputs = {"task": ctx.task_inputs("num_train"), "sampling": ctx.sampling_inputs,
               "init": start.key if start else as_dict(cfg.model.pi_ref),

@@ -12,7 +12,7 @@ from qsharp_exp.models.lm import load_pretrained_lm, load_tokenizer
 from qsharp_exp.models.return_model import build_return_model, return_model_from_lm
 from qsharp_exp.prompts import PromptCodec
 from qsharp_exp.report import plot_guide_curve
-from qsharp_exp.stages import base_model
+from qsharp_exp.stages.base_model import BaseModel
 from qsharp_exp.stages.cache import StageResult
 from qsharp_exp.stages.context import RunContext
 from qsharp_exp.stages.pi_ref import PiRef
@@ -23,25 +23,27 @@ from qsharp_exp.training.return_model import NoSignalError, train_return_model
 log = logging.getLogger(__name__)
 
 
-def train_rounds(ctx: RunContext, pi_ref: PiRef, rounds: int) -> list[StageResult]:
-    """Algorithm 1: per round, collect with the previous round's model, then retrain on all data so far."""
+def train_rounds(ctx: RunContext, pi_ref: PiRef, rounds: int, base: BaseModel | None) -> list[StageResult]:
+    """Algorithm 1: per round, collect with the previous round's model, then retrain on all data so far;
+    `base`: the base model (needed when model.guide.init=base)."""
     if rounds:
         check_tokenizer(ctx.cfg, pi_ref.codec)
     models: list[StageResult] = []
     data: list[StageResult] = []
     for r in range(1, rounds + 1):
         data.append(collect_round(ctx, pi_ref, r, models[-1] if models else None))
-        models.append(_train(ctx, pi_ref, r, data))
+        models.append(_train(ctx, pi_ref, r, data, base))
     return models
 
 
-def _train(ctx: RunContext, pi_ref: PiRef, round_: int, data: list[StageResult]) -> StageResult:
+def _train(ctx: RunContext, pi_ref: PiRef, round_: int, data: list[StageResult], base: BaseModel | None
+           ) -> StageResult:
     cfg = ctx.cfg
     guide = cfg.model.guide
     # How often checkpoints are written does not change the trained model; `steps` does not when epochs count.
     unused = {"checkpoint_every", *(["steps"] if cfg.guide_train.epochs is not None else [])}
     train_inputs = {k: v for k, v in as_dict(cfg.guide_train).items() if k not in unused}
-    start = _start(ctx, pi_ref)
+    start = _start(ctx, pi_ref, base)
     inputs = {"rollouts": [s.key for s in data], "guide": as_dict(guide), "train": train_inputs, "seed": cfg.seed,
               "init": start[1] if start else None}
 
@@ -70,13 +72,14 @@ def _train(ctx: RunContext, pi_ref: PiRef, round_: int, data: list[StageResult])
     return ctx.stage(f"return_model_round{round_}", inputs, build, resumable=True)
 
 
-def _start(ctx: RunContext, pi_ref: PiRef) -> tuple[str, str] | None:
+def _start(ctx: RunContext, pi_ref: PiRef, base: BaseModel | None) -> tuple[str, str] | None:
     """(source, key) of the causal LM whose trunk the return model starts from; None: from model.guide.arch."""
     init = ctx.cfg.model.guide.init
     if init == Init.pi_ref:
         return pi_ref.source, pi_ref.key
     if init == Init.base:
-        base = base_model.load(ctx)
+        if base is None:
+            raise ValueError("model.guide.init=base: pass the base model (stages/base_model.load)")
         return base.source, base.key
     return None
 
@@ -84,15 +87,17 @@ def _start(ctx: RunContext, pi_ref: PiRef) -> tuple[str, str] | None:
 def check_tokenizer(cfg: RunConfig, codec: PromptCodec) -> None:
     """A pretrained return model must read pi_ref's tokens as pi_ref does."""
     guide = cfg.model.guide
-    source = {Init.scratch: guide.arch.pretrained, Init.base: cfg.model.base.pretrained}.get(guide.init)
+    pretrained = {Init.scratch: ("model.guide.arch.pretrained", guide.arch.pretrained),
+                  Init.base: ("model.base.pretrained", cfg.model.base.pretrained)}
+    key, source = pretrained.get(guide.init, (None, None))
     if source is None:
         return  # built here on pi_ref's own tokenizer, or from pi_ref or a base model of this tokenizer
-    theirs = load_tokenizer(source, "model.guide.arch.pretrained").get_vocab()
+    theirs = load_tokenizer(source, key).get_vocab()
     ours = codec.tokenizer.get_vocab()
     if theirs != ours:
         differ = len(set(theirs.items()) ^ set(ours.items()))
         raise UserError(
-            f"model.guide.arch.pretrained={source} does not share pi_ref's tokenizer ({differ} vocabulary "
+            f"{key}={source} does not share pi_ref's tokenizer ({differ} vocabulary "
             f"entries differ, sizes {len(theirs)} vs {len(ours)}): pick a guide of the same family as "
             f"model.pi_ref.pretrained={cfg.model.pi_ref.pretrained}."
         )
