@@ -184,3 +184,111 @@ def test_stage_keys_change_when_the_base_model_changes(tmp_path):
 def test_an_arch_of_the_base_model_is_its_own(tokenizer):
     assert isinstance(build_causal_lm(ArchConfig(conv_width=4), tokenizer, 0), ConvGPT2LMHeadModel)
     assert not isinstance(build_causal_lm(ArchConfig(), tokenizer, 0), ConvGPT2LMHeadModel)
+
+
+# -- the math base model: the arithmetic corpus and its stage ---------------------------------------
+
+ARITHMETIC_TEMPLATE_WORDS = re.compile(r"[A-Za-z\\{}]")  # names, items, sentences, \boxed{}: none in the corpus
+EQUATION = re.compile(r"(\d+) ([-+*]) (\d+) = (\d+)\.")
+
+
+def test_arithmetic_corpus_holds_only_right_calculations_and_no_word_problem():
+    from qsharp_exp.tasks.arithmetic import ITEMS, NAMES
+    from qsharp_exp.training.arithmetic_corpus import calculation_lines
+
+    steps = set()
+    for text, results in calculation_lines(2000, 99, 3, seed=0):
+        assert not ARITHMETIC_TEMPLATE_WORDS.search(text), text
+        assert not any(word in text for word in ITEMS + [n for n, _ in NAMES])
+        equations = EQUATION.findall(text)
+        assert " ".join(f"{a} {op} {b} = {c}." for a, op, b, c in equations) == text  # nothing else on the line
+        previous = None
+        for a, op, b, c in equations:
+            assert eval(f"{a} {op} {b}") == int(c) and int(c) >= 1
+            assert previous is None or a == previous  # a chain: each equation starts from the last result
+            previous = c
+        assert [text[s:e] for s, e in results] == [c for *_, c in equations]
+        steps.add(len(equations))
+    assert steps == {1, 2, 3}
+
+
+def test_arithmetic_corpus_lines_score_exactly_the_results_tokens():
+    from qsharp_exp.config import BasePretrainConfig
+    from qsharp_exp.tasks import build_task
+    from qsharp_exp.tasks.arithmetic import ArithmeticConfig
+    from qsharp_exp.training.base_corpus import CORPORA
+
+    task = build_task(ArithmeticConfig(name="arithmetic", num_pretrain=200, num_train=4, num_test=4))
+    tok = task.build_tokenizer()
+    cfg = BasePretrainConfig(corpus="arithmetic", corpus_lines=40, eval_lines=10)
+    lines = CORPORA["arithmetic"].lines(task, tok, cfg, 0)
+    assert len(lines) == 50 and lines == CORPORA["arithmetic"].lines(task, tok, cfg, 0)
+    for line in lines:
+        text = tok.decode(line.prompt + line.response, skip_special_tokens=True)
+        assert line.response[-1] == tok.eos_token_id
+        assert "".join(tok.decode([line.response[i]]) for i in line.scored) == "".join(c for *_, c in
+                                                                                        EQUATION.findall(text))
+
+
+ARITHMETIC_TINY = [
+    "task=arithmetic", "task.num_pretrain=60", "task.num_train=8", "task.num_test=4", "base_pretrain.steps=5",
+    "base_pretrain.corpus_lines=200", "base_pretrain.eval_lines=20", "base_pretrain.warmup_steps=1",
+    "model.base.n_layer=1", "model.base.n_embd=32", "model.base.n_head=2", "pretrain.steps=3",
+    "pretrain.warmup_steps=1", "pretrain.eval_problems=4", "collect.rounds=1", "eval.max_new_tokens=16", "algo=cd",
+    "progress=false",
+]
+
+
+def test_math_base_model_is_keyed_by_its_corpus_and_architecture_and_pi_ref_and_the_guide_start_from_it(tmp_path):
+    def ctx_of(*overrides):
+        return RunContext.create(load_run_config(compose_cfg(*ARITHMETIC_TINY, f"cache_dir={tmp_path}", *overrides)))
+
+    ctx = ctx_of()
+    assert ctx.uses_base_model
+    base = base_model.load(ctx)
+    assert 0.0 <= base.metrics["result_accuracy"] <= 1.0
+    inputs = json.loads((ctx.stages["base_model"].path / "inputs.json").read_text())
+    assert inputs["base_pretrain"]["corpus"] == "arithmetic" and "labels" not in inputs
+    reference = pi_ref.load(ctx, base)
+    assert type(reference.model).__name__ == "LlamaForCausalLM" and reference.model.config.hidden_size == 32
+    assert json.loads((ctx.stages["pi_ref"].path / "inputs.json").read_text())["init"] == base.key
+    # The return model starts from pi_ref (the default) or from the base model itself.
+    assert return_model._start(ctx, reference, base) == (reference.source, reference.key)
+    guide_from_base = ctx_of("model.guide.init=base")
+    assert return_model._start(guide_from_base, reference, base) == (base.source, base.key)
+
+    keys = {"default": (base.key, reference.key)}
+    for name, override in (("corpus", "base_pretrain.max_operand=50"), ("arch", "model.base.n_embd=64")):
+        other = ctx_of(override)
+        other_base = base_model.load(other)
+        keys[name] = (other_base.key, pi_ref.load(other, other_base).key)
+    assert len({k[0] for k in keys.values()}) == 3 and len({k[1] for k in keys.values()}) == 3
+    # The task's post-training problems are not part of the base model's inputs: another count reuses it.
+    assert base_model.load(ctx_of("task.num_train=9")).key == base.key
+
+
+def test_a_warm_started_round_begins_with_the_last_rounds_model_and_leaves_round_one_as_it_was(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    started = []
+    real = return_model.train_return_model
+
+    def recording(model, rollouts, cfg, *args, **kwargs):
+        started.append(({k: v.clone() for k, v in model.state_dict().items()}, cfg.epochs, cfg.steps))
+        return real(model, rollouts, cfg, *args, **kwargs)
+
+    monkeypatch.setattr(return_model, "train_return_model", recording)
+    rounds = {}
+    for name, extra in (("fresh", []), ("warm", ["guide_train.warm_start_epochs=1"])):
+        ctx = context(tmp_path, "collect.rounds=2", *extra)
+        base = base_model.load(ctx)
+        rounds[name] = return_model.train_rounds(ctx, pi_ref.load(ctx, base), 2, base)
+    fresh, warm = rounds["fresh"], rounds["warm"]
+    assert warm[0].key == fresh[0].key and warm[1].key != fresh[1].key  # the setting is read by rounds >= 2 only
+    inputs = json.loads((warm[1].path / "inputs.json").read_text())
+    assert inputs["init"] == warm[0].key and inputs["train"]["epochs"] == 1
+    # Round 2 of the warm run started from round 1's saved weights, for one epoch.
+    (weights, epochs, _) = started[-1]
+    saved = load_file(warm[0].path / "model" / "model.safetensors")
+    assert epochs == 1 and torch.equal(weights["head.weight"], saved["head.weight"])
+    assert not torch.equal(started[1][0]["head.weight"], saved["head.weight"])  # the fresh run's round 2 did not

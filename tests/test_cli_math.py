@@ -47,7 +47,8 @@ def test_gsm8k_with_a_tiny_model_runs_two_rounds_and_writes_metrics_and_samples(
 
 def test_a_round_without_any_variation_stops_with_a_clear_message(tmp_path):
     # One pretraining step: pi_ref answers nothing right, so every problem's samples agree.
-    result = cli("task=arithmetic", "task.num_pretrain=50", "task.num_train=4", "task.num_test=4", "pretrain.steps=1",
+    result = cli("task=arithmetic", "model.pi_ref_init=scratch", "task.num_pretrain=50", "task.num_train=4",
+                 "task.num_test=4", "pretrain.steps=1",
                  "pretrain.eval_problems=4", "collect.samples_per_problem=2", "eval.max_new_tokens=8", "progress=false",
                  f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, check=False)
     assert result.returncode != 0

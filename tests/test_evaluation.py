@@ -43,6 +43,14 @@ def test_metrics_count_single_samples_majorities_and_any_correct(monkeypatch, to
     assert metrics["pass@4"] == pytest.approx(2 / 3)
     assert metrics["kl_mean"] == pytest.approx(0.25)
     assert metrics["answered"] == pytest.approx(7 / 12)
+    # Standard errors over problems, by hand: per-problem pass@1 (0.5, 0.5, 0) has sample variance 1/12,
+    # so SE = sqrt(1/12 / 3) = 1/6; maj1@4 (1, 0, 0) and pass@4 (1, 1, 0) have variance 1/3, SE 1/3; every
+    # problem's mean KL is 0.25, SE 0.
+    assert metrics["pass@1_se"] == pytest.approx(1 / 6)
+    assert metrics["accuracy_se"] == pytest.approx(1 / 6)
+    assert metrics["maj1@4_se"] == pytest.approx(1 / 3)
+    assert metrics["pass@4_se"] == pytest.approx(1 / 3)
+    assert metrics["kl_mean_se"] == pytest.approx(0.0)
     assert samples[0] == {"problem_id": problems[0].id, "sample": 0, "response": texts[0], "answer": gold[0],
                           "correct": 1.0, "kl": 0.0}
     assert samples[3]["answer"] is None and samples[3]["correct"] == 0.0
@@ -50,6 +58,11 @@ def test_metrics_count_single_samples_majorities_and_any_correct(monkeypatch, to
 
 class Interrupt(Exception):
     pass
+
+
+def test_standard_error_of_one_problem_is_not_defined():
+    assert evaluation.mean_and_se([0.75]) == (0.75, None)
+    assert evaluation.mean_and_se([1.0, 0.0, 1.0, 1.0]) == (0.75, pytest.approx((0.25 / 4) ** 0.5))
 
 
 def test_killed_collection_resumes_to_the_result_of_an_uninterrupted_run(monkeypatch, tiny_task, pi_ref, tokenizer,
@@ -134,6 +147,8 @@ def test_reward_model_metrics_pick_the_best_scored_sample_and_the_heaviest_answe
     assert metrics["maj1@4"] == 0.0
     assert metrics["rm_best_of_4"] == 0.5
     assert metrics["rm_maj1@4"] == 1.0
+    assert metrics["rm_best_of_4_se"] == pytest.approx(0.5)  # (1, 0): variance 1/2, SE sqrt(1/4)
+    assert metrics["rm_maj1@4_se"] == pytest.approx(0.0)
     assert samples[0]["rm_score"] == 0.9
 
 

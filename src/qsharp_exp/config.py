@@ -265,24 +265,33 @@ class AlgoConfig:
         at_least(self, "top_k", 1)
 
 
+class BaseCorpusKind(Choice):
+    lookup = "lookup"  # in-context lookup over the task's labels (star-graph)
+    arithmetic = "arithmetic"  # chains of calculations written as text (math)
+
+
 @dataclass
 class BasePretrainConfig:
-    """Next-token pretraining of the base model on the generic lookup corpus (training/base_corpus.py):
-    the CPU analogue of language pretraining. Not used when model.base.pretrained names a hub LM."""
+    """Next-token pretraining of the base model on a generic corpus (training/base_corpus.py): the CPU
+    analogue of language pretraining. Not used when model.base.pretrained names a hub LM."""
 
+    corpus: BaseCorpusKind = BaseCorpusKind.lookup
     steps: int = 1_000
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_steps: int = 100
     corpus_lines: int = 100_000  # distinct lines drawn (batches are sampled from them)
-    max_pairs: int = 12  # a line lists 1..max_pairs pairs
-    eval_lines: int = 1_000  # held-out lines on which the base model's lookup accuracy is measured
+    max_pairs: int = 12  # lookup: a line lists 1..max_pairs pairs
+    max_operand: int = 99  # arithmetic: operands of sums and differences go up to this
+    max_steps: int = 3  # arithmetic: a line chains 1..max_steps equations
+    eval_lines: int = 1_000  # held-out lines on which the base model's accuracy is measured
 
     def __post_init__(self) -> None:
         optimiser_checks(self)
-        for name in ("steps", "batch_size", "corpus_lines", "max_pairs", "eval_lines"):
+        for name in ("steps", "batch_size", "corpus_lines", "max_pairs", "max_steps", "eval_lines"):
             at_least(self, name, 1)
+        at_least(self, "max_operand", 2)
 
 
 @dataclass
@@ -339,6 +348,9 @@ class GuideTrainConfig:
     # Length of training: `epochs` over the kept rollouts when set (the paper: 5), else `steps`.
     steps: int = 3_000
     epochs: float | None = None
+    # When set, round k >= 2 starts from round k-1's trained return model and trains this many epochs over
+    # the aggregated rollouts; null: every round starts afresh from model.guide.init (the paper).
+    warm_start_epochs: float | None = None
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.01
@@ -355,6 +367,7 @@ class GuideTrainConfig:
         for name in ("steps", "batch_size", "eval_every"):
             at_least(self, name, 1)
         positive(self, "epochs")
+        positive(self, "warm_start_epochs")
         in_unit_interval(self, "val_fraction", closed_above=False)
         in_unit_interval(self, "warmup_fraction", closed_above=False)
         at_least(self, "checkpoint_every", 0)

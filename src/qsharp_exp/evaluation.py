@@ -7,11 +7,19 @@ With a `reward_model` (the trained return model; Q# as a reward model, the paper
 finished response is also scored by its value at the end (the final token, EOS, after the response):
 rm_best_of_k = the highest-scored of a problem's k samples is right; rm_maj1@k = the answer group with
 the largest summed score is right.
+
+Every accuracy-like metric (and kl_mean) has its standard error beside it as `<metric>_se`: the standard
+deviation over problems (sample variance, n - 1) of the per-problem value divided by sqrt(#problems), where a
+problem's value is the mean over its samples for per-sample metrics (pass@1, kl_mean) and 0/1 for per-problem
+ones (maj1@k, pass@k, rm_*). Samples of one problem are correlated, so they are averaged before the spread
+is taken, never counted as independent draws.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -23,6 +31,24 @@ from qsharp_exp.progress import progress
 from qsharp_exp.sampling import Sampled, Sampler
 from qsharp_exp.tasks import Problem, Task
 from qsharp_exp.tasks.answers import majority_vote
+
+
+def mean_and_se(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean of per-problem values and its standard error (None for fewer than two problems)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None
+    variance = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, math.sqrt(variance / n)
+
+
+def with_standard_errors(per_problem: dict[str, Sequence[float]]) -> dict[str, float | None]:
+    """{name: mean, name_se: its standard error} for each metric's per-problem values."""
+    out: dict[str, float | None] = {}
+    for name, values in per_problem.items():
+        out[name], out[f"{name}_se"] = mean_and_se(values)
+    return out
 
 
 @torch.no_grad()
@@ -84,17 +110,23 @@ def evaluate(
             rm_best_right.append(max(rows, key=lambda r: r["rm_score"])["correct"] > 0)
             weighted = majority_vote([r["answer"] for r in rows], task.same_answer, [r["rm_score"] for r in rows])
             rm_vote_right.append(weighted is not None and task.same_answer(gold[pid], weighted))
-    pass_at_1 = sum(s["correct"] for s in samples) / len(samples)
+    k = num_samples
+    rows_by_problem = list(by_problem.values())
+    per_problem = {
+        "pass@1": [sum(r["correct"] for r in rows) / len(rows) for rows in rows_by_problem],
+        f"maj1@{k}": [float(x) for x in majority_right],
+        f"pass@{k}": [float(max(r["correct"] for r in rows) > 0) for rows in rows_by_problem],
+        "kl_mean": [sum(r["kl"] for r in rows) / len(rows) for rows in rows_by_problem],
+    }
+    if scores is not None:
+        per_problem[f"rm_best_of_{k}"] = [float(x) for x in rm_best_right]
+        per_problem[f"rm_maj1@{k}"] = [float(x) for x in rm_vote_right]
+    measured = with_standard_errors(per_problem)
     metrics = {
-        "accuracy": pass_at_1,
-        "pass@1": pass_at_1,
-        f"maj1@{num_samples}": sum(majority_right) / len(majority_right),
-        f"pass@{num_samples}": sum(max(r["correct"] for r in rows) > 0 for rows in by_problem.values())
-        / len(by_problem),
-        "kl_mean": sum(s["kl"] for s in samples) / len(samples),
+        "accuracy": measured["pass@1"],
+        "accuracy_se": measured["pass@1_se"],
+        **measured,
         "answered": sum(s["answer"] is not None for s in samples) / len(samples),
-        **({f"rm_best_of_{num_samples}": sum(rm_best_right) / len(rm_best_right),
-            f"rm_maj1@{num_samples}": sum(rm_vote_right) / len(rm_vote_right)} if scores is not None else {}),
         "num_problems": len(problems),
         "num_samples": num_samples,
     }

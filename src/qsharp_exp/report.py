@@ -102,16 +102,19 @@ def groups(runs: list[dict]) -> dict[tuple[str, str], list[dict]]:
     return {k: sorted(v, key=_sort_key) for k, v in sorted(by.items())}
 
 
-def _fmt(value, name: str) -> str:
+def _fmt(metrics: dict, name: str) -> str:
+    """A table cell: rewards in %, KL in nats, each with ± its standard error where measured."""
+    value, se = metrics.get(name), metrics.get(f"{name}_se")
     if value is None:
         return "-"
-    if name == "kl_mean":
-        return f"{value:.3f}"
-    return f"{100 * value:.1f}"
+    scale, digits = (1, 3) if name == "kl_mean" else (100, 1)
+    cell = f"{scale * value:.{digits}f}"
+    return cell + (f" ± {scale * se:.{digits}f}" if se is not None else "")
 
 
 def write_tables(runs: list[dict], out: Path) -> None:
-    lines = ["# Results", "", "Rewards in %, KL in nats per response (mean over samples). "
+    lines = ["# Results", "", "Rewards in %, KL in nats per response (mean over samples), each ± its standard "
+             "error over problems. "
              "Source: the metrics.json files under the given directories.", ""]
     csv_rows = []
     for (model, task), rows in groups(runs).items():
@@ -121,10 +124,12 @@ def write_tables(runs: list[dict], out: Path) -> None:
         for m in rows:
             eta = f"{m['eta']:g}" if m.get("eta") is not None else "-"
             lines.append(f"| {algo_label(m['algo'])} | {eta} | "
-                         + " | ".join(_fmt(m.get(c), c) for c in cols) + " |")
+                         + " | ".join(_fmt(m, c) for c in cols) + " |")
             csv_rows.append({"model": model, "task": task, "method": algo_label(m["algo"]),
                              "eta": m.get("eta") if m.get("eta") is not None else "",
-                             **{c: m.get(c, "") for c in cols}, "run_dir": m["_path"]})
+                             **{c: m.get(c, "") for c in cols},
+                             **{f"{c}_se": m[f"{c}_se"] for c in cols if m.get(f"{c}_se") is not None},
+                             "run_dir": m["_path"]})
         lines.append("")
     (out / "report.md").write_text("\n".join(lines))
     fields = ["model", "task", "method", "eta"]
@@ -221,13 +226,20 @@ def write_bar_chart(runs: list[dict], out: Path) -> Path | None:
     return out / "accuracy_by_method.png"
 
 
+def with_se(metrics: dict, key: str) -> str:
+    """`0.6125 ± 0.0141`: the value with its standard error where metrics.json has one."""
+    se = metrics.get(f"{key}_se")
+    return f"{metrics[key]:.4f}" + (f" ± {se:.4f}" if se is not None else "")
+
+
 def print_summary(metrics: dict) -> None:
     rows = [
         ("task", metrics["task"]),
         ("algo", metrics["algo"]),
         ("eta", metrics["eta"]),
-        *((key, f"{metrics[key]:.4f}") for key in metrics if key.startswith(("pass@", "maj1@"))),
-        ("kl_mean (nats)", f"{metrics['kl_mean']:.4f}"),
+        *((key, with_se(metrics, key)) for key in metrics
+          if key.startswith(("pass@", "maj1@", "rm_")) and not key.endswith("_se")),
+        ("kl_mean (nats)", with_se(metrics, "kl_mean")),
         ("problems x samples", f"{metrics['num_problems']} x {metrics['num_samples']}"),
     ]
     if "pi_ref_test_accuracy" in metrics:

@@ -23,8 +23,9 @@ from qsharp_exp.tasks import Task, build_task
 # Part of every stage's inputs. Bumped when code changes what a stage produces for the same config
 # (a file layout, the random streams of sampling, the order of training batches), so that a cache
 # filled by older code is never taken for this code's results. 5: checksums; roll-outs within the budget.
-# 6: the base model stage (its lookup corpus), GPT-2 with a conv stem, pair-mode data.
-PIPELINE_VERSION = 6
+# 6: the base model stage (its lookup corpus), GPT-2 with a conv stem, pair-mode data. 7: base-model corpora
+# (lookup, arithmetic) and their settings in the base model's inputs; standard errors in evaluation metrics.
+PIPELINE_VERSION = 7
 
 
 def numerics(cfg: RunConfig) -> dict[str, Any]:

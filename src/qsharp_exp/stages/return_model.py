@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from qsharp_exp.config import Init, RunConfig, UserError, as_dict
 from qsharp_exp.files import read_jsonl, write_jsonl
 from qsharp_exp.models.lm import load_pretrained_lm, load_tokenizer
-from qsharp_exp.models.return_model import build_return_model, return_model_from_lm
+from qsharp_exp.models.return_model import ReturnModel, build_return_model, return_model_from_lm
 from qsharp_exp.prompts import PromptCodec
 from qsharp_exp.report import plot_guide_curve
 from qsharp_exp.stages.base_model import BaseModel
@@ -31,36 +32,46 @@ def train_rounds(ctx: RunContext, pi_ref: PiRef, rounds: int, base: BaseModel | 
     models: list[StageResult] = []
     data: list[StageResult] = []
     for r in range(1, rounds + 1):
-        data.append(collect_round(ctx, pi_ref, r, models[-1] if models else None))
-        models.append(_train(ctx, pi_ref, r, data, base))
+        previous = models[-1] if models else None
+        data.append(collect_round(ctx, pi_ref, r, previous))
+        models.append(_train(ctx, pi_ref, r, data, base, previous))
     return models
 
 
-def _train(ctx: RunContext, pi_ref: PiRef, round_: int, data: list[StageResult], base: BaseModel | None
-           ) -> StageResult:
+def _train(ctx: RunContext, pi_ref: PiRef, round_: int, data: list[StageResult], base: BaseModel | None,
+           previous: StageResult | None) -> StageResult:
+    """Round `round_`'s return model on the rollouts of rounds 1..round_: afresh from model.guide.init, or
+    (guide_train.warm_start_epochs) from `previous`, the last round's model."""
     cfg = ctx.cfg
     guide = cfg.model.guide
-    # How often checkpoints are written does not change the trained model; `steps` does not when epochs count.
-    unused = {"checkpoint_every", *(["steps"] if cfg.guide_train.epochs is not None else [])}
-    train_inputs = {k: v for k, v in as_dict(cfg.guide_train).items() if k not in unused}
+    train = cfg.guide_train
+    warm = previous is not None and train.warm_start_epochs is not None
+    if warm:
+        train = replace(train, epochs=train.warm_start_epochs)
+    # How often checkpoints are written does not change the trained model; `steps` does not when epochs count;
+    # a warm start is keyed by its start (`init`) and its `epochs`, and a fresh round does not read it.
+    unused = {"checkpoint_every", "warm_start_epochs", *(["steps"] if train.epochs is not None else [])}
+    train_inputs = {k: v for k, v in as_dict(train).items() if k not in unused}
     start = _start(ctx, pi_ref, base)
     inputs = {"rollouts": [s.key for s in data], "guide": as_dict(guide), "train": train_inputs, "seed": cfg.seed,
-              "init": start[1] if start else None}
+              "init": previous.key if warm else start[1] if start else None}
 
     def build(out: Path, resume: Path) -> None:
         rollouts = [Rollout(**row) for s in data for row in read_jsonl(s.path / "rollouts.jsonl")]
         # Trained in float32 under bf16 autocast: AdamW's small updates would round away in bf16 weights.
-        if start is None:
+        if warm:
+            model = ReturnModel.from_pretrained(previous.path / "model")
+        elif start is None:
             model = build_return_model(guide, pi_ref.codec.tokenizer, cfg.seed + round_)
         else:
             source = start[0]
             lm = load_pretrained_lm(source, f"model.guide.init={guide.init.value}", None)
             model = return_model_from_lm(guide, lm, source, cfg.seed + round_)
-        log.info("round %d: training the return model on %d rollouts (%d parameters)", round_, len(rollouts),
-                 sum(p.numel() for p in model.parameters()))
+        log.info("round %d: training the return model on %d rollouts (%d parameters%s)", round_, len(rollouts),
+                 sum(p.numel() for p in model.parameters()), f", from round {round_ - 1}'s" if warm else "")
         resume.mkdir(parents=True, exist_ok=True)
         try:
-            model, curve, whole = train_return_model(model, rollouts, cfg.guide_train, pi_ref.codec.pad_id, ctx.hw,
+            model, curve, whole = train_return_model(model, rollouts, train, pi_ref.codec.pad_id, ctx.hw,
                                                      cfg.seed + round_, cfg.progress, resume)
         except NoSignalError as err:
             raise NoSignalError(f"round {round_}: {err}") from None

@@ -1,4 +1,9 @@
-"""The base model's corpus: generic in-context lookup over a task's label vocabulary.
+"""The base model's corpora: what a small LM is pretrained on here before pi_ref and the return model start
+from it (`base_pretrain.corpus`): `lookup` (star-graph, below) or `arithmetic` (math, arithmetic_corpus.py).
+Each turns its text into (prompt ids, response ids, scored positions) lines with the task's tokenizer, and
+names the held-out accuracy it reports.
+
+`lookup`: generic in-context lookup over a task's label vocabulary.
 
 The CPU analogue of language pretraining (docs/method.md, section 4). A line lists a few shuffled pairs
 `a , b` that chain labels into disjoint paths, then asks for the path that continues from one label:
@@ -17,9 +22,15 @@ Lines are written as tokens separated by spaces (`tokens`): a label is one token
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
-from qsharp_exp.tasks.base import Problem
+from transformers import PreTrainedTokenizerBase
+
+from qsharp_exp.config import BasePretrainConfig, UserError
+from qsharp_exp.tasks.base import Problem, Task
+from qsharp_exp.training.arithmetic_corpus import calculation_lines
 
 MAX_CHAIN = 5  # labels per chain: up to four hops of following
 
@@ -58,3 +69,67 @@ def lookup_corpus(labels: Sequence[str], lines: int, max_pairs: int, seed: int |
         line = lookup_line(rng, labels, max_pairs)
         out.append(Problem(id=f"lookup-{i}", prompt=line.prompt, answer=line.answer))
     return out
+
+
+# -- corpora as token lines ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CorpusLine:
+    prompt: list[int]
+    response: list[int]  # ends in EOS; the loss is taken on it
+    scored: list[int] | None = None  # response positions the held-out accuracy checks (None: all)
+
+
+@dataclass(frozen=True)
+class BaseCorpus:
+    metric: str  # the held-out accuracy's name in the base model's metrics
+    # What of the task the corpus depends on (part of the base model's stage key).
+    task_inputs: Callable[[Task], dict[str, Any]]
+    # (task, tokenizer, settings, seed) -> corpus_lines + eval_lines lines
+    lines: Callable[[Task, PreTrainedTokenizerBase, BasePretrainConfig, int], list[CorpusLine]]
+
+
+def _labels(task: Task) -> list[str]:
+    labels = getattr(task, "lookup_labels", None)
+    if labels is None:
+        raise UserError(f"task={task.name} has no label vocabulary for the lookup corpus: set base_pretrain.corpus "
+                        "to another corpus, model.base.pretrained to a pretrained LM, or model.pi_ref_init=scratch "
+                        "and model.guide.init=scratch (or pi_ref).")
+    return list(labels())
+
+
+def _label_ids(vocab: dict[str, int], text: str) -> list[int]:
+    """The lookup corpus's tokens as ids: each label and separator is one token of the task's tokenizer."""
+    missing = sorted({t for t in tokens(text) if t not in vocab})
+    if missing:
+        raise UserError(f"the task's tokenizer has no token for {', '.join(missing)}: the lookup corpus needs every "
+                        "label and separator as one token; use model.base.pretrained for other tokenizers.")
+    return [vocab[t] for t in tokens(text)]
+
+
+def _lookup_lines(task: Task, tokenizer: PreTrainedTokenizerBase, cfg: BasePretrainConfig, seed: int
+                  ) -> list[CorpusLine]:
+    vocab = tokenizer.get_vocab()
+    return [CorpusLine(_label_ids(vocab, x.prompt), _label_ids(vocab, x.answer) + [tokenizer.eos_token_id])
+            for x in lookup_corpus(_labels(task), cfg.corpus_lines + cfg.eval_lines, cfg.max_pairs, seed)]
+
+
+def _arithmetic_lines(task: Task, tokenizer: PreTrainedTokenizerBase, cfg: BasePretrainConfig, seed: int
+                      ) -> list[CorpusLine]:
+    """The first number is the prompt; the loss covers the rest; held-out lines score the results' tokens."""
+    out = []
+    for text, results in calculation_lines(cfg.corpus_lines + cfg.eval_lines, cfg.max_operand, cfg.max_steps, seed):
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
+        cut = next(i for i, (start, _) in enumerate(offsets) if start >= text.index(" "))
+        scored = [i - cut for i, (start, end) in enumerate(offsets)
+                  if i >= cut and any(a <= start and end <= b for a, b in results)]
+        out.append(CorpusLine(ids[:cut], ids[cut:] + [tokenizer.eos_token_id], scored))
+    return out
+
+
+CORPORA: dict[str, BaseCorpus] = {
+    "lookup": BaseCorpus("lookup_accuracy", lambda task: {"labels": _labels(task)}, _lookup_lines),
+    "arithmetic": BaseCorpus("result_accuracy", lambda task: {}, _arithmetic_lines),
+}
