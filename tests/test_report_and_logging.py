@@ -26,7 +26,11 @@ def test_report_writes_the_papers_table_and_both_plots_next_to_the_runs(sweep):
     assert "| method | eta | accuracy | kl_mean | rm_best_of_2 | rm_maj1@2 |" in table
     methods = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ") and "---" not in line]
     assert methods == ["method", "pi_ref", "CD", "CD", "Q#", "Q#"]
+    # Every cell of a reward or KL column is `value ± standard error`; the CSV keeps the errors apart.
+    pi_ref_row = next(line for line in table.splitlines() if line.startswith("| pi_ref"))
+    assert all("±" in cell for cell in pi_ref_row.split("|")[3:-1])
     rows = list(csv.DictReader((sweep / "report.csv").open()))
+    assert all(r["accuracy_se"] not in ("", None) and float(r["accuracy_se"]) >= 0 for r in rows)
     assert {(r["method"], r["eta"]) for r in rows} == {("pi_ref", ""), ("CD", "0.1"), ("CD", "1.0"), ("Q#", "0.1"),
                                                       ("Q#", "1.0")}
     for name in ("reward_vs_kl.png", "reward_vs_inverse_eta.png"):

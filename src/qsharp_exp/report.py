@@ -81,11 +81,11 @@ def columns(rows: list[dict]) -> list[str]:
     as a reward model where it was measured."""
     names = [reward_name(rows)]
     if names[0] == "pass@1":
-        names += sorted({k for r in rows for k in r if k.startswith("maj1@")})
+        names += sorted({k for r in rows for k in r if k.startswith("maj1@") and not k.endswith("_se")})
     names.append("kl_mean")
     # Q# as a reward model ranks several samples; with one sample per problem it would repeat the reward.
     names += sorted({k for r in rows for k in r if k.startswith(("rm_best_of_", "rm_maj1@"))
-                     and r.get("num_samples", 1) > 1})
+                     and not k.endswith("_se") and r.get("num_samples", 1) > 1})
     return names
 
 
