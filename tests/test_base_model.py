@@ -249,6 +249,7 @@ def test_math_base_model_is_keyed_by_its_corpus_and_architecture_and_pi_ref_and_
     assert 0.0 <= base.metrics["result_accuracy"] <= 1.0
     inputs = json.loads((ctx.stages["base_model"].path / "inputs.json").read_text())
     assert inputs["base_pretrain"]["corpus"] == "arithmetic" and "labels" not in inputs
+    assert "max_pairs" not in inputs["base_pretrain"]  # the lookup corpus's setting is not this model's input
     reference = pi_ref.load(ctx, base)
     assert type(reference.model).__name__ == "LlamaForCausalLM" and reference.model.config.hidden_size == 32
     assert json.loads((ctx.stages["pi_ref"].path / "inputs.json").read_text())["init"] == base.key
@@ -265,6 +266,7 @@ def test_math_base_model_is_keyed_by_its_corpus_and_architecture_and_pi_ref_and_
     assert len({k[0] for k in keys.values()}) == 3 and len({k[1] for k in keys.values()}) == 3
     # The task's post-training problems are not part of the base model's inputs: another count reuses it.
     assert base_model.load(ctx_of("task.num_train=9")).key == base.key
+    assert base_model.load(ctx_of("base_pretrain.max_pairs=5")).key == base.key
 
 
 def test_a_warm_started_round_begins_with_the_last_rounds_model_and_leaves_round_one_as_it_was(tmp_path, monkeypatch):

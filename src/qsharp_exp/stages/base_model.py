@@ -17,7 +17,7 @@ from qsharp_exp.files import write_json, write_jsonl
 from qsharp_exp.models.lm import build_causal_lm
 from qsharp_exp.stages.cache import stage_key
 from qsharp_exp.stages.context import RunContext
-from qsharp_exp.training.base_corpus import CORPORA
+from qsharp_exp.training.base_corpus import CORPORA, BaseCorpus, settings_of
 from qsharp_exp.training.pretrain import exact_match, pretrain
 
 log = logging.getLogger(__name__)
@@ -36,17 +36,16 @@ def load(ctx: RunContext) -> BaseModel:
     if cfg.model.base.pretrained is not None:
         return BaseModel(cfg.model.base.pretrained, stage_key({"pretrained": cfg.model.base.pretrained}), {})
     corpus = CORPORA[cfg.base_pretrain.corpus.value]
-    inputs = {"arch": as_dict(cfg.model.base), "base_pretrain": as_dict(cfg.base_pretrain),
+    inputs = {"arch": as_dict(cfg.model.base), "base_pretrain": settings_of(cfg.base_pretrain),
               **corpus.task_inputs(ctx.task), "vocabulary": sorted(ctx.task_tokenizer.get_vocab().items()),
               "seed": cfg.seed}
-    stage = ctx.stage("base_model", inputs, lambda out: _pretrain(ctx, out))
+    stage = ctx.stage("base_model", inputs, lambda out: _pretrain(ctx, corpus, out))
     metrics = json.loads((stage.path / "metrics.json").read_text())
     return BaseModel(str(stage.path / "model"), stage.key, metrics)
 
 
-def _pretrain(ctx: RunContext, out: Path) -> None:
+def _pretrain(ctx: RunContext, corpus: BaseCorpus, out: Path) -> None:
     cfg, train = ctx.cfg, ctx.cfg.base_pretrain
-    corpus = CORPORA[train.corpus.value]
     tokenizer = ctx.task_tokenizer
     model = build_causal_lm(cfg.model.base, tokenizer, cfg.seed)
     lines = corpus.lines(ctx.task, tokenizer, train, cfg.seed)
@@ -61,8 +60,8 @@ def _pretrain(ctx: RunContext, out: Path) -> None:
     pad = tokenizer.pad_token_id
     curve = pretrain(model, [(x.prompt, x.response) for x in lines], train, pad, ctx.hw, cfg.seed, cfg.progress,
                      desc="pretrain base model")
-    scored = None if held_out[0].scored is None else [x.scored for x in held_out]
-    accuracy = exact_match(model, [(x.prompt, x.response) for x in held_out], pad, ctx.hw, scored=scored)
+    accuracy = exact_match(model, [(x.prompt, x.response) for x in held_out], pad, ctx.hw,
+                           scored=[x.scored for x in held_out])
     metrics = {corpus.metric: accuracy}
     log.info("base model: %s %.3f on %d held-out lines", corpus.metric, accuracy, len(held_out))
     model.save_pretrained(out / "model")

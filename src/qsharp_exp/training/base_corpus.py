@@ -28,7 +28,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from qsharp_exp.config import BasePretrainConfig, UserError
+from qsharp_exp.config import BasePretrainConfig, UserError, as_dict
 from qsharp_exp.tasks.base import Problem, Task
 from qsharp_exp.training.arithmetic_corpus import calculation_lines
 
@@ -84,6 +84,7 @@ class CorpusLine:
 @dataclass(frozen=True)
 class BaseCorpus:
     metric: str  # the held-out accuracy's name in the base model's metrics
+    settings: tuple[str, ...]  # the fields of base_pretrain only this corpus reads
     # What of the task the corpus depends on (part of the base model's stage key).
     task_inputs: Callable[[Task], dict[str, Any]]
     # (task, tokenizer, settings, seed) -> corpus_lines + eval_lines lines
@@ -130,6 +131,12 @@ def _arithmetic_lines(task: Task, tokenizer: PreTrainedTokenizerBase, cfg: BaseP
 
 
 CORPORA: dict[str, BaseCorpus] = {
-    "lookup": BaseCorpus("lookup_accuracy", lambda task: {"labels": _labels(task)}, _lookup_lines),
-    "arithmetic": BaseCorpus("result_accuracy", lambda task: {}, _arithmetic_lines),
+    "lookup": BaseCorpus("lookup_accuracy", ("max_pairs",), lambda task: {"labels": _labels(task)}, _lookup_lines),
+    "arithmetic": BaseCorpus("result_accuracy", ("max_operand", "max_steps"), lambda task: {}, _arithmetic_lines),
 }
+
+
+def settings_of(cfg: BasePretrainConfig) -> dict[str, Any]:
+    """`cfg` as a dict without the settings of corpora other than the chosen one (a base model's inputs)."""
+    others = {name for kind, corpus in CORPORA.items() if kind != cfg.corpus.value for name in corpus.settings}
+    return {k: v for k, v in as_dict(cfg).items() if k not in others}

@@ -73,19 +73,20 @@ def supervised_examples(codec: PromptCodec, problems: list[Problem], targets: li
 
 @torch.no_grad()
 def exact_match(model: PreTrainedModel, examples: list[tuple[list[int], list[int]]], pad_id: int, hw: Hardware,
-                batch_size: int = 500, scored: list[list[int]] | None = None) -> float:
-    """Share of examples whose every response token (or every one of `scored[i]`, response positions) is the
-    model's top prediction, given the true prefix."""
+                batch_size: int = 500, scored: list[list[int] | None] | None = None) -> float:
+    """Share of examples whose every response token (or, where `scored[i]` is given, every one of those
+    response positions) is the model's top prediction, given the true prefix."""
     model.eval()
     hits = 0
     for start in range(0, len(examples), batch_size):
         batch = examples[start : start + batch_size]
         ids, mask, labels = _teacher_forced(batch, pad_id, hw)
-        if scored is not None:
-            keep = torch.zeros_like(labels, dtype=torch.bool)
-            for i, (prompt, _) in enumerate(batch):
-                keep[i, [len(prompt) + t for t in scored[start + i]]] = True
-            labels[~keep] = -100
+        for i, (prompt, _) in enumerate(batch):
+            positions = scored[start + i] if scored is not None else None
+            if positions is not None:
+                keep = torch.zeros_like(labels[i], dtype=torch.bool)
+                keep[[len(prompt) + t for t in positions]] = True
+                labels[i, ~keep] = -100
         with hw.autocast():
             predicted = model(input_ids=ids, attention_mask=mask).logits[:, :-1].argmax(-1)
         target = labels[:, 1:]
