@@ -33,26 +33,84 @@ def test_the_star_graph_pattern_recognises_star_graph_lines():
         assert STAR_GRAPH_PROMPT.search(graph.prompt() + graph.answer())
 
 
+def follow(pairs: dict[str, str], node: str, hops: int | None = None) -> list[str]:
+    """The labels reached from `node` by following pairs (`hops` of them, or to the chain's end)."""
+    chain = []
+    while node in pairs and (hops is None or len(chain) < hops):
+        node = pairs[node]
+        chain.append(node)
+    return chain
+
+
 def test_lookup_corpus_holds_no_star_graph_line_and_its_answers_follow_its_pairs():
-    formats = set()
-    for line in lookup_corpus(LABELS, 3000, 20, seed=0):
+    formats, hops = set(), {"follow": [], "chain_end": []}
+    for line in lookup_corpus(LABELS, 4000, 20, seed=0, chain_end_fraction=0.5):
         assert not STAR_GRAPH_PROMPT.search((line.prompt + line.answer).replace(" ", "")), line
-        edges, query = line.prompt.split(" / ")
+        if line.kind == "follow":
+            edges, query = line.prompt.split(" / ")
+            query = query.removesuffix(" =")
+        else:
+            edges, query = line.prompt.split(" = ")
         pairs = dict(pair.split(" , ") for pair in edges.split(" | "))
-        chain, node = [], query.removesuffix(" =")
-        while node in pairs:
-            node = pairs[node]
-            chain.append(node)
-        # followed to the chain's end: no pair leaves its last label
-        assert line.answer.replace(" , ", " ").split() == chain
         assert 1 <= len(pairs) <= 20
-        formats.add("," in line.answer if len(chain) > 1 else None)
+        chain = follow(pairs, query)  # followed to the chain's end: no pair leaves its last label
+        assert len(chain) == line.hops
+        if line.kind == "follow":
+            assert line.answer.replace(" , ", " ").split() == chain
+            formats.add("," in line.answer if len(chain) > 1 else None)
+        else:
+            assert line.answer == chain[-1] and follow(pairs, query, line.hops)[-1] == line.answer
+        hops[line.kind].append(line.hops)
     assert {True, False} <= formats  # both answer formats occur
+    assert 1800 < len(hops["chain_end"]) < 2200
+    counts = [hops["chain_end"].count(h) for h in (1, 2, 3, 4)]  # uniform over one to four hops
+    assert all(abs(c - len(hops["chain_end"]) / 4) < 100 for c in counts), counts
+    assert set(hops["follow"]) == {1, 2, 3, 4}
+
+
+def test_lookup_corpus_without_chain_end_questions_draws_the_same_lines_as_before_they_existed():
+    lines = lookup_corpus(LABELS, 200, 12, seed=3)
+    assert {x.kind for x in lines} == {"follow"}
+    assert lookup_corpus(LABELS, 200, 12, seed=3, chain_end_fraction=0.0) == lines
+    # The first line of seed 3, as drawn before chain-end questions were added.
+    assert (lines[0].prompt, lines[0].answer) == ('0 , 28 | 26 , 19 | 40 , 26 / 0 =', '28')
 
 
 def test_lookup_corpus_is_deterministic_in_its_seed():
     assert lookup_corpus(LABELS, 50, 12, seed=1) == lookup_corpus(LABELS, 50, 12, seed=1)
     assert lookup_corpus(LABELS, 50, 12, seed=1) != lookup_corpus(LABELS, 50, 12, seed=2)
+    assert lookup_corpus(LABELS, 50, 12, 1, 0.5) == lookup_corpus(LABELS, 50, 12, 1, 0.5)
+
+
+class NextLabel(torch.nn.Module):
+    """A stand-in LM whose top prediction after token t is always t + 1."""
+
+    def forward(self, input_ids, attention_mask):
+        return type("Out", (), {"logits": torch.nn.functional.one_hot((input_ids + 1) % 32, 32).float()})()
+
+
+def test_held_out_accuracy_by_hops_counts_each_group_on_a_hand_built_corpus():
+    from qsharp_exp.config import HardwareConfig
+    from qsharp_exp.hardware import Hardware
+    from qsharp_exp.training.base_corpus import CorpusLine
+    from qsharp_exp.training.pretrain import exact_matches
+
+    eos = 31  # NextLabel predicts 31 after 30: a response ending 30, 31 is right to its end
+    lines = [
+        CorpusLine([1, 2], [3, 9, eos], group="follow_hops_2"),  # wrong at 9
+        CorpusLine([4, 5], [6, 7, eos], group="follow_hops_2"),  # wrong at the end (after 7 comes 8)
+        CorpusLine([28, 29], [30, eos], group="follow_hops_2"),  # right
+        CorpusLine([10, 11], [12, eos], scored=[0], group="chain_end_hops_3"),  # right where scored
+        CorpusLine([10, 11], [13, eos], scored=[0], group="chain_end_hops_3"),  # wrong
+        CorpusLine([20], [21, eos], scored=[0], group="chain_end_hops_1"),  # right
+    ]
+    hits = exact_matches(NextLabel(), [(x.prompt, x.response) for x in lines], 0, Hardware(HardwareConfig()),
+                         batch_size=4, scored=[x.scored for x in lines])
+    assert hits == [False, False, True, True, False, True]
+    metrics = base_model.held_out_accuracy("lookup_accuracy", hits, [x.group for x in lines])
+    assert metrics == {"lookup_accuracy": 0.5, "lookup_accuracy_chain_end_hops_1": 1.0,
+                       "lookup_accuracy_chain_end_hops_3": 0.5, "lookup_accuracy_follow_hops_2": 1 / 3}
+    assert base_model.held_out_accuracy("result_accuracy", [True, False], ["", ""]) == {"result_accuracy": 0.5}
 
 
 def test_cached_decoding_of_a_conv_stem_lm_matches_its_full_forward(tokenizer):

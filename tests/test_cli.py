@@ -34,6 +34,8 @@ def test_default_pipeline_runs_end_to_end_and_writes_flat_metrics(workdir):
     assert metrics["task"] == "star_graph" and metrics["algo"] == "qsharp" and metrics["eta"] == 0.1
     assert metrics["num_problems"] == 20 and 0.0 <= metrics["accuracy"] <= 1.0
     assert all(not isinstance(v, dict | list) for v in metrics.values())
+    # The base model's held-out accuracy, overall and by hops, is part of the run's metrics.
+    assert 0.0 <= metrics["base_lookup_accuracy"] <= 1.0 and "base_lookup_accuracy_follow_hops_1" in metrics
     samples = (run_dir / "samples.jsonl").read_text().splitlines()
     assert len(samples) == 20
     curve = (Path(metrics["dir_return_model_round2"]) / "curve.jsonl").read_text().splitlines()

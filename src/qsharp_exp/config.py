@@ -283,6 +283,7 @@ class BasePretrainConfig:
     warmup_steps: int = 100
     corpus_lines: int = 100_000  # distinct lines drawn (batches are sampled from them)
     max_pairs: int = 12  # lookup: a line lists 1..max_pairs pairs
+    chain_end_fraction: float = 0.0  # lookup: share of lines that ask for a chain's end in one prediction
     max_operand: int = 99  # arithmetic: operands of sums and differences go up to this
     max_steps: int = 3  # arithmetic: a line chains 1..max_steps equations
     eval_lines: int = 1_000  # held-out lines on which the base model's accuracy is measured
@@ -292,6 +293,7 @@ class BasePretrainConfig:
         for name in ("steps", "batch_size", "corpus_lines", "max_pairs", "max_steps", "eval_lines"):
             at_least(self, name, 1)
         at_least(self, "max_operand", 2)
+        in_unit_interval(self, "chain_end_fraction")
 
 
 @dataclass

@@ -37,7 +37,7 @@ def run(cfg: RunConfig, out_dir: Path, tracker_group: str | None = None) -> dict
     fine_tuned = policy.train(ctx, reference) if cfg.algo.name in TRAINERS else None
     evaluated = evaluation.evaluate(ctx, reference, guide, ranker, fine_tuned)
 
-    metrics = run_metrics(ctx, reference, evaluated.path / "metrics.json")
+    metrics = run_metrics(ctx, base, reference, evaluated.path / "metrics.json")
     if not ctx.hw.dist.is_main:
         return metrics  # rank 0 owns the run directory and the tracker
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -68,9 +68,10 @@ def check_before_work(ctx: RunContext) -> None:
                               f"tokens: set algo.top_k<={vocabulary}.")
 
 
-def run_metrics(ctx: RunContext, reference: pi_ref.PiRef, evaluation_metrics: Path) -> dict:
-    """metrics.json of the run: one flat object of what ran, the evaluation's metrics, pi_ref's accuracy
-    when it was pretrained here, and each stage's time, directory and peak GPU memory."""
+def run_metrics(ctx: RunContext, base: base_model.BaseModel | None, reference: pi_ref.PiRef,
+                evaluation_metrics: Path) -> dict:
+    """metrics.json of the run: one flat object of what ran, the evaluation's metrics, the base model's and
+    pi_ref's accuracy when they were pretrained here, and each stage's time, directory and peak GPU memory."""
     cfg = ctx.cfg
     result = {
         "task": cfg.task.name, "model": cfg.model.name, "algo": cfg.algo.name, **ctx.task.describe(),
@@ -80,6 +81,7 @@ def run_metrics(ctx: RunContext, reference: pi_ref.PiRef, evaluation_metrics: Pa
         "paper_compat": cfg.eval.paper_compat,
         "reward_metric": ctx.task.reward_metric,
         **json.loads(evaluation_metrics.read_text()),
+        **{f"base_{k}": v for k, v in (base.metrics if base else {}).items()},
         **{f"pi_ref_{k}": v for k, v in reference.metrics.items()},
     }
     for name, stage in ctx.stages.items():

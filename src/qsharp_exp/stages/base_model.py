@@ -18,7 +18,7 @@ from qsharp_exp.models.lm import build_causal_lm
 from qsharp_exp.stages.cache import stage_key
 from qsharp_exp.stages.context import RunContext
 from qsharp_exp.training.base_corpus import CORPORA, BaseCorpus, settings_of
-from qsharp_exp.training.pretrain import exact_match, pretrain
+from qsharp_exp.training.pretrain import exact_matches, pretrain
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 class BaseModel:
     source: str  # hub id, or the directory of its weights with its tokenizer beside them
     key: str  # what later stages name it by in their inputs
-    metrics: dict[str, float]  # held-out accuracy on its corpus (empty for a hub LM)
+    metrics: dict[str, float]  # held-out accuracy on its corpus, overall and by group (empty for a hub LM)
 
 
 def load(ctx: RunContext) -> BaseModel:
@@ -60,11 +60,23 @@ def _pretrain(ctx: RunContext, corpus: BaseCorpus, out: Path) -> None:
     pad = tokenizer.pad_token_id
     curve = pretrain(model, [(x.prompt, x.response) for x in lines], train, pad, ctx.hw, cfg.seed, cfg.progress,
                      desc="pretrain base model")
-    accuracy = exact_match(model, [(x.prompt, x.response) for x in held_out], pad, ctx.hw,
-                           scored=[x.scored for x in held_out])
-    metrics = {corpus.metric: accuracy}
-    log.info("base model: %s %.3f on %d held-out lines", corpus.metric, accuracy, len(held_out))
+    hits = exact_matches(model, [(x.prompt, x.response) for x in held_out], pad, ctx.hw,
+                         scored=[x.scored for x in held_out])
+    metrics = held_out_accuracy(corpus.metric, hits, [x.group for x in held_out])
+    log.info("base model on %d held-out lines: %s", len(held_out),
+             ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
     model.save_pretrained(out / "model")
     tokenizer.save_pretrained(out / "model")
     write_json(out / "metrics.json", metrics)
     write_jsonl(out / "curve.jsonl", curve)
+
+
+def held_out_accuracy(metric: str, hits: list[bool], groups: list[str]) -> dict[str, float]:
+    """`metric`: the share of hits; `metric_<group>`: the share within each named group (lookup: by kind of
+    question and number of hops, e.g. `lookup_accuracy_chain_end_hops_3`)."""
+    by_group: dict[str, list[bool]] = {}
+    for hit, group in zip(hits, groups, strict=True):
+        if group:
+            by_group.setdefault(group, []).append(hit)
+    return {metric: sum(hits) / len(hits),
+            **{f"{metric}_{g}": sum(h) / len(h) for g, h in sorted(by_group.items())}}

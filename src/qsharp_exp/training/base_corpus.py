@@ -11,10 +11,13 @@ The CPU analogue of language pretraining (docs/method.md, section 4). A line lis
 starts with the label just seen and copying its second element, hop after hop: the lookup and pointer
 following that induction and copy heads give a language-pretrained GPT-2. Half the answers separate
 their labels by commas, half list them back to back (`3 9`), so that the lookup is made at a label's
-own position as well as at the separator after it. A line is never a star-graph problem (the query names
-one label, `/ q =`, where a star-graph prompt names two, `/ source , goal =`), and its answer follows a
-chain from where the query starts, not from a shared source to a goal: the corpus gives the capability,
-not the task.
+own position as well as at the separator after it. A share of lines (`chain_end_fraction`) asks instead
+for the end of a label's chain in one prediction, `7 , 3 | 12 , 5 | 3 , 9 = 7` answered by `9`: following
+two, three or four pairs within one position, the multi-hop lookup a return model makes when it judges a
+path's first choice by whether that choice's chain ends at the goal. A line is never a star-graph problem
+(the query names one label, `/ q =` or `= q`, where a star-graph prompt names two, `/ source , goal =`), and
+its answer follows a chain from where the query starts, not from a shared source to a goal: the corpus
+gives the capability, not the task.
 
 Lines are written as tokens separated by spaces (`tokens`): a label is one token of the task's tokenizer.
 """
@@ -29,46 +32,63 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from qsharp_exp.config import BasePretrainConfig, UserError, as_dict
-from qsharp_exp.tasks.base import Problem, Task
+from qsharp_exp.tasks.base import Task
 from qsharp_exp.training.arithmetic_corpus import calculation_lines
 
 MAX_CHAIN = 5  # labels per chain: up to four hops of following
 
 
-def lookup_line(rng: random.Random, labels: Sequence[str], max_pairs: int) -> Problem:
-    """One line: 1..max_pairs pairs forming disjoint chains of 2..MAX_CHAIN labels, and a query."""
-    target = rng.randint(1, max_pairs)
+@dataclass(frozen=True)
+class LookupLine:
+    prompt: str
+    answer: str
+    kind: str  # `follow` (the chain, label by label) or `chain_end` (its last label, in one prediction)
+    hops: int  # pairs followed from the query to the answer's last label
+
+
+def lookup_line(rng: random.Random, labels: Sequence[str], max_pairs: int, chain_end_fraction: float = 0.0
+                ) -> LookupLine:
+    """One line: 1..max_pairs pairs forming disjoint chains of 2..MAX_CHAIN labels, and a query.
+
+    A `chain_end` line (a `chain_end_fraction` share) asks for the end of the query's chain at once,
+    `pairs = q` answered by `e`, `hops` (uniform in 1..4) pairs away: the model must chain its lookups
+    within one position, as a return model must at a path's first choice."""
+    chain_end = chain_end_fraction > 0 and rng.random() < chain_end_fraction  # no draw: old corpora stay
+    hops = rng.randint(1, min(MAX_CHAIN - 1, max_pairs, len(labels) - 1)) if chain_end else 1
+    target = rng.randint(hops, max_pairs)
     pool = rng.sample(list(labels), len(labels))
     chains: list[list[str]] = []
     used = pairs = 0
     while pairs < target and len(pool) - used >= 2:
-        n = min(rng.randint(2, MAX_CHAIN), target - pairs + 1, len(pool) - used)
+        shortest = hops + 1 if not chains else 2  # the first chain is long enough for the query
+        n = min(rng.randint(shortest, MAX_CHAIN), target - pairs + 1, len(pool) - used)
         chains.append(pool[used : used + n])
         used += n
         pairs += n - 1
     edges = [(a, b) for chain in chains for a, b in zip(chain[:-1], chain[1:], strict=True)]
     rng.shuffle(edges)
+    listed = " | ".join(f"{a} , {b}" for a, b in edges)
+    if chain_end:
+        chain = rng.choice([c for c in chains if len(c) > hops])
+        return LookupLine(f"{listed} = {chain[-1 - hops]}", chain[-1], "chain_end", hops)
     chain = rng.choice(chains)
     start = rng.randrange(len(chain) - 1)
-    prompt = " | ".join(f"{a} , {b}" for a, b in edges) + f" / {chain[start]} ="
     separator = rng.choice((" , ", " "))
-    return Problem(id="", prompt=prompt, answer=separator.join(chain[start + 1 :]))
+    return LookupLine(f"{listed} / {chain[start]} =", separator.join(chain[start + 1 :]), "follow",
+                      len(chain) - 1 - start)
 
 
 def tokens(text: str) -> list[str]:
     return text.split()
 
 
-def lookup_corpus(labels: Sequence[str], lines: int, max_pairs: int, seed: int | str) -> list[Problem]:
-    """`lines` lines, deterministic in `seed`; ids number them."""
+def lookup_corpus(labels: Sequence[str], lines: int, max_pairs: int, seed: int | str,
+                  chain_end_fraction: float = 0.0) -> list[LookupLine]:
+    """`lines` lines, deterministic in `seed`."""
     if len(labels) < 2:
         raise ValueError(f"a lookup corpus needs at least two labels, got {len(labels)}")
     rng = random.Random(f"lookup-corpus-{seed}")
-    out = []
-    for i in range(lines):
-        line = lookup_line(rng, labels, max_pairs)
-        out.append(Problem(id=f"lookup-{i}", prompt=line.prompt, answer=line.answer))
-    return out
+    return [lookup_line(rng, labels, max_pairs, chain_end_fraction) for _ in range(lines)]
 
 
 # -- corpora as token lines ---------------------------------------------------------------------------
@@ -79,6 +99,7 @@ class CorpusLine:
     prompt: list[int]
     response: list[int]  # ends in EOS; the loss is taken on it
     scored: list[int] | None = None  # response positions the held-out accuracy checks (None: all)
+    group: str = ""  # the held-out accuracy is also reported per group (lookup: kind and hops)
 
 
 @dataclass(frozen=True)
@@ -112,8 +133,10 @@ def _label_ids(vocab: dict[str, int], text: str) -> list[int]:
 def _lookup_lines(task: Task, tokenizer: PreTrainedTokenizerBase, cfg: BasePretrainConfig, seed: int
                   ) -> list[CorpusLine]:
     vocab = tokenizer.get_vocab()
-    return [CorpusLine(_label_ids(vocab, x.prompt), _label_ids(vocab, x.answer) + [tokenizer.eos_token_id])
-            for x in lookup_corpus(_labels(task), cfg.corpus_lines + cfg.eval_lines, cfg.max_pairs, seed)]
+    lines = lookup_corpus(_labels(task), cfg.corpus_lines + cfg.eval_lines, cfg.max_pairs, seed,
+                          cfg.chain_end_fraction)
+    return [CorpusLine(_label_ids(vocab, x.prompt), _label_ids(vocab, x.answer) + [tokenizer.eos_token_id],
+                       group=f"{x.kind}_hops_{x.hops}") for x in lines]
 
 
 def _arithmetic_lines(task: Task, tokenizer: PreTrainedTokenizerBase, cfg: BasePretrainConfig, seed: int
@@ -131,7 +154,8 @@ def _arithmetic_lines(task: Task, tokenizer: PreTrainedTokenizerBase, cfg: BaseP
 
 
 CORPORA: dict[str, BaseCorpus] = {
-    "lookup": BaseCorpus("lookup_accuracy", ("max_pairs",), lambda task: {"labels": _labels(task)}, _lookup_lines),
+    "lookup": BaseCorpus("lookup_accuracy", ("max_pairs", "chain_end_fraction"), lambda task: {"labels": _labels(task)},
+                         _lookup_lines),
     "arithmetic": BaseCorpus("result_accuracy", ("max_operand", "max_steps"), lambda task: {}, _arithmetic_lines),
 }
 

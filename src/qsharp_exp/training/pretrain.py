@@ -72,12 +72,12 @@ def supervised_examples(codec: PromptCodec, problems: list[Problem], targets: li
 
 
 @torch.no_grad()
-def exact_match(model: PreTrainedModel, examples: list[tuple[list[int], list[int]]], pad_id: int, hw: Hardware,
-                batch_size: int = 500, scored: list[list[int] | None] | None = None) -> float:
-    """Share of examples whose every response token (or, where `scored[i]` is given, every one of those
-    response positions) is the model's top prediction, given the true prefix."""
+def exact_matches(model: PreTrainedModel, examples: list[tuple[list[int], list[int]]], pad_id: int, hw: Hardware,
+                  batch_size: int = 500, scored: list[list[int] | None] | None = None) -> list[bool]:
+    """For each example: is every response token (or, where `scored[i]` is given, every one of those response
+    positions) the model's top prediction, given the true prefix?"""
     model.eval()
-    hits = 0
+    hits: list[bool] = []
     for start in range(0, len(examples), batch_size):
         batch = examples[start : start + batch_size]
         ids, mask, labels = _teacher_forced(batch, pad_id, hw)
@@ -91,5 +91,5 @@ def exact_match(model: PreTrainedModel, examples: list[tuple[list[int], list[int
             predicted = model(input_ids=ids, attention_mask=mask).logits[:, :-1].argmax(-1)
         target = labels[:, 1:]
         wrong = (predicted != target) & (target != -100)
-        hits += int((~wrong.any(-1)).sum())
-    return hits / len(examples)
+        hits += (~wrong.any(-1)).tolist()
+    return hits
