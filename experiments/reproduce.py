@@ -121,7 +121,7 @@ def dry_run(presets: list[Preset], algos: tuple[str, ...], overrides: list[str])
 def launch(name: str, presets: list[Preset], algos: tuple[str, ...], overrides: list[str]) -> int:
     root = REPO / "multirun" / f"reproduce_{name}"
     for preset in presets:
-        sweep_dir = root / (preset.name or "defaults")
+        sweep_dir = root / (preset.name or _experiment_of(overrides) or "defaults")
         command = [sys.executable, "-m", "qsharp_exp", "-m", *([f"+experiment={preset.name}"] if preset.name else []),
                    f"algo={','.join(algos)}", f"hydra.sweep.dir={sweep_dir}", *overrides]
         print("+", " ".join(command), flush=True)
@@ -130,6 +130,11 @@ def launch(name: str, presets: list[Preset], algos: tuple[str, ...], overrides: 
                   "batches are kept).", file=sys.stderr)
             return 1
     return subprocess.run([sys.executable, "-m", "qsharp_exp.report", str(root)], cwd=REPO).returncode
+
+
+def _experiment_of(overrides: list[str]) -> str:
+    """The preset an `+experiment=<name>` override adds to the defaults (its sweep directory's name), or ""."""
+    return next((o.split("=", 1)[1] for o in overrides if o.startswith("+experiment=")), "")
 
 
 def main(argv: list[str] | None = None) -> int:

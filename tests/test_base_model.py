@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from helpers import sampler, tiny_arch
-from qsharp_exp.config import ArchConfig, ConfigError, GuideConfig, load_run_config
+from qsharp_exp.config import ArchConfig, BaseCorpusKind, ConfigError, GuideConfig, load_run_config
 from qsharp_exp.models.lm import build_causal_lm
 from qsharp_exp.models.return_model import return_model_from_lm
 from qsharp_exp.models.stem import ConvGPT2LMHeadModel
@@ -17,8 +17,9 @@ from qsharp_exp.sampling.decoding import LMState
 from qsharp_exp.stages import base_model, pi_ref, return_model
 from qsharp_exp.stages.context import RunContext
 from qsharp_exp.tasks.star_graph import sample_graph
-from qsharp_exp.training.base_corpus import lookup_corpus
+from qsharp_exp.training.base_corpus import lookup_corpus, settings_of
 from qsharp_exp.training.collect import collect_pairs
+from qsharp_exp.training.pretrain import pretrain
 from test_config import compose_cfg
 
 STAR_GRAPH_PROMPT = re.compile(r"\d+,\d+(\|\d+,\d+)*/\d+,\d+=")
@@ -237,6 +238,39 @@ def test_stage_keys_change_when_the_base_model_changes(tmp_path):
     other_shape = context(tmp_path, "base_pretrain.steps=31", "task.degree=3")
     assert base_model.load(other_shape).key == keys[1][0]
     assert other_shape.stages["base_model"].reused
+
+
+def test_the_chain_end_curriculum_trains_on_follow_lines_first_then_on_the_chain_end_mix(tmp_path, monkeypatch):
+    phases = []
+
+    def recording_pretrain(model, examples, cfg, pad_id, *args, **kwargs):
+        equals = ctx.task_tokenizer.convert_tokens_to_ids("=")
+        phases.append((cfg.steps, sum(prompt[-1] != equals for prompt, _ in examples) / len(examples)))
+        return pretrain(model, examples, cfg, pad_id, *args, **kwargs)
+
+    monkeypatch.setattr(base_model, "pretrain", recording_pretrain)
+    ctx = context(tmp_path, "base_pretrain.steps=4", "base_pretrain.chain_end_steps=3",
+                  "base_pretrain.chain_end_fraction=0.5")
+    base = base_model.load(ctx)
+    # A chain-end prompt ends in the queried label (`= q`), a follow prompt in `=` (`/ q =`).
+    assert phases[0] == (4, 0.0)
+    assert phases[1][0] == 3 and 0.4 < phases[1][1] < 0.6
+    # Scored on the second phase's held-out lines, so chain-end questions are measured too.
+    assert any(k.startswith("lookup_accuracy_chain_end_hops_") for k in base.metrics)
+    steps = [json.loads(line)["step"] for line in (ctx.stages["base_model"].path / "curve.jsonl").open()]
+    assert steps == sorted(steps) and steps[-1] == 4 + 3 - 1
+
+
+def test_chain_end_steps_are_part_of_a_lookup_base_models_inputs_only():
+    cfg = load_run_config(compose_cfg("base_pretrain.chain_end_fraction=0.5", "base_pretrain.chain_end_steps=7"))
+    assert settings_of(cfg.base_pretrain)["chain_end_steps"] == 7
+    arithmetic = replace(cfg.base_pretrain, corpus=BaseCorpusKind.arithmetic)
+    assert "chain_end_steps" not in settings_of(arithmetic) and "chain_end_fraction" not in settings_of(arithmetic)
+
+
+def test_chain_end_steps_without_chain_end_questions_names_the_fix():
+    with pytest.raises(ConfigError, match=r"base_pretrain\.chain_end_steps.*chain_end_fraction above 0"):
+        load_run_config(compose_cfg("base_pretrain.chain_end_steps=5"))
 
 
 def test_an_arch_of_the_base_model_is_its_own(tokenizer):

@@ -2,6 +2,7 @@
 
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -69,3 +70,14 @@ def test_reproduce_star_graph_dry_run_flags_a_departure_from_the_published_code(
     assert reproduce.main(["star-graph", "--paper-scale", "--dry-run", "collect.mode=algorithm1",
                            "collect.rounds=1"]) == 1
     assert "MISMATCH collect.mode" in capsys.readouterr().out
+
+
+def test_reproduce_star_graph_names_its_sweep_directory_after_an_added_experiment(monkeypatch):
+    commands = []
+    monkeypatch.setattr(reproduce.subprocess, "run",
+                        lambda command, cwd: commands.append(command) or SimpleNamespace(returncode=0))
+    assert reproduce.main(["star-graph", "+experiment=star_graph_g25"]) == 0
+    root = reproduce.REPO / "multirun" / "reproduce_star_graph"
+    assert f"hydra.sweep.dir={root / 'star_graph_g25'}" in commands[0]
+    assert f"algo={','.join(reproduce.STAR_GRAPH_ALGOS)}" in commands[0]
+    assert commands[1][-1] == str(root)  # the report over every preset's sweep

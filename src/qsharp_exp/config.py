@@ -284,6 +284,9 @@ class BasePretrainConfig:
     corpus_lines: int = 100_000  # distinct lines drawn (batches are sampled from them)
     max_pairs: int = 12  # lookup: a line lists 1..max_pairs pairs
     chain_end_fraction: float = 0.0  # lookup: share of lines that ask for a chain's end in one prediction
+    # lookup: 0 mixes chain-end lines in from the first step; N > 0 is a curriculum: `steps` steps on lines that
+    # only follow chains, then N more (own warmup and decay) on lines with the chain_end_fraction share.
+    chain_end_steps: int = 0
     max_operand: int = 99  # arithmetic: operands of sums and differences go up to this
     max_steps: int = 3  # arithmetic: a line chains 1..max_steps equations
     eval_lines: int = 1_000  # held-out lines on which the base model's accuracy is measured
@@ -293,7 +296,11 @@ class BasePretrainConfig:
         for name in ("steps", "batch_size", "corpus_lines", "max_pairs", "max_steps", "eval_lines"):
             at_least(self, name, 1)
         at_least(self, "max_operand", 2)
+        at_least(self, "chain_end_steps", 0)
         in_unit_interval(self, "chain_end_fraction")
+        if self.chain_end_steps and not self.chain_end_fraction:
+            raise FieldError("chain_end_steps", "{key} trains on chain-end questions, but chain_end_fraction "
+                             "is 0: set chain_end_fraction above 0, or {key}=0.")
 
 
 @dataclass

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from qsharp_exp.config import UserError, as_dict
+from qsharp_exp.config import BasePretrainConfig, UserError, as_dict
 from qsharp_exp.files import write_json, write_jsonl
 from qsharp_exp.models.lm import build_causal_lm
 from qsharp_exp.stages.cache import stage_key
@@ -45,21 +45,24 @@ def load(ctx: RunContext) -> BaseModel:
 
 
 def _pretrain(ctx: RunContext, corpus: BaseCorpus, out: Path) -> None:
-    cfg, train = ctx.cfg, ctx.cfg.base_pretrain
-    tokenizer = ctx.task_tokenizer
+    cfg, tokenizer, pad = ctx.cfg, ctx.task_tokenizer, ctx.task_tokenizer.pad_token_id
     model = build_causal_lm(cfg.model.base, tokenizer, cfg.seed)
-    lines = corpus.lines(ctx.task, tokenizer, train, cfg.seed)
-    longest = max(len(x.prompt) + len(x.response) for x in lines)
-    if longest > cfg.model.base.max_positions:
-        raise UserError(f"a line of the {train.corpus} corpus has {longest} tokens, more than "
-                        f"model.base.max_positions={cfg.model.base.max_positions}: raise it or make the lines "
-                        "shorter (base_pretrain.max_pairs, max_steps, max_operand).")
-    held_out, lines = lines[: train.eval_lines], lines[train.eval_lines :]
-    log.info("base model: %d parameters, pretrained on %d %s lines", sum(p.numel() for p in model.parameters()),
-             len(lines), train.corpus)
-    pad = tokenizer.pad_token_id
-    curve = pretrain(model, [(x.prompt, x.response) for x in lines], train, pad, ctx.hw, cfg.seed, cfg.progress,
-                     desc="pretrain base model")
+    log.info("base model: %d parameters", sum(p.numel() for p in model.parameters()))
+    curve: list[dict] = []
+    for number, phase in enumerate(_phases(cfg.base_pretrain), 1):
+        lines = corpus.lines(ctx.task, tokenizer, phase, cfg.seed)
+        longest = max(len(x.prompt) + len(x.response) for x in lines)
+        if longest > cfg.model.base.max_positions:
+            raise UserError(f"a line of the {phase.corpus} corpus has {longest} tokens, more than "
+                            f"model.base.max_positions={cfg.model.base.max_positions}: raise it or make the lines "
+                            "shorter (base_pretrain.max_pairs, max_steps, max_operand).")
+        held_out, lines = lines[: phase.eval_lines], lines[phase.eval_lines :]
+        log.info("base model phase %d: %d steps on %d %s lines", number, phase.steps, len(lines), phase.corpus)
+        done = curve[-1]["step"] + 1 if curve else 0
+        phase_curve = pretrain(model, [(x.prompt, x.response) for x in lines], phase, pad, ctx.hw,
+                               cfg.seed + number - 1, cfg.progress, desc=f"pretrain base model ({number})")
+        curve += [{**point, "step": done + point["step"]} for point in phase_curve]
+    # Scored on the last phase's held-out lines: the corpus the model ends on, with every kind of question.
     hits = exact_matches(model, [(x.prompt, x.response) for x in held_out], pad, ctx.hw,
                          scored=[x.scored for x in held_out])
     metrics = held_out_accuracy(corpus.metric, hits, [x.group for x in held_out])
@@ -69,6 +72,15 @@ def _pretrain(ctx: RunContext, corpus: BaseCorpus, out: Path) -> None:
     tokenizer.save_pretrained(out / "model")
     write_json(out / "metrics.json", metrics)
     write_jsonl(out / "curve.jsonl", curve)
+
+
+def _phases(train: BasePretrainConfig) -> list[BasePretrainConfig]:
+    """One phase, or the lookup curriculum: `steps` on lines that only follow chains (one hop per position),
+    then `chain_end_steps` on lines where a share asks for a chain's end (several hops in one position). Mixed
+    in from the first step, the chain-end lines stall a small model near chance (docs/star_graph.md)."""
+    if not train.chain_end_steps:
+        return [train]
+    return [replace(train, chain_end_fraction=0.0, chain_end_steps=0), replace(train, steps=train.chain_end_steps)]
 
 
 def held_out_accuracy(metric: str, hits: list[bool], groups: list[str]) -> dict[str, float]:

@@ -154,8 +154,8 @@ def _arithmetic_lines(task: Task, tokenizer: PreTrainedTokenizerBase, cfg: BaseP
 
 
 CORPORA: dict[str, BaseCorpus] = {
-    "lookup": BaseCorpus("lookup_accuracy", ("max_pairs", "chain_end_fraction"), lambda task: {"labels": _labels(task)},
-                         _lookup_lines),
+    "lookup": BaseCorpus("lookup_accuracy", ("max_pairs", "chain_end_fraction", "chain_end_steps"),
+                         lambda task: {"labels": _labels(task)}, _lookup_lines),
     "arithmetic": BaseCorpus("result_accuracy", ("max_operand", "max_steps"), lambda task: {}, _arithmetic_lines),
 }
 
