@@ -51,9 +51,12 @@ def test_lookup_corpus_holds_no_star_graph_line_and_its_answers_follow_its_pairs
             edges, query = line.prompt.split(" / ")
             query = query.removesuffix(" =")
         else:
-            edges, query = line.prompt.split(" = ")
+            edges, named_pair = line.prompt.split(" = ")
+            before, query = named_pair.split(" , ")  # a pair of a chain: the question starts from its second
         pairs = dict(pair.split(" , ") for pair in edges.split(" | "))
         assert 1 <= len(pairs) <= 20
+        if line.kind == "chain_end":
+            assert pairs[before] == query
         chain = follow(pairs, query)  # followed to the chain's end: no pair leaves its last label
         assert len(chain) == line.hops
         if line.kind == "follow":

@@ -12,12 +12,15 @@ starts with the label just seen and copying its second element, hop after hop: t
 following that induction and copy heads give a language-pretrained GPT-2. Half the answers separate
 their labels by commas, half list them back to back (`3 9`), so that the lookup is made at a label's
 own position as well as at the separator after it. A share of lines (`chain_end_fraction`) asks instead
-for the end of a label's chain in one prediction, `7 , 3 | 12 , 5 | 3 , 9 = 7` answered by `9`: following
-two, three or four pairs within one position, the multi-hop lookup a return model makes when it judges a
-path's first choice by whether that choice's chain ends at the goal. A line is never a star-graph problem
-(the query names one label, `/ q =` or `= q`, where a star-graph prompt names two, `/ source , goal =`), and
-its answer follows a chain from where the query starts, not from a shared source to a goal: the corpus
-gives the capability, not the task.
+where a chain ends, in one prediction: `7 , 3 | 12 , 5 | 3 , 9 | 9 , 4 = 7 , 3` is answered by `4`, two
+pairs on from `3`. That is the multi-hop lookup a return model makes when it judges a path's first choice
+by whether that choice's chain ends at the goal, and it is asked where the return model needs it: at a
+label that follows another after `=`, as a path's first choice follows its source. (Asked after a single
+label, `= 7` answered by `9`, the lookup was learned but not made at the first choice: docs/star_graph.md.)
+A line is never a star-graph problem (a follow query names one label, `/ q =`; a chain-end question names a
+pair after `=` with no `/`, where a star-graph prompt is `/ source , goal =`), and its answer follows a
+chain from where the query starts, not from a shared source to a goal: the corpus gives the capability,
+not the task.
 
 Lines are written as tokens separated by spaces (`tokens`): a label is one token of the task's tokenizer.
 """
@@ -50,18 +53,20 @@ def lookup_line(rng: random.Random, labels: Sequence[str], max_pairs: int, chain
                 ) -> LookupLine:
     """One line: 1..max_pairs pairs forming disjoint chains of 2..MAX_CHAIN labels, and a query.
 
-    A `chain_end` line (a `chain_end_fraction` share) asks for the end of the query's chain at once,
-    `pairs = q` answered by `e`, `hops` (uniform in 1..4) pairs away: the model must chain its lookups
-    within one position, as a return model must at a path's first choice."""
+    A `chain_end` line (a `chain_end_fraction` share) names a pair `p , q` of a chain and asks where the
+    chain ends, `pairs = p , q` answered by `e`, `hops` (uniform in 1..4) pairs on from `q`: the model must
+    chain its lookups within one position, at a label that follows another, as a return model must at a
+    path's first choice (`source , choice`)."""
     chain_end = chain_end_fraction > 0 and rng.random() < chain_end_fraction  # no draw: old corpora stay
-    hops = rng.randint(1, min(MAX_CHAIN - 1, max_pairs, len(labels) - 1)) if chain_end else 1
-    target = rng.randint(hops, max_pairs)
+    hops = rng.randint(1, min(MAX_CHAIN - 1, max_pairs - 1, len(labels) - 2)) if chain_end else 1
+    target = rng.randint(hops + 1 if chain_end else 1, max_pairs)
     pool = rng.sample(list(labels), len(labels))
     chains: list[list[str]] = []
     used = pairs = 0
     while pairs < target and len(pool) - used >= 2:
-        shortest = hops + 1 if not chains else 2  # the first chain is long enough for the query
-        n = min(rng.randint(shortest, MAX_CHAIN), target - pairs + 1, len(pool) - used)
+        # The first chain is long enough for the query: a pair before the hops for a chain-end question.
+        shortest = (hops + 2 if chain_end else hops + 1) if not chains else 2
+        n = min(rng.randint(shortest, MAX_CHAIN + chain_end), target - pairs + 1, len(pool) - used)
         chains.append(pool[used : used + n])
         used += n
         pairs += n - 1
@@ -69,8 +74,8 @@ def lookup_line(rng: random.Random, labels: Sequence[str], max_pairs: int, chain
     rng.shuffle(edges)
     listed = " | ".join(f"{a} , {b}" for a, b in edges)
     if chain_end:
-        chain = rng.choice([c for c in chains if len(c) > hops])
-        return LookupLine(f"{listed} = {chain[-1 - hops]}", chain[-1], "chain_end", hops)
+        chain = rng.choice([c for c in chains if len(c) > hops + 1])
+        return LookupLine(f"{listed} = {chain[-2 - hops]} , {chain[-1 - hops]}", chain[-1], "chain_end", hops)
     chain = rng.choice(chains)
     start = rng.randrange(len(chain) - 1)
     separator = rng.choice((" , ", " "))
