@@ -17,7 +17,7 @@ from qsharp_exp.sampling.decoding import LMState
 from qsharp_exp.stages import base_model, pi_ref, return_model
 from qsharp_exp.stages.context import RunContext
 from qsharp_exp.tasks.star_graph import sample_graph
-from qsharp_exp.training.base_corpus import lookup_corpus, settings_of
+from qsharp_exp.training.base_corpus import CORPORA, lookup_corpus, settings_of
 from qsharp_exp.training.collect import collect_pairs
 from qsharp_exp.training.pretrain import pretrain
 from test_config import compose_cfg
@@ -274,6 +274,14 @@ def test_chain_end_steps_are_part_of_a_lookup_base_models_inputs_only():
 def test_chain_end_steps_without_chain_end_questions_names_the_fix():
     with pytest.raises(ConfigError, match=r"base_pretrain\.chain_end_steps.*chain_end_fraction above 0"):
         load_run_config(compose_cfg("base_pretrain.chain_end_steps=5"))
+
+
+def test_a_new_revision_of_the_corpus_gives_the_base_model_a_new_key(tmp_path, monkeypatch):
+    first = base_model.load(context(tmp_path)).key
+    lookup = CORPORA["lookup"]
+    monkeypatch.setitem(CORPORA, "lookup", replace(lookup, revision=lookup.revision + 1))
+    ctx = context(tmp_path)
+    assert base_model.load(ctx).key != first and not ctx.stages["base_model"].reused
 
 
 def test_an_arch_of_the_base_model_is_its_own(tokenizer):

@@ -37,8 +37,8 @@ def load(ctx: RunContext) -> BaseModel:
         return BaseModel(cfg.model.base.pretrained, stage_key({"pretrained": cfg.model.base.pretrained}), {})
     corpus = CORPORA[cfg.base_pretrain.corpus.value]
     inputs = {"arch": as_dict(cfg.model.base), "base_pretrain": settings_of(cfg.base_pretrain),
-              **corpus.task_inputs(ctx.task), "vocabulary": sorted(ctx.task_tokenizer.get_vocab().items()),
-              "seed": cfg.seed}
+              "corpus_revision": corpus.revision, **corpus.task_inputs(ctx.task),
+              "vocabulary": sorted(ctx.task_tokenizer.get_vocab().items()), "seed": cfg.seed}
     stage = ctx.stage("base_model", inputs, lambda out: _pretrain(ctx, corpus, out))
     metrics = json.loads((stage.path / "metrics.json").read_text())
     return BaseModel(str(stage.path / "model"), stage.key, metrics)

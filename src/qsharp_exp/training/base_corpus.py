@@ -115,6 +115,8 @@ class BaseCorpus:
     task_inputs: Callable[[Task], dict[str, Any]]
     # (task, tokenizer, settings, seed) -> corpus_lines + eval_lines lines
     lines: Callable[[Task, PreTrainedTokenizerBase, BasePretrainConfig, int], list[CorpusLine]]
+    # Raised whenever the same settings come to give other lines (part of the base model's stage key).
+    revision: int = 1
 
 
 def _labels(task: Task) -> list[str]:
@@ -160,7 +162,8 @@ def _arithmetic_lines(task: Task, tokenizer: PreTrainedTokenizerBase, cfg: BaseP
 
 CORPORA: dict[str, BaseCorpus] = {
     "lookup": BaseCorpus("lookup_accuracy", ("max_pairs", "chain_end_fraction", "chain_end_steps"),
-                         lambda task: {"labels": _labels(task)}, _lookup_lines),
+                         lambda task: {"labels": _labels(task)}, _lookup_lines,
+                         revision=2),  # 2: a chain-end question names a pair of the chain (`= p , q`)
     "arithmetic": BaseCorpus("result_accuracy", ("max_operand", "max_steps"), lambda task: {}, _arithmetic_lines),
 }
 
