@@ -1,6 +1,8 @@
 """Build only the base model of a configuration and print its held-out accuracy, overall and by kind of
 question and number of hops: the capability a star-graph shape needs, measured in minutes before a run
-spends an hour on it (docs/star_graph.md, "G(2,5)").
+spends an hour on it (docs/star_graph.md, "G(2,5)"). On star-graph it also prints
+`first_choice_predicts_arm_end`: given a test graph's prompt and `source , choice`, how often the base
+model's next-token prediction is the end of the choice's arm, the lookup a return model needs there.
 
     python experiments/base_model_probe.py +experiment=star_graph_g25 [override ...]
 
@@ -14,13 +16,16 @@ import logging
 import sys
 import time
 
+import torch
 from hydra import compose, initialize_config_dir
+from transformers import AutoModelForCausalLM
 from transformers.utils import logging as hf_logging
 
 from qsharp_exp.__main__ import CONF_DIR
 from qsharp_exp.config import load_run_config
 from qsharp_exp.stages import base_model
 from qsharp_exp.stages.context import RunContext
+from qsharp_exp.tasks.base import Problem
 
 
 def main(overrides: list[str]) -> int:
@@ -34,9 +39,35 @@ def main(overrides: list[str]) -> int:
     start = time.perf_counter()
     base = base_model.load(ctx)
     stage = ctx.stages["base_model"]
+    seconds = round(time.perf_counter() - start, 1)
+    extra = {}
+    if ctx.task.name == "star_graph":
+        model = AutoModelForCausalLM.from_pretrained(base.source).to(ctx.hw.device)
+        extra["first_choice_predicts_arm_end"] = first_choice_predicts_arm_end(
+            model, ctx.task_tokenizer, ctx.task.problems("test")[:300], ctx.hw.device)
     print(json.dumps({"overrides": overrides, "dir": str(stage.path), "reused": stage.reused,
-                      "seconds": round(time.perf_counter() - start, 1), **base.metrics}, indent=1))
+                      "seconds": seconds, **base.metrics, **extra}, indent=1))
     return 0
+
+
+@torch.no_grad()
+def first_choice_predicts_arm_end(model, tokenizer, problems: list[Problem], device) -> float:
+    """Share of (graph, first choice) pairs, over both arms of each graph, where the model's top next token
+    after `prompt source , choice` is the last label of that choice's arm."""
+    hits = []
+    for problem in problems:
+        edges_text, query = problem.prompt.removesuffix("=").split("/")
+        source = query.split(",")[0]
+        edges = [tuple(edge.split(",")) for edge in edges_text.split("|")]
+        follow = {u: v for u, v in edges if u != source}
+        for choice in (v for u, v in edges if u == source):
+            end = choice
+            while end in follow:
+                end = follow[end]
+            ids = tokenizer(f"{problem.prompt}{source},{choice}", add_special_tokens=False, return_tensors="pt")
+            top = model(input_ids=ids["input_ids"].to(device)).logits[0, -1].argmax().item()
+            hits.append(tokenizer.convert_ids_to_tokens(top) == end)
+    return sum(hits) / len(hits)
 
 
 if __name__ == "__main__":
