@@ -3,7 +3,10 @@
 import json
 import random
 import re
+import sys
 from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,6 +19,7 @@ from qsharp_exp.models.stem import ConvGPT2LMHeadModel
 from qsharp_exp.sampling.decoding import LMState
 from qsharp_exp.stages import base_model, pi_ref, return_model
 from qsharp_exp.stages.context import RunContext
+from qsharp_exp.tasks.base import Problem
 from qsharp_exp.tasks.star_graph import sample_graph
 from qsharp_exp.training.base_corpus import CORPORA, lookup_corpus, settings_of
 from qsharp_exp.training.collect import collect_pairs
@@ -282,6 +286,22 @@ def test_a_new_revision_of_the_corpus_gives_the_base_model_a_new_key(tmp_path, m
     monkeypatch.setitem(CORPORA, "lookup", replace(lookup, revision=lookup.revision + 1))
     ctx = context(tmp_path)
     assert base_model.load(ctx).key != first and not ctx.stages["base_model"].reused
+
+
+def test_the_first_choice_probe_counts_the_arms_whose_end_the_model_names(tokenizer):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    from base_model_probe import first_choice_predicts_arm_end
+
+    names_label_2 = SimpleNamespace(vocab_size=len(tokenizer), target=tokenizer.convert_tokens_to_ids("2"))
+
+    def model(input_ids):  # a stand-in that always names label 2
+        logits = torch.zeros(1, input_ids.shape[1], names_label_2.vocab_size)
+        logits[0, -1, names_label_2.target] = 1.0
+        return SimpleNamespace(logits=logits)
+
+    # Arms 0 -> 1 -> 2 and 0 -> 3 -> 4: label 2 ends the first arm only.
+    problem = Problem("p", "0,1|3,4|1,2|0,3/0,2=", "0,1,2")
+    assert first_choice_predicts_arm_end(model, tokenizer, [problem], "cpu") == 0.5
 
 
 def test_an_arch_of_the_base_model_is_its_own(tokenizer):
