@@ -25,7 +25,7 @@ from qsharp_exp.__main__ import CONF_DIR
 from qsharp_exp.config import load_run_config
 from qsharp_exp.stages import base_model
 from qsharp_exp.stages.context import RunContext
-from qsharp_exp.tasks.base import Problem
+from qsharp_exp.tasks.star_graph import StarGraph
 
 
 def main(overrides: list[str]) -> int:
@@ -44,29 +44,27 @@ def main(overrides: list[str]) -> int:
     if ctx.task.name == "star_graph":
         model = AutoModelForCausalLM.from_pretrained(base.source).to(ctx.hw.device)
         extra["first_choice_predicts_arm_end"] = first_choice_predicts_arm_end(
-            model, ctx.task_tokenizer, ctx.task.problems("test")[:300], ctx.hw.device)
+            model, ctx.task_tokenizer, ctx.task.graphs("test")[:300], ctx.hw.device)
     print(json.dumps({"overrides": overrides, "dir": str(stage.path), "reused": stage.reused,
                       "seconds": seconds, **base.metrics, **extra}, indent=1))
     return 0
 
 
 @torch.no_grad()
-def first_choice_predicts_arm_end(model, tokenizer, problems: list[Problem], device) -> float:
-    """Share of (graph, first choice) pairs, over both arms of each graph, where the model's top next token
+def first_choice_predicts_arm_end(model, tokenizer, graphs: list[StarGraph], device) -> float:
+    """Share of (graph, first choice) pairs, over every arm of each graph, where the model's top next token
     after `prompt source , choice` is the last label of that choice's arm."""
     hits = []
-    for problem in problems:
-        edges_text, query = problem.prompt.removesuffix("=").split("/")
-        source = query.split(",")[0]
-        edges = [tuple(edge.split(",")) for edge in edges_text.split("|")]
-        follow = {u: v for u, v in edges if u != source}
-        for choice in (v for u, v in edges if u == source):
+    for graph in graphs:
+        follow = {u: v for u, v in graph.edges if u != graph.source}
+        for choice in (v for u, v in graph.edges if u == graph.source):
             end = choice
             while end in follow:
                 end = follow[end]
-            ids = tokenizer(f"{problem.prompt}{source},{choice}", add_special_tokens=False, return_tensors="pt")
-            top = model(input_ids=ids["input_ids"].to(device)).logits[0, -1].argmax().item()
-            hits.append(tokenizer.convert_ids_to_tokens(top) == end)
+            text = f"{graph.prompt()}{graph.source},{choice}"
+            ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
+            top = model(input_ids=ids).logits[0, -1].argmax().item()
+            hits.append(tokenizer.convert_ids_to_tokens(top) == str(end))
     return sum(hits) / len(hits)
 
 

@@ -19,8 +19,7 @@ from qsharp_exp.models.stem import ConvGPT2LMHeadModel
 from qsharp_exp.sampling.decoding import LMState
 from qsharp_exp.stages import base_model, pi_ref, return_model
 from qsharp_exp.stages.context import RunContext
-from qsharp_exp.tasks.base import Problem
-from qsharp_exp.tasks.star_graph import sample_graph
+from qsharp_exp.tasks.star_graph import StarGraph, sample_graph
 from qsharp_exp.training.base_corpus import CORPORA, lookup_corpus, settings_of
 from qsharp_exp.training.collect import collect_pairs
 from qsharp_exp.training.pretrain import pretrain
@@ -280,6 +279,11 @@ def test_chain_end_steps_without_chain_end_questions_names_the_fix():
         load_run_config(compose_cfg("base_pretrain.chain_end_steps=5"))
 
 
+def test_chain_end_questions_with_one_pair_per_line_name_the_fix():
+    with pytest.raises(ConfigError, match=r"base_pretrain\.max_pairs=1 .*base_pretrain\.max_pairs>=2"):
+        load_run_config(compose_cfg("base_pretrain.chain_end_fraction=0.5", "base_pretrain.max_pairs=1"))
+
+
 def test_a_new_revision_of_the_corpus_gives_the_base_model_a_new_key(tmp_path, monkeypatch):
     first = base_model.load(context(tmp_path)).key
     lookup = CORPORA["lookup"]
@@ -300,8 +304,8 @@ def test_the_first_choice_probe_counts_the_arms_whose_end_the_model_names(tokeni
         return SimpleNamespace(logits=logits)
 
     # Arms 0 -> 1 -> 2 and 0 -> 3 -> 4: label 2 ends the first arm only.
-    problem = Problem("p", "0,1|3,4|1,2|0,3/0,2=", "0,1,2")
-    assert first_choice_predicts_arm_end(model, tokenizer, [problem], "cpu") == 0.5
+    graph = StarGraph(edges=((0, 1), (3, 4), (1, 2), (0, 3)), source=0, goal=2, path=(0, 1, 2))
+    assert first_choice_predicts_arm_end(model, tokenizer, [graph], "cpu") == 0.5
 
 
 def test_an_arch_of_the_base_model_is_its_own(tokenizer):

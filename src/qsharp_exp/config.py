@@ -298,6 +298,9 @@ class BasePretrainConfig:
         at_least(self, "max_operand", 2)
         at_least(self, "chain_end_steps", 0)
         in_unit_interval(self, "chain_end_fraction")
+        if self.chain_end_fraction and self.max_pairs < 2:
+            raise FieldError("max_pairs", "{key}=" + str(self.max_pairs) + " leaves no room for a chain-end "
+                             "question (a pair before the hops): set {key}>=2 or chain_end_fraction=0.")
         if self.chain_end_steps and not self.chain_end_fraction:
             raise FieldError("chain_end_steps", "{key} trains on chain-end questions, but chain_end_fraction "
                              "is 0: set chain_end_fraction above 0, or {key}=0.")

@@ -49,6 +49,7 @@ def _pretrain(ctx: RunContext, corpus: BaseCorpus, out: Path) -> None:
     model = build_causal_lm(cfg.model.base, tokenizer, cfg.seed)
     log.info("base model: %d parameters", sum(p.numel() for p in model.parameters()))
     curve: list[dict] = []
+    done = 0  # steps of the phases before
     for number, phase in enumerate(_phases(cfg.base_pretrain), 1):
         lines = corpus.lines(ctx.task, tokenizer, phase, cfg.seed)
         longest = max(len(x.prompt) + len(x.response) for x in lines)
@@ -58,10 +59,10 @@ def _pretrain(ctx: RunContext, corpus: BaseCorpus, out: Path) -> None:
                             "shorter (base_pretrain.max_pairs, max_steps, max_operand).")
         held_out, lines = lines[: phase.eval_lines], lines[phase.eval_lines :]
         log.info("base model phase %d: %d steps on %d %s lines", number, phase.steps, len(lines), phase.corpus)
-        done = curve[-1]["step"] + 1 if curve else 0
         phase_curve = pretrain(model, [(x.prompt, x.response) for x in lines], phase, pad, ctx.hw,
                                cfg.seed + number - 1, cfg.progress, desc=f"pretrain base model ({number})")
         curve += [{**point, "step": done + point["step"]} for point in phase_curve]
+        done += phase.steps
     # Scored on the last phase's held-out lines: the corpus the model ends on, with every kind of question.
     hits = exact_matches(model, [(x.prompt, x.response) for x in held_out], pad, ctx.hw,
                          scored=[x.scored for x in held_out])

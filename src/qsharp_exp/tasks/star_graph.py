@@ -98,6 +98,10 @@ class StarGraphTask:
         self.cfg = cfg
         self._splits = generate_splits(cfg)
 
+    def graphs(self, split: str) -> list[StarGraph]:
+        """The split's graphs themselves (problems() gives their text), for probes that need the arms."""
+        return self._splits[split]
+
     def problems(self, split: str) -> list[Problem]:
         return [
             Problem(id=f"{split}-{i}", prompt=g.prompt(), answer=g.answer())
