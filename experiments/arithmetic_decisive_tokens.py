@@ -25,7 +25,7 @@ import torch
 from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
-from qsharp_exp.config import load_run_config
+from qsharp_exp.compose import load_run_config
 from qsharp_exp.models.return_model import ReturnModel
 from qsharp_exp.prompts import PromptCodec
 from qsharp_exp.tasks import build_task

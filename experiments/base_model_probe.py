@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM
 from transformers.utils import logging as hf_logging
 
 from qsharp_exp.__main__ import CONF_DIR
-from qsharp_exp.config import load_run_config
+from qsharp_exp.compose import load_run_config
 from qsharp_exp.stages import base_model
 from qsharp_exp.stages.context import RunContext
 from qsharp_exp.tasks.star_graph import StarGraph

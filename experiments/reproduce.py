@@ -21,7 +21,8 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 
 from qsharp_exp.__main__ import CONF_DIR
-from qsharp_exp.config import RunConfig, load_run_config
+from qsharp_exp.compose import load_run_config
+from qsharp_exp.config import RunConfig
 from qsharp_exp.guidance import RULES
 from qsharp_exp.training.policy import TRAINERS
 
@@ -31,7 +32,7 @@ STAR_GRAPH_ALGOS = ("pi_ref", *TRAINERS, *RULES)  # the paper's Figure 2b
 
 # The paper's math protocol (Section 3.2, Appendix E; docs/method.md, section 3).
 MATH_PROTOCOL = {
-    "algo.eta": 0.1, "algo.top_k": 20, "collect.rounds": 2, "collect.samples_per_problem": 16,
+    "algo.eta": 0.1, "algo.top_k": 20, "collect.top_k": 20, "collect.rounds": 2, "collect.samples_per_problem": 16,
     "collect.eta": 0.1, "collect.explore_prob": 0.0, "guide_train.lr": 2e-5, "guide_train.weight_decay": 0.01,
     "guide_train.epochs": 5, "eval.temperature": 0.8, "eval.top_p": 0.9, "eval.num_samples": 8,
     "eval.max_new_tokens": 1024, "task.num_test": None, "task.chat_template": True,

@@ -8,8 +8,11 @@ from qsharp_exp.config import ArchConfig, GuideConfig
 from qsharp_exp.models.return_model import build_return_model
 
 
-def stops(tokenizer) -> torch.Tensor:
-    return torch.tensor([tokenizer.eos_token_id])
+def stops(tokenizer):
+    """Rows end at EOS; finished rows get the pad token."""
+    from qsharp_exp.sampling import Stops
+
+    return Stops(torch.tensor([tokenizer.eos_token_id]), tokenizer.pad_token_id)
 
 
 def codec(tokenizer, model, chat_template=False):

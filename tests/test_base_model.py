@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from helpers import sampler, tiny_arch
-from qsharp_exp.config import ArchConfig, BaseCorpusKind, ConfigError, GuideConfig, load_run_config
+from qsharp_exp.compose import load_run_config
+from qsharp_exp.config import ArchConfig, BaseCorpusKind, ConfigError, GuideConfig
 from qsharp_exp.models.lm import build_causal_lm
 from qsharp_exp.models.return_model import return_model_from_lm
 from qsharp_exp.models.stem import ConvGPT2LMHeadModel

@@ -90,3 +90,18 @@ def test_more_evaluation_samples_rebuild_only_the_evaluation(workdir):
     assert "pi_ref: building" not in log and "rollouts_round1: building" not in log
     metrics = json.loads((workdir / "two_samples" / "metrics.json").read_text())
     assert metrics["num_samples"] == 2 and "pass@2" in metrics
+
+
+def test_collection_is_keyed_by_its_own_guide_settings_not_the_evaluated_ones(workdir):
+    """Evaluating at another top-k or with masked non-candidates reuses the rollouts; a roll-in guide that
+    masks its non-candidates collects round 2 anew (round 1 has no roll-in guide and is reused)."""
+    evaluated = cli("+experiment=smoke", "algo.top_k=5", "algo.non_candidates=mask", f"cache_dir={workdir / 'cache'}",
+                    f"hydra.run.dir={workdir / 'eval_mask'}", cwd=workdir)
+    log = evaluated.stderr + evaluated.stdout
+    assert "evaluation: building" in log
+    assert "rollouts_round1: building" not in log and "rollouts_round2: building" not in log
+    collected = cli("+experiment=smoke", "collect.non_candidates=mask", f"cache_dir={workdir / 'cache'}",
+                    f"hydra.run.dir={workdir / 'collect_mask'}", cwd=workdir)
+    log = collected.stderr + collected.stdout
+    assert "rollouts_round1: building" not in log and "rollouts_round2: building" in log
+    assert "return_model_round2: building" in log

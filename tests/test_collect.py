@@ -13,9 +13,9 @@ SPEC = SamplingSpec(max_new_tokens=8)
 
 
 def run(tiny_task, pi_ref, tokenizer, explore_prob, roll_in=None, seed=0):
-    cfg = CollectConfig(samples_per_problem=3, explore_prob=explore_prob, batch_size=16)
+    cfg = CollectConfig(samples_per_problem=3, explore_prob=explore_prob, batch_size=16, top_k=4)
     pi_ref_sampler = sampler(pi_ref, tokenizer, SPEC, cfg.batch_size)
-    return collect(tiny_task, tiny_task.problems("train")[:6], pi_ref_sampler, roll_in, cfg, 4, seed)
+    return collect(tiny_task, tiny_task.problems("train")[:6], pi_ref_sampler, roll_in, cfg, seed)
 
 
 @pytest.mark.parametrize("guided", [False, True])

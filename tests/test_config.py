@@ -6,7 +6,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from qsharp_exp.__main__ import CONF_DIR
-from qsharp_exp.config import ConfigError, load_run_config
+from qsharp_exp.compose import load_run_config
+from qsharp_exp.config import ConfigError
 
 
 def compose_cfg(*overrides):
@@ -133,3 +134,22 @@ def test_every_key_of_the_schema_is_in_the_composed_config_so_plain_overrides_wo
     assert schema <= keys(OmegaConf.to_container(composed, resolve=False))
     cfg = load_run_config(compose_cfg(f"task={task}", "eval.reward_model=false", "guide_train.checkpoint_every=7"))
     assert not cfg.eval.reward_model and cfg.guide_train.checkpoint_every == 7
+
+
+def test_collection_samples_as_eval_unless_its_own_sampling_is_set(tmp_path):
+    from qsharp_exp.stages.context import RunContext
+
+    ctx = RunContext.create(load_run_config(compose_cfg(f"cache_dir={tmp_path}", "eval.temperature=0.7")))
+    assert ctx.collect_spec == ctx.spec and ctx.collect_spec.temperature == 0.7
+    own = RunContext.create(load_run_config(compose_cfg(f"cache_dir={tmp_path}", "collect.max_new_tokens=9",
+                                                        "collect.top_p=0.5")))
+    assert (own.collect_spec.max_new_tokens, own.collect_spec.top_p) == (9, 0.5)
+    assert own.collect_spec.temperature == own.spec.temperature and own.spec.max_new_tokens != 9
+
+
+@pytest.mark.parametrize("override,key", [("collect.top_k=0", "collect.top_k"), ("collect.top_p=0", "collect.top_p"),
+                                          ("collect.temperature=0", "collect.temperature"),
+                                          ("collect.non_candidates=drop", "collect.non_candidates")])
+def test_bad_collection_sampling_names_its_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_run_config(compose_cfg(override))

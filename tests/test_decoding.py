@@ -1,5 +1,6 @@
 """The sampling loop: cached equals uncached, V-type candidate scoring, left padding, KL."""
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -9,9 +10,9 @@ from helpers import make_guide, sampler, stops, tiny_arch
 from qsharp_exp import guidance as G
 from qsharp_exp.guidance import RULES, Guidance
 from qsharp_exp.models.lm import build_causal_lm
-from qsharp_exp.sampling import SamplingSpec, generate
+from qsharp_exp.padding import left_pad
+from qsharp_exp.sampling import DecodeOptions, SamplingSpec, Steering, Stops, generate
 from qsharp_exp.sampling.decoding import GuideState
-from qsharp_exp.sampling.padding import left_pad
 
 
 def prompts(tokenizer, task, n):
@@ -53,8 +54,8 @@ def test_cached_batched_guided_decoding_equals_uncached_recomputation(pi_ref, to
     rows = ragged(tokenizer, tiny_task, 4)
     ids, mask = left_pad(rows, tokenizer.pad_token_id)
     guidance = Guidance(guide, RULES[algo], eta=0.5, top_k=5)
-    gen = generate(pi_ref, ids, mask, spec, stops(tokenizer), tokenizer.pad_token_id,
-                   torch.Generator().manual_seed(0), guide=guidance)
+    gen = generate(pi_ref, ids, mask, spec, stops(tokenizer), torch.Generator().manual_seed(0),
+                   Steering(guide=guidance))
     for i, prompt in enumerate(rows):
         response = gen.tokens[i, : gen.lengths[i]].tolist()
         steps = uncached_guided_logprobs(pi_ref, guide, prompt, response, spec, 5, 0.5, algo, False)
@@ -63,23 +64,41 @@ def test_cached_batched_guided_decoding_equals_uncached_recomputation(pi_ref, to
         assert gen.kl[i].item() == pytest.approx(kl, rel=1e-4, abs=1e-5)
 
 
-def test_decoding_without_guidance_has_zero_kl_and_matches_one_by_one(tokenizer, tiny_task, arch):
+def test_guided_kl_is_the_hand_computed_kl_of_a_constant_offset_on_the_top_k(pi_ref, tokenizer, tiny_task):
+    """A rule that adds the same offset o to every candidate: at a step where pi_ref's sampler gives the top-k
+    mass m, pi = pi_ref e^o / z on the top-k and pi_ref / z elsewhere (z = m e^o + 1 - m), so
+    KL(pi || pi_ref) = (m e^o / z) o - ln z; the response's KL is the sum over its steps."""
+    o, top_k = 1.5, 3
+    rule = G.GuidanceRule("constant", "constant", lambda dist, out, eta: torch.full(out.shape[:-1], o))
+    spec = SamplingSpec(temperature=0.9, top_p=0.95, max_new_tokens=6)
+    rows = ragged(tokenizer, tiny_task, 4)
+    ids, mask = left_pad(rows, tokenizer.pad_token_id)
+    gen = generate(pi_ref, ids, mask, spec, stops(tokenizer), torch.Generator().manual_seed(0),
+                   Steering(guide=Guidance(make_guide(tokenizer), rule, 1.0, top_k)))
+    assert gen.kl.min().item() > 0.0
+    for i, prompt in enumerate(rows):
+        response = gen.tokens[i, : gen.lengths[i]].tolist()
+        expected = 0.0
+        for t in range(len(response)):
+            with torch.no_grad():
+                logits = pi_ref(input_ids=torch.tensor([prompt + response[:t]])).logits[0, -1]
+            m = G.sampler_logprobs(logits[None], spec.temperature, spec.top_p).exp().topk(top_k).values.sum().item()
+            z = m * math.exp(o) + 1 - m  # pi gives the top-k the mass m e^o / z
+            expected += m * math.exp(o) / z * o - math.log(z)
+        assert gen.kl[i].item() == pytest.approx(expected, rel=1e-4, abs=1e-5)
+
+
+def test_unguided_batched_decoding_matches_one_by_one(tokenizer, tiny_task, arch):
     # A large init spreads the logits, so near-greedy decoding is not decided by float noise.
     pi_ref = build_causal_lm(replace(tiny_arch(arch), initializer_range=0.5), tokenizer, seed=0).eval()
-    spec = SamplingSpec(temperature=1.0, top_p=0.9, max_new_tokens=8)
     rows = ragged(tokenizer, tiny_task, 5)
     ids, mask = left_pad(rows, tokenizer.pad_token_id)
-    batched = generate(pi_ref, ids, mask, spec, stops(tokenizer), tokenizer.pad_token_id,
-                       torch.Generator().manual_seed(3))
-    assert batched.kl.abs().max().item() == 0.0
     # Greedy-like sampling (tiny temperature) makes the batch and one-by-one runs comparable token for token.
     cold = SamplingSpec(temperature=1e-4, top_p=1.0, max_new_tokens=8)
-    batched = generate(pi_ref, ids, mask, cold, stops(tokenizer), tokenizer.pad_token_id,
-                       torch.Generator().manual_seed(3))
+    batched = generate(pi_ref, ids, mask, cold, stops(tokenizer), torch.Generator().manual_seed(3))
     for i, row in enumerate(rows):
         one_ids, one_mask = left_pad([row], tokenizer.pad_token_id)
-        single = generate(pi_ref, one_ids, one_mask, cold, stops(tokenizer), tokenizer.pad_token_id,
-                          torch.Generator().manual_seed(3))
+        single = generate(pi_ref, one_ids, one_mask, cold, stops(tokenizer), torch.Generator().manual_seed(3))
         assert batched.tokens[i, : batched.lengths[i]].tolist() == single.tokens[0, : single.lengths[0]].tolist()
 
 
@@ -116,8 +135,8 @@ def test_guide_makes_one_pass_per_decoding_step(pi_ref, tokenizer, tiny_task, he
     ids, mask = left_pad(rows, tokenizer.pad_token_id)
     spec = SamplingSpec(max_new_tokens=5)
     never_stop = torch.tensor([-1])  # every row runs all 5 steps
-    gen = generate(pi_ref, ids, mask, spec, never_stop, tokenizer.pad_token_id, torch.Generator().manual_seed(0),
-                   guide=Guidance(guide, RULES["qsharp"], 0.1, 5, mask_non_candidates))
+    gen = generate(pi_ref, ids, mask, spec, Stops(never_stop, tokenizer.pad_token_id), torch.Generator().manual_seed(0),
+                   Steering(guide=Guidance(guide, RULES["qsharp"], 0.1, 5, mask_non_candidates)))
     # the prefill, then one pass per step: V-type scores each step's candidates (taking in the token
     # sampled before them in the same pass); Q-type takes in each sampled token but the last, which
     # nothing is sampled after (the prefill already scored the first step's candidates)
@@ -129,8 +148,8 @@ def test_explore_draws_first_token_from_top_k(pi_ref, tokenizer, tiny_task):
     ids, mask = left_pad(rows, tokenizer.pad_token_id)
     explore = torch.tensor([True, False] * 3)
     spec = SamplingSpec(max_new_tokens=2)
-    gen = generate(pi_ref, ids, mask, spec, stops(tokenizer), tokenizer.pad_token_id,
-                   torch.Generator().manual_seed(0), explore=explore, explore_top_k=3)
+    gen = generate(pi_ref, ids, mask, spec, stops(tokenizer), torch.Generator().manual_seed(0),
+                   Steering(explore=explore, explore_top_k=3))
     with torch.no_grad():
         top3 = pi_ref(input_ids=ids, attention_mask=mask).logits[:, -1].topk(3, -1).indices
     for i in range(0, 6, 2):
@@ -142,36 +161,32 @@ def test_paper_compat_decoding_unguided_kl_is_zero_only_without_top_p(pi_ref, to
     rows = ragged(tokenizer, tiny_task, 4)
     ids, mask = left_pad(rows, tokenizer.pad_token_id)
     spec = SamplingSpec(temperature=0.8, top_p=top_p, max_new_tokens=6, paper_compat=True)
-    gen = generate(pi_ref, ids, mask, spec, stops(tokenizer), tokenizer.pad_token_id, torch.Generator().manual_seed(0))
+    gen = generate(pi_ref, ids, mask, spec, stops(tokenizer), torch.Generator().manual_seed(0))
     if zero:
         assert gen.kl.abs().max().item() < 1e-5
     else:
         assert gen.kl.min().item() > 0.0
-    ours = generate(pi_ref, ids, mask, replace(spec, paper_compat=False), stops(tokenizer), tokenizer.pad_token_id,
-                    torch.Generator().manual_seed(0))
-    assert ours.kl.abs().max().item() == 0.0
 
 
 def test_rows_that_stop_early_leave_the_batch_without_changing_any_row(tokenizer, tiny_task, arch):
     """Many stop tokens make rows finish at different steps, so finished rows are dropped mid-generation;
     every row must still match its own one-by-one run, and guided KL its uncached recomputation."""
     pi_ref = build_causal_lm(replace(tiny_arch(arch), initializer_range=0.5), tokenizer, seed=0).eval()
-    many_stops = torch.arange(5, len(tokenizer), 3)
+    many_stops = Stops(torch.arange(5, len(tokenizer), 3), tokenizer.pad_token_id)
     rows = ragged(tokenizer, tiny_task, 6)
     ids, mask = left_pad(rows, tokenizer.pad_token_id)
     cold = SamplingSpec(temperature=1e-4, top_p=1.0, max_new_tokens=10)
-    batched = generate(pi_ref, ids, mask, cold, many_stops, tokenizer.pad_token_id, torch.Generator().manual_seed(3))
+    batched = generate(pi_ref, ids, mask, cold, many_stops, torch.Generator().manual_seed(3))
     assert len(set(batched.lengths.tolist())) > 1  # rows did stop at different steps
     for i, row in enumerate(rows):
         one_ids, one_mask = left_pad([row], tokenizer.pad_token_id)
-        single = generate(pi_ref, one_ids, one_mask, cold, many_stops, tokenizer.pad_token_id,
-                          torch.Generator().manual_seed(3))
+        single = generate(pi_ref, one_ids, one_mask, cold, many_stops, torch.Generator().manual_seed(3))
         assert batched.tokens[i, : batched.lengths[i]].tolist() == single.tokens[0, : single.lengths[0]].tolist()
     for head in ("q", "v"):
         guide = make_guide(tokenizer, arch=arch, head=head)
         spec = SamplingSpec(temperature=0.9, max_new_tokens=10)
-        gen = generate(pi_ref, ids, mask, spec, many_stops, tokenizer.pad_token_id, torch.Generator().manual_seed(1),
-                       guide=Guidance(guide, RULES["qsharp"], 0.5, 5))
+        gen = generate(pi_ref, ids, mask, spec, many_stops, torch.Generator().manual_seed(1),
+                       Steering(guide=Guidance(guide, RULES["qsharp"], 0.5, 5)))
         assert len(set(gen.lengths.tolist())) > 1
         for i, prompt in enumerate(rows):
             response = gen.tokens[i, : gen.lengths[i]].tolist()
@@ -197,22 +212,22 @@ def test_sampling_batches_prompts_by_length_and_returns_samples_in_the_callers_o
     assert stats.prompt_slots == 3 * lengths[2] + 3 * lengths[5]  # the three short prompts share a batch
     for row, sample in zip(rows, sampled, strict=True):
         one_ids, one_mask = left_pad([row], tokenizer.pad_token_id)
-        single = generate(pi_ref, one_ids, one_mask, cold, torch.tensor(many_stops), tokenizer.pad_token_id,
+        single = generate(pi_ref, one_ids, one_mask, cold, Stops(torch.tensor(many_stops), tokenizer.pad_token_id),
                           torch.Generator().manual_seed(0))
         assert sample.response == single.tokens[0, : single.lengths[0]].tolist()
 
 
 def _cold_guided_runs(pi_ref, tokenizer, tiny_task, arch, cuda_graphs, device="cpu", compile_steps=False):
-    many_stops = torch.arange(5, len(tokenizer), 3)
+    many_stops = Stops(torch.arange(5, len(tokenizer), 3), tokenizer.pad_token_id)
     ids, mask = left_pad(ragged(tokenizer, tiny_task, 6), tokenizer.pad_token_id)
     cold = SamplingSpec(temperature=1e-4, top_p=1.0, max_new_tokens=10)
     runs = []
     guides = {head: Guidance(make_guide(tokenizer, arch=arch, head=head).to(device), RULES["qsharp"], 0.5, 5)
               for head in ("q", "v")}
     for guide in (guides["q"], guides["v"], guides["v"]):  # the second V-type run reuses pooled windows
-        runs.append(generate(pi_ref, ids.to(device), mask.to(device), cold, many_stops, tokenizer.pad_token_id,
-                             torch.Generator(device=device).manual_seed(1), guide=guide, cuda_graphs=cuda_graphs,
-                             compile_steps=compile_steps))
+        runs.append(generate(pi_ref, ids.to(device), mask.to(device), cold, many_stops,
+                             torch.Generator(device=device).manual_seed(1), Steering(guide=guide),
+                             DecodeOptions(cuda_graphs, compile_steps)))
     return runs
 
 

@@ -86,8 +86,7 @@ def test_zero_training_killed_after_a_checkpoint_resumes_to_the_same_weights(dee
     hw = Hardware(HardwareConfig(zero_stage=stage))
     rollouts = [rollout(f"p{i // 2}", float(a == 5), i % 2, (a, 6, 2)) for i, a in enumerate([5, 9, 9, 5] * 16)]
     cfg = GuideTrainConfig(steps=12, batch_size=8, lr=3e-3, eval_every=6, val_fraction=0.25, checkpoint_every=4)
-    reference, _, whole_reference = training.train_return_model(make_guide(tokenizer, head="v"), rollouts, cfg, 0,
-                                                                   hw, 0, False)
+    reference = training.train_return_model(make_guide(tokenizer, head="v"), rollouts, cfg, 0, hw, 0, False)
     real_loss, calls = training.sequence_mean_loss, {"n": 0}
 
     def killed_at_step_7(*args):
@@ -100,10 +99,9 @@ def test_zero_training_killed_after_a_checkpoint_resumes_to_the_same_weights(dee
     with pytest.raises(KeyboardInterrupt):
         training.train_return_model(make_guide(tokenizer, head="v"), rollouts, cfg, 0, hw, 0, False, tmp_path)
     assert (tmp_path / "latest").read_text() == "global_step_4"
-    resumed, _, whole_resumed = training.train_return_model(make_guide(tokenizer, head="v"), rollouts, cfg, 0, hw,
-                                                               0, False, tmp_path)
-    with whole_reference, whole_resumed:  # under ZeRO-3 the parameters are gathered to compare them
-        for (name, a), b in zip(reference.named_parameters(), resumed.parameters(), strict=True):
+    resumed = training.train_return_model(make_guide(tokenizer, head="v"), rollouts, cfg, 0, hw, 0, False, tmp_path)
+    with reference.full_parameters(), resumed.full_parameters():  # under ZeRO-3 gathered to compare them
+        for (name, a), b in zip(reference.model.named_parameters(), resumed.model.parameters(), strict=True):
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
 
 

@@ -15,7 +15,7 @@ from qsharp_exp.training import collect as collect_module
 
 def fake_sampler(monkeypatch, pi_ref, fake_codec, samples):
     """A sampler whose samples are `samples(prompts)` instead of pi_ref's."""
-    monkeypatch.setattr(Sampler, "sample", lambda self, prompts, seed, **kwargs: samples(prompts))
+    monkeypatch.setattr(Sampler, "sample", lambda self, prompts, seed, *args, **kwargs: samples(prompts))
     return sampler(pi_ref, None, batch_size=8, prompt_codec=fake_codec)
 
 
@@ -67,10 +67,10 @@ def test_standard_error_of_one_problem_is_not_defined():
 
 def test_killed_collection_resumes_to_the_result_of_an_uninterrupted_run(monkeypatch, tiny_task, pi_ref, tokenizer,
                                                                          tmp_path):
-    cfg = CollectConfig(samples_per_problem=3, explore_prob=0.5, batch_size=4)
+    cfg = CollectConfig(samples_per_problem=3, explore_prob=0.5, batch_size=4, top_k=4)
     roll_in = Guidance(make_guide(tokenizer), RULES["qsharp"], 0.1, 4)
     args = (tiny_task, tiny_task.problems("train")[:6], sampler(pi_ref, tokenizer, SamplingSpec(max_new_tokens=8), 4),
-            roll_in, cfg, 4, 7)
+            roll_in, cfg, 7)
     uninterrupted = collect_module.collect(*args)
     real_generate, calls = batched.generate, {"n": 0}
 

@@ -116,7 +116,8 @@ def user_conf(tmp_path):
     (conf / "task" / "toy_copy.yaml").write_text(TASK_YAML)
     (conf / "algo" / "toy_rule.yaml").write_text(ALGO_YAML)
     yield conf
-    del RULES["toy_rule"], TASKS["toy_copy"]
+    RULES.remove("toy_rule")
+    TASKS.remove("toy_copy")
 
 
 def test_a_rule_and_a_task_registered_outside_the_package_run_through_the_cli(monkeypatch, user_conf, tmp_path):

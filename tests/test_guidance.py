@@ -129,9 +129,15 @@ def test_paper_compat_kl_is_zero_unguided_only_without_top_p():
     # The published KL compares the top-p sampler with pi_ref without top-p: > 0 even unguided.
     logp, ref = G.paper_compat_logprobs(logits, 0.8, 0.9, None, None, False)
     assert G.kl_divergence(logp, ref).item() > 0.01
-    # Ours compares like with like: exactly 0 unguided, whatever top_p is.
-    ours = G.sampler_logprobs(logits, 0.8, 0.9)
-    assert G.kl_divergence(ours, ours).item() == 0.0
+    # Ours compares like with like, the guided sampler with pi_ref's sampler, both inside the nucleus: zero
+    # offsets give KL 0, and an offset ln 3 on token 1 gives the hand-computed KL over the nucleus {0, 1}.
+    ours = G.sampler_logprobs(logits, 1.0, 0.8)  # (0.625, 0.375, 0, 0)
+    cands = torch.tensor([[0, 1]])
+    unguided = G.guided_logprobs(ours, cands, torch.zeros(1, 2), False)
+    assert G.kl_divergence(unguided, ours).item() == pytest.approx(0.0, abs=1e-7)
+    guided = G.guided_logprobs(ours, cands, torch.tensor([[0.0, math.log(3)]]), False)
+    p0, p1 = 0.625 / 1.75, 1.125 / 1.75
+    assert G.kl_divergence(guided, ours).item() == pytest.approx(p0 * math.log(p0 / 0.625) + p1 * math.log(p1 / 0.375))
 
 
 def test_mse_ablation_offset_reads_the_mean_as_a_two_point_return():

@@ -140,7 +140,7 @@ def test_math_tiny_fits_the_longest_math_problems_with_their_solutions_and_the_a
     from hydra import compose, initialize_config_dir
 
     from qsharp_exp.__main__ import CONF_DIR
-    from qsharp_exp.config import load_run_config
+    from qsharp_exp.compose import load_run_config
 
     (tmp_path / "math_train.jsonl").symlink_to(SHARED_DATA / "math500_test.jsonl")
     (tmp_path / "math500_test.jsonl").symlink_to(SHARED_DATA / "math500_test.jsonl")

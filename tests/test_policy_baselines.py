@@ -2,15 +2,17 @@
 
 import copy
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from helpers import codec, stops
+from qsharp_exp import guidance as G
 from qsharp_exp.config import HardwareConfig, PolicyConfig
 from qsharp_exp.hardware import Hardware
-from qsharp_exp.sampling import SamplingSpec, generate
-from qsharp_exp.sampling.padding import left_pad
+from qsharp_exp.padding import left_pad
+from qsharp_exp.sampling import SamplingSpec, Steering, generate
 from qsharp_exp.training.policy import (
     dpo_loss,
     dpo_margin,
@@ -73,9 +75,36 @@ def test_sampling_from_an_unchanged_copy_of_pi_ref_has_zero_kl(pi_ref, tokenizer
     rows = [tokenizer(p.prompt, add_special_tokens=False)["input_ids"] for p in tiny_task.problems("test")[:4]]
     ids, mask = left_pad(rows, tokenizer.pad_token_id)
     gen = generate(pi_ref, ids, mask, SamplingSpec(top_p=0.9, max_new_tokens=6), stops(tokenizer),
-                   tokenizer.pad_token_id, torch.Generator().manual_seed(0), policy=copy.deepcopy(pi_ref))
+                   torch.Generator().manual_seed(0), Steering(policy=copy.deepcopy(pi_ref)))
     assert gen.kl.abs().max().item() == 0.0
     assert codec(tokenizer, pi_ref).stop_ids == [tokenizer.eos_token_id]
+
+
+def test_a_policy_samples_itself_under_the_published_decoding_order_too(pi_ref, tokenizer, tiny_task):
+    """eval.paper_compat orders guidance as the published code did; a policy baseline is not guided, so it
+    samples itself with or without it. Its KL then is against pi_ref without top-p, as the published code's:
+    finite where the two nuclei differ (ours is infinite there)."""
+    policy = copy.deepcopy(pi_ref)
+    noise = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=noise))
+    rows = [tokenizer(p.prompt, add_special_tokens=False)["input_ids"] for p in tiny_task.problems("test")[:4]]
+    ids, mask = left_pad(rows, tokenizer.pad_token_id)
+    runs = [generate(pi_ref, ids, mask, SamplingSpec(top_p=0.9, max_new_tokens=6, paper_compat=compat),
+                     stops(tokenizer), torch.Generator().manual_seed(0), Steering(policy=policy))
+            for compat in (False, True)]
+    assert torch.equal(runs[0].tokens, runs[1].tokens)
+    assert torch.isfinite(runs[1].kl).all() and runs[1].kl.min().item() > 0
+    row = torch.tensor(rows[:1])
+    with torch.no_grad():  # the first step's published KL, by hand
+        policy_logits, ref_logits = policy(input_ids=row).logits[:, -1], pi_ref(input_ids=row).logits[:, -1]
+    first = SamplingSpec(top_p=0.9, max_new_tokens=1, paper_compat=True)
+    one = generate(pi_ref, row, torch.ones_like(row), first, stops(tokenizer), torch.Generator().manual_seed(0),
+                   Steering(policy=policy))
+    logp = G.sampler_logprobs(policy_logits, 1.0, 0.9)
+    expected = G.kl_divergence(logp, torch.log_softmax(ref_logits, -1))
+    torch.testing.assert_close(one.kl, expected, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("algo", ["reinforce", "dpo", "rpo"])
@@ -87,5 +116,12 @@ def test_each_policy_baseline_runs_end_to_end_and_reports_kl_to_pi_ref(algo, tmp
     import json
 
     metrics = json.loads((work / algo / "metrics.json").read_text())
-    assert metrics["algo"] == algo and metrics["graph"] == "G(2,3)" and metrics["kl_mean"] >= 0
+    assert metrics["algo"] == algo and metrics["graph"] == "G(2,3)"
     assert metrics["eta"] is None and "time_policy_s" in metrics
+    # The baseline moved away from pi_ref: other weights, and samples drawn at a KL above 0.
+    from safetensors.torch import load_file
+
+    trained = load_file(Path(metrics["dir_policy"]) / "model" / "model.safetensors")
+    reference = load_file(Path(metrics["dir_pi_ref"]) / "model" / "model.safetensors")
+    assert any(not torch.equal(trained[name], reference[name]) for name in reference)
+    assert metrics["kl_mean"] > 0

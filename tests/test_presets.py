@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from qsharp_exp.__main__ import CONF_DIR
-from qsharp_exp.config import load_run_config
+from qsharp_exp.compose import load_run_config
 from test_config import compose_cfg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))

@@ -61,3 +61,38 @@ def test_truncated_pretrained_weights_or_missing_tokenizer_files_are_one_clear_e
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=30)).save_pretrained(tmp_path / "gpt2")
     with pytest.raises(UserError, match="has no tokenizer files"):
         load_tokenizer(str(tmp_path / "gpt2"), "model.pi_ref.pretrained")
+
+
+def test_a_local_model_is_keyed_by_its_files_not_its_path(saved_lm, tmp_path):
+    import shutil
+
+    from qsharp_exp.models.identity import model_identity
+
+    path, _, _ = saved_lm
+    copy = tmp_path / "copy"
+    shutil.copytree(path, copy)
+    assert model_identity(str(copy), "k") == model_identity(str(path), "k")  # moved or copied: the same model
+    config = copy / "config.json"
+    config.write_text(config.read_text().replace('"vocab_size"', '"tie_word_embeddings": true, "vocab_size"'))
+    assert config.read_text() != (path / "config.json").read_text()
+    assert model_identity(str(copy), "k") != model_identity(str(path), "k")  # rewritten in place: another model
+
+
+def test_a_hub_model_is_keyed_by_the_commit_its_id_resolves_to(tmp_path, monkeypatch):
+    from qsharp_exp.models.identity import model_identity
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
+    repo = tmp_path / "models--org--tiny"
+    for commit in ("a" * 40, "b" * 40):
+        (repo / "snapshots" / commit).mkdir(parents=True)
+        (repo / "snapshots" / commit / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    keys = []
+    for commit in ("a" * 40, "b" * 40):  # the hub repository was updated: main moved
+        (repo / "refs" / "main").write_text(commit)
+        keys.append(model_identity("org/tiny", "model.pi_ref.pretrained"))
+    assert keys == [{"hub_id": "org/tiny", "revision": "a" * 40}, {"hub_id": "org/tiny", "revision": "b" * 40}]
+    with pytest.raises(UserError, match="model.pi_ref.pretrained=org/missing: its revision"):
+        model_identity("org/missing", "model.pi_ref.pretrained")

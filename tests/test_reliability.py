@@ -124,10 +124,11 @@ def fails_cleanly(*args: str, cwd: Path) -> str:
     return result.stderr
 
 
-def test_top_k_beyond_the_vocabulary_stops_before_pretraining(tmp_path):
-    err = fails_cleanly(*SMOKE, "algo.top_k=1000", f"cache_dir={tmp_path / 'cache'}",
+@pytest.mark.parametrize("key", ["algo.top_k", "collect.top_k"])
+def test_top_k_beyond_the_vocabulary_stops_before_pretraining(tmp_path, key):
+    err = fails_cleanly(*SMOKE, f"{key}=1000", f"cache_dir={tmp_path / 'cache'}",
                         f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
-    assert "algo.top_k=1000" in err and "vocabulary of 19 tokens" in err
+    assert f"{key}=1000" in err and "vocabulary of 19 tokens" in err
     assert not (tmp_path / "cache" / "pi_ref").exists()
 
 

@@ -9,7 +9,8 @@ from helpers import make_guide
 from qsharp_exp.config import GuideConfig, GuideTrainConfig, HardwareConfig
 from qsharp_exp.guidance import RULES
 from qsharp_exp.hardware import Hardware
-from qsharp_exp.models.return_model import Examples, ReturnDistribution, ReturnModel
+from qsharp_exp.models.distributions import return_distribution
+from qsharp_exp.models.return_model import Examples, ReturnModel
 from qsharp_exp.training.collect import Rollout
 from qsharp_exp.training.return_model import (
     NoSignalError,
@@ -21,7 +22,7 @@ from qsharp_exp.training.return_model import (
 
 
 def test_bernoulli_loss_is_binary_cross_entropy():
-    dist = ReturnDistribution(GuideConfig(distribution="bernoulli"))
+    dist = return_distribution(GuideConfig(distribution="bernoulli"))
     logit = torch.tensor([[0.3], [-1.2]])
     loss = dist.loss(logit, torch.tensor([1.0, 0.0]))
     p = torch.sigmoid(torch.tensor([0.3, -1.2]))
@@ -30,7 +31,7 @@ def test_bernoulli_loss_is_binary_cross_entropy():
 
 
 def test_mse_ablation_is_squared_error_on_a_mean_clamped_to_the_return_range():
-    dist = ReturnDistribution(GuideConfig(distribution="mse"))
+    dist = return_distribution(GuideConfig(distribution="mse"))
     out = torch.tensor([[0.3], [1.4]])
     torch.testing.assert_close(dist.loss(out, torch.tensor([1.0, 0.0])), torch.tensor([0.49, 1.96]))
     torch.testing.assert_close(dist.mean(out), torch.tensor([0.3, 1.0]))
@@ -40,7 +41,7 @@ def test_mse_ablation_is_squared_error_on_a_mean_clamped_to_the_return_range():
 
 
 def test_histogram_labels_are_projected_with_their_real_value_and_clamped():
-    dist = ReturnDistribution(GuideConfig(distribution="histogram", num_atoms=5, v_min=-1.0, v_max=1.0))
+    dist = return_distribution(GuideConfig(distribution="histogram", num_atoms=5, v_min=-1.0, v_max=1.0))
     target = dist.project(torch.tensor([-1.0, 0.25, 1.0, 3.0, -7.0]))
     torch.testing.assert_close(target[0], torch.tensor([1.0, 0, 0, 0, 0]))
     torch.testing.assert_close(target[1], torch.tensor([0, 0, 0.5, 0.5, 0]))  # atoms -1,-.5,0,.5,1
@@ -53,7 +54,7 @@ def test_histogram_labels_are_projected_with_their_real_value_and_clamped():
 
 
 def test_histogram_loss_is_negative_log_likelihood_of_projected_label():
-    dist = ReturnDistribution(GuideConfig(distribution="histogram", num_atoms=3, v_min=0.0, v_max=1.0))
+    dist = return_distribution(GuideConfig(distribution="histogram", num_atoms=3, v_min=0.0, v_max=1.0))
     logits = torch.tensor([[0.0, 1.0, 2.0]])
     loss = dist.loss(logits, torch.tensor([1.0]))
     assert loss.item() == pytest.approx(-torch.log_softmax(logits, -1)[0, 2].item())
@@ -99,8 +100,9 @@ def test_return_model_learns_a_deterministic_label_and_survives_save_and_load(to
     with torch.no_grad():
         model.head.weight.normal_(0, 0.02)
     cfg = GuideTrainConfig(steps=60, batch_size=16, lr=3e-3, eval_every=60, val_fraction=0.25)
-    model, curve, _ = train_return_model(model, rollouts, cfg, tokenizer.pad_token_id, Hardware(HardwareConfig()), 0,
-                                         show_progress=False)
+    trained = train_return_model(model, rollouts, cfg, tokenizer.pad_token_id, Hardware(HardwareConfig()), 0,
+                                 show_progress=False)
+    model, curve = trained.model, trained.curve
     assert curve[-1]["val_acc"] == 1.0
     model.save_pretrained(tmp_path / "guide")
     loaded = ReturnModel.from_pretrained(tmp_path / "guide").eval()
@@ -115,8 +117,8 @@ def test_training_killed_after_a_checkpoint_resumes_to_the_same_weights(tokenize
     rollouts = [rollout(f"p{i // 2}", float(a == 5), i % 2, (a, 6, 2)) for i, a in enumerate([5, 9, 9, 5] * 16)]
     cfg = GuideTrainConfig(steps=20, batch_size=8, lr=3e-3, eval_every=10, val_fraction=0.25, checkpoint_every=6)
     hw = Hardware(HardwareConfig())
-    uninterrupted, curve, _ = train_return_model(make_guide(tokenizer, head="v"), rollouts, cfg, 0, hw, 0,
-                                                 show_progress=False)
+    first = train_return_model(make_guide(tokenizer, head="v"), rollouts, cfg, 0, hw, 0, show_progress=False)
+    uninterrupted, curve = first.model, first.curve
     real_loss, calls = training.sequence_mean_loss, {"n": 0}
 
     def killed_at_step_15(*args):
@@ -130,8 +132,8 @@ def test_training_killed_after_a_checkpoint_resumes_to_the_same_weights(tokenize
         train_return_model(make_guide(tokenizer, head="v"), rollouts, cfg, 0, hw, 0, False, tmp_path)
     assert (tmp_path / "latest").read_text() == "global_step_12"
     calls["n"] = -100
-    resumed, resumed_curve, _ = train_return_model(make_guide(tokenizer, head="v"), rollouts, cfg, 0, hw, 0, False,
-                                                   tmp_path)
+    second = train_return_model(make_guide(tokenizer, head="v"), rollouts, cfg, 0, hw, 0, False, tmp_path)
+    resumed, resumed_curve = second.model, second.curve
     assert calls["n"] == -100 + 8  # steps 13..20 only
     assert resumed_curve == curve
     for (name, a), b in zip(uninterrupted.state_dict().items(), resumed.state_dict().values(), strict=True):
@@ -186,8 +188,8 @@ def test_an_epoch_budget_gives_twice_the_data_twice_the_steps_and_a_warm_up_shar
                            warmup_steps=1, warmup_fraction=0.5)
     steps = []
     for data in (round1, round2):
-        _, curve, _ = train_return_model(make_guide(tokenizer, head="v"), data, cfg, tokenizer.pad_token_id,
-                                         Hardware(HardwareConfig()), 0, show_progress=False)
+        curve = train_return_model(make_guide(tokenizer, head="v"), data, cfg, tokenizer.pad_token_id,
+                                   Hardware(HardwareConfig()), 0, show_progress=False).curve
         steps.append(curve[0]["steps"])
     # 18 (then 36) training problems of 2 rollouts, 2 problems per batch, 2 epochs; `steps` is not used.
     assert steps == [18, 36]

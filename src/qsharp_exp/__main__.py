@@ -13,7 +13,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from qsharp_exp.config import ConfigError, UserError, load_run_config, register_schema
+from qsharp_exp.compose import load_run_config, register_schema
+from qsharp_exp.config import ConfigError, UserError
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 register_schema()

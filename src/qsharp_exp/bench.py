@@ -43,10 +43,10 @@ from qsharp_exp.guidance import RULES, Guidance
 from qsharp_exp.hardware import Hardware
 from qsharp_exp.models.lm import build_causal_lm
 from qsharp_exp.models.return_model import build_return_model
+from qsharp_exp.padding import right_pad
 from qsharp_exp.prompts import PromptCodec
-from qsharp_exp.sampling import PaddingStats, Sampler, SamplingSpec, generate
+from qsharp_exp.sampling import DecodeOptions, PaddingStats, Sampler, SamplingSpec, Steering, Stops, generate
 from qsharp_exp.sampling.decoding import GuideState, LMState
-from qsharp_exp.sampling.padding import right_pad
 from qsharp_exp.training.collect import Rollout
 from qsharp_exp.training.return_model import length_chunks, length_grouped_batches, train_return_model
 
@@ -204,8 +204,8 @@ def run(args, pi_ref, guides) -> list[dict]:
                     generator = torch.Generator(device=device).manual_seed(repeat)
                     _sync(device)
                     start = time.perf_counter()
-                    gen = generate(pi_ref, ids, mask, spec, NEVER, 0, generator, guide=guidance,
-                                   cuda_graphs=args.cuda_graphs, compile_steps=args.compile)
+                    gen = generate(pi_ref, ids, mask, spec, Stops(NEVER, 0), generator, Steering(guide=guidance),
+                                   DecodeOptions(args.cuda_graphs, args.compile))
                     _sync(device)
                     if repeat:
                         times[(algo, head, name)].append(time.perf_counter() - start)
@@ -301,7 +301,7 @@ def training_throughput(args) -> dict:
             "padding_waste": round(1 - real / slots, 4)}
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m qsharp_exp.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--pair", choices=sorted(PAIRS), default="default",
                         help="the (pi_ref, guide) shapes; the flags below override single values")
@@ -335,6 +335,11 @@ def main(argv: list[str] | None = None) -> int:
             setattr(args, key, value)
     if args.new_tokens < 2:
         parser.error("--new-tokens must be at least 2: decoding is timed as all new tokens minus the first")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
     pi_ref, guides = build_pair(args)
     machine = {"machine": platform.processor() or platform.machine(), "threads": args.threads,

@@ -1,11 +1,11 @@
 """Typed schemas for the composed Hydra config, and the checks that run before any work.
 
-Hydra composes plain YAML; `load_run_config` merges it into these dataclasses, so an unknown key, a
-wrong type or a choice outside its Enum fails at once. Each section checks its own values in
+Hydra composes plain YAML; `compose.load_run_config` merges it into these dataclasses, so an unknown
+key, a wrong type or a choice outside its Enum fails at once. Each section checks its own values in
 `__post_init__` (raising `FieldError` with the field's name); the loader re-raises that as a
-`ConfigError` with the full key (`algo.eta`, `model.guide.arch.n_head`). `validate` keeps only the
-checks that span sections or consult the registries. Each task owns its section's schema: a
-subclass of `TaskConfig` registered with the task (tasks/base.py).
+`ConfigError` with the full key (`algo.eta`, `model.guide.arch.n_head`). Checks that span sections or
+consult the registries live in compose.py, so this module imports no other module of the package.
+Each task owns its section's schema: a subclass of `TaskConfig` registered with the task (tasks/base.py).
 """
 
 from __future__ import annotations
@@ -14,9 +14,6 @@ import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from typing import Any, ClassVar
-
-from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 
 class UserError(Exception):
@@ -344,10 +341,21 @@ class CollectConfig:
     # from pi_ref (the exploratory roll-out of the paper's Algorithm 2). Labels stay pi_ref returns.
     explore_prob: float = 0.5
     batch_size: int = 512
+    # The roll-in guide (rounds >= 2) and the exploratory switch: collection's own settings, so that
+    # evaluating at another algo.top_k or algo.non_candidates reuses the collected data.
+    top_k: int = 10
+    non_candidates: NonCandidates = NonCandidates.keep
+    # Sampling of roll-ins and roll-outs; null: eval's value.
+    temperature: float | None = None
+    top_p: float | None = None
+    max_new_tokens: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("rounds", "samples_per_problem", "batch_size", "pair_tries"):
+        for name in ("rounds", "samples_per_problem", "batch_size", "pair_tries", "top_k", "max_new_tokens"):
             at_least(self, name, 1)
+        positive(self, "temperature")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise FieldError("top_p", f"{{key}}={self.top_p} must lie in (0, 1]: 1 disables top-p, null takes eval's.")
         if self.mode == CollectMode.pairs and self.rounds != 1:
             raise FieldError("mode", f"{{key}}=pairs is one round of data (no roll-in to improve): set "
                                      f"collect.rounds=1 (it is {self.rounds}).")
@@ -484,83 +492,6 @@ class RunConfig:
         if not self.cache_dir.strip():
             raise FieldError("cache_dir", "{key} is empty: set it to a directory for the stage outputs, e.g. "
                                           "{key}=.qsharp_cache (or unset it for the default).")
-
-
-# -- cross-section checks, loading ----------------------------------------------------------------
-
-
-def algo_names() -> tuple[str, ...]:
-    """Every value algo.name can take: pi_ref, the guidance rules and the policy trainers."""
-    from qsharp_exp.guidance import RULES
-    from qsharp_exp.training.policy import TRAINERS
-
-    return ("pi_ref", *RULES, *TRAINERS)
-
-
-def validate(cfg: RunConfig) -> None:
-    """Checks that span sections or consult the registries; raises ConfigError naming the key and the fix."""
-    if cfg.algo.name not in algo_names():
-        raise ConfigError(f"algo.name={cfg.algo.name!r} is not supported: use one of {', '.join(algo_names())}.")
-    if cfg.algo.guide_round is not None and not 1 <= cfg.algo.guide_round <= cfg.collect.rounds:
-        raise ConfigError(
-            f"algo.guide_round={cfg.algo.guide_round} must lie in 1..collect.rounds={cfg.collect.rounds} "
-            "(or be null for the last round)."
-        )
-
-
-def _instantiate(node: DictConfig, key: str) -> Any:
-    """The dataclass of a merged, typed node, built bottom-up so that a section's FieldError can be
-    re-raised with its full key."""
-    cls = OmegaConf.get_type(node)
-    values = {}
-    for f in fields(cls):
-        value = node[f.name]
-        child = f"{key}.{f.name}" if key else f.name
-        if isinstance(value, DictConfig) and is_dataclass(OmegaConf.get_type(value)):
-            values[f.name] = _instantiate(value, child)
-        elif isinstance(value, DictConfig | ListConfig):
-            values[f.name] = OmegaConf.to_container(value, resolve=True)
-        else:
-            values[f.name] = value
-    try:
-        return cls(**values)
-    except FieldError as err:
-        raise err.under(key) from None
-
-
-def _merge_error(err: OmegaConfBaseException) -> ConfigError:
-    key = getattr(err, "full_key", None) or "?"
-    reason = str(getattr(err, "msg", err)).splitlines()[0]
-    return ConfigError(f"config key '{key}': {reason}. "
-                       "Check the spelling against conf/ (python -m qsharp_exp --cfg job shows every key).")
-
-
-def load_run_config(cfg: DictConfig) -> RunConfig:
-    """Merge the composed config into the typed schema (the task's own schema for `task`) and validate it."""
-    from qsharp_exp.tasks import task_config_class
-
-    schema = OmegaConf.structured(RunConfig)
-    try:
-        task_name = OmegaConf.select(cfg, "task.name", default=TaskConfig.name)
-        schema.task = OmegaConf.structured(task_config_class(task_name))
-        merged = OmegaConf.merge(schema, cfg)
-    except OmegaConfBaseException as err:
-        raise _merge_error(err) from None
-    run_cfg: RunConfig = _instantiate(merged, "")
-    validate(run_cfg)
-    return run_cfg
-
-
-def register_schema() -> None:
-    """Put every key of the schema, with its default, into Hydra's config store as `schema`, the first entry
-    of conf/config.yaml's defaults: the composed config then holds every key, so a plain override
-    (`eval.reward_model=false`) works for each, not only for keys a YAML file sets. Values are checked by
-    `load_run_config`, not by Hydra. A task's own keys are declared by its YAML file."""
-    import json
-
-    from hydra.core.config_store import ConfigStore
-
-    ConfigStore.instance().store(name="schema", node=json.loads(json.dumps(as_dict(RunConfig()))))
 
 
 def as_dict(obj: Any) -> Any:

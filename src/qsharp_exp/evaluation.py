@@ -23,12 +23,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from transformers import PreTrainedModel
 
-from qsharp_exp.guidance import Guidance
 from qsharp_exp.models.return_model import Examples, ReturnModel
 from qsharp_exp.progress import progress
-from qsharp_exp.sampling import Sampled, Sampler
+from qsharp_exp.sampling import Sampled, Sampler, Steering
+from qsharp_exp.sampling.decoding import UNSTEERED
 from qsharp_exp.tasks import Problem, Task
 from qsharp_exp.tasks.answers import majority_vote
 
@@ -75,19 +74,17 @@ def evaluate(
     sampler: Sampler,
     num_samples: int,
     seed: int,
-    *,
-    guide: Guidance | None = None,
-    policy: PreTrainedModel | None = None,
+    steering: Steering = UNSTEERED,
     reward_model: ReturnModel | None = None,
-    desc: str = "evaluate",
     checkpoint: Path | None = None,
 ) -> tuple[dict, list[dict]]:
-    """`num_samples` samples per problem from pi_ref, guided by `guide` or replaced by `policy`;
-    `reward_model` ranks each problem's samples; `checkpoint` keeps finished batches (resumable)."""
+    """`num_samples` samples per problem from pi_ref, or what `steering` asks for (a guide, a policy);
+    `reward_model` ranks each problem's samples; `checkpoint` keeps finished batches (resumable). The
+    progress bar says `sampler.desc`."""
     codec = sampler.codec
     jobs = [p for p in problems for _ in range(num_samples)]
     prompts = codec.encode(jobs, sampler.spec.max_new_tokens)
-    sampled = sampler.sample(prompts, seed, guide=guide, policy=policy, desc=desc, checkpoint=checkpoint)
+    sampled = sampler.sample(prompts, seed, steering, checkpoint=checkpoint)
     # Ranking needs several samples: with one, best-of-1 and the weighted vote are just pass@1.
     rank = reward_model is not None and num_samples > 1
     scores = final_values(reward_model, prompts, sampled, sampler) if rank else None

@@ -15,13 +15,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
-if TYPE_CHECKING:
-    from qsharp_exp.models.return_model import ReturnModel
+from qsharp_exp.registry import Registry
 
 
 def bernoulli_qsharp_offset(logit: torch.Tensor, eta: float) -> torch.Tensor:
@@ -117,11 +116,17 @@ def paper_compat_logprobs(
 
 
 class ReturnDistributionLike(Protocol):
-    """What a rule may ask of the return model's distribution head (models/return_model.py)."""
+    """What a rule may ask of the return model's distribution head (models/distributions.py)."""
 
     def mean(self, out: torch.Tensor) -> torch.Tensor: ...
 
     def log_mean_exp(self, out: torch.Tensor, eta: float) -> torch.Tensor: ...
+
+
+class ReturnModelLike(Protocol):
+    """What guidance reads of a return model (models/return_model.ReturnModel, which imports this module)."""
+
+    distribution: ReturnDistributionLike
 
 
 OffsetFn = Callable[[ReturnDistributionLike, torch.Tensor, float], torch.Tensor]
@@ -134,16 +139,14 @@ class GuidanceRule:
     offset: OffsetFn  # (return distribution, head outputs [..., D], eta) -> offsets [...]
 
 
-RULES: dict[str, GuidanceRule] = {}
+RULES: Registry[GuidanceRule] = Registry("guidance rule", "algo.name")
 
 
 def register_guidance(name: str, label: str | None = None) -> Callable[[OffsetFn], OffsetFn]:
     """Register `offset(distribution, outputs, eta)` as the guidance rule `algo=name`."""
 
     def register(offset: OffsetFn) -> OffsetFn:
-        if name in RULES:
-            raise ValueError(f"guidance rule {name!r} is registered twice")
-        RULES[name] = GuidanceRule(name, label or name, offset)
+        RULES.add(name, GuidanceRule(name, label or name, offset))
         return offset
 
     return register
@@ -166,7 +169,7 @@ class Guidance:
     """A return model guiding pi_ref by `rule` at KL weight `eta`, on pi_ref's `top_k` candidates; the
     other tokens keep multiplier 1, or are masked out with `mask_non_candidates`."""
 
-    model: ReturnModel
+    model: ReturnModelLike
     rule: GuidanceRule
     eta: float
     top_k: int

@@ -19,7 +19,6 @@ from qsharp_exp.report import print_summary
 from qsharp_exp.stages import base_model, evaluation, pi_ref, policy, return_model
 from qsharp_exp.stages.context import RunContext
 from qsharp_exp.tracking import log_run
-from qsharp_exp.training.policy import TRAINERS
 
 
 def run(cfg: RunConfig, out_dir: Path, tracker_group: str | None = None) -> dict:
@@ -34,7 +33,7 @@ def run(cfg: RunConfig, out_dir: Path, tracker_group: str | None = None) -> dict
     models = return_model.train_rounds(ctx, reference, ctx.rounds_needed, base)
     guide = models[ctx.guide_round - 1] if ctx.guided else None
     ranker = models[-1] if ctx.ranks_with_return_model else None
-    fine_tuned = policy.train(ctx, reference) if cfg.algo.name in TRAINERS else None
+    fine_tuned = policy.train(ctx, reference) if ctx.fine_tunes_policy else None
     evaluated = evaluation.evaluate(ctx, reference, guide, ranker, fine_tuned)
 
     metrics = run_metrics(ctx, base, reference, evaluated.path / "metrics.json")
@@ -63,9 +62,10 @@ def check_before_work(ctx: RunContext) -> None:
                         "directory.") from None
     if ctx.uses_return_model:
         vocabulary = pi_ref.vocabulary_size(ctx)
-        if ctx.cfg.algo.top_k > vocabulary:
-            raise ConfigError(f"algo.top_k={ctx.cfg.algo.top_k} is more than pi_ref's vocabulary of {vocabulary} "
-                              f"tokens: set algo.top_k<={vocabulary}.")
+        for key, top_k in (("algo.top_k", ctx.cfg.algo.top_k), ("collect.top_k", ctx.cfg.collect.top_k)):
+            if top_k > vocabulary:
+                raise ConfigError(f"{key}={top_k} is more than pi_ref's vocabulary of {vocabulary} tokens: set "
+                                  f"{key}<={vocabulary}.")
 
 
 def run_metrics(ctx: RunContext, base: base_model.BaseModel | None, reference: pi_ref.PiRef,

@@ -2,10 +2,10 @@
 
 - Q-type (`head="q"`): from the prefix x, one output per vocabulary token y: all candidates in one pass.
 - V-type (`head="v"`): the input is x·y, the output at y's position is the value of (x, y).
-The head's outputs parameterise the distribution of the return Z of pi_ref after (x, y):
-a Bernoulli logit, logits over `num_atoms` evenly spaced atoms of [v_min, v_max], or (the MSE
-ablation) a point estimate of E[Z]. How decoding turns them into offsets is a guidance rule's choice
-(guidance.py); the same model also ranks finished responses (Q# as a reward model).
+The head's outputs parameterise the distribution of the return Z of pi_ref after (x, y)
+(models/distributions.py: Bernoulli, histogram, or the MSE ablation's mean). How decoding turns them
+into offsets is a guidance rule's choice (guidance.py); the same model also ranks finished responses
+(Q# as a reward model).
 
 `save_pretrained` / `from_pretrained` store it like a Hugging Face model: `config.json` (the guide's
 settings), `model.safetensors` (head and stem) and the trunk as a standard HF model in `trunk/`.
@@ -19,77 +19,18 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerBase
 
-from qsharp_exp import guidance
 from qsharp_exp.config import GuideConfig, as_dict
+from qsharp_exp.models.distributions import return_distribution
 from qsharp_exp.models.lm import build_trunk, compiled
 from qsharp_exp.models.stem import CausalConvStem, embed_tokens, split_lm
-from qsharp_exp.sampling.padding import right_pad
+from qsharp_exp.padding import right_pad
 
 FORMAT = "qsharp_exp.return_model"
-
-
-class ReturnDistribution:
-    """Loss, mean and guidance offset for one parameterisation of the return distribution."""
-
-    def __init__(self, cfg: GuideConfig) -> None:
-        self.kind = cfg.distribution
-        self.size = cfg.num_atoms if self.kind == "histogram" else 1
-        self.v_min, self.v_max = cfg.v_min, cfg.v_max
-        self.atoms = torch.linspace(cfg.v_min, cfg.v_max, self.size) if self.kind == "histogram" else None
-
-    def _unit(self, out: torch.Tensor) -> torch.Tensor:
-        return out if self.kind == "histogram" else out.squeeze(-1)
-
-    def loss(self, out: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:
-        """Per-example loss: BCE for Bernoulli, squared error for MSE, maximum likelihood of the
-        projected label for the histogram."""
-        out = self._unit(out).float()
-        if self.kind == "bernoulli":
-            return F.binary_cross_entropy_with_logits(out, returns.float(), reduction="none")
-        if self.kind == "mse":
-            return (out - returns.float()) ** 2
-        target = self.project(returns)
-        return -(target * torch.log_softmax(out, dim=-1)).sum(-1)
-
-    def project(self, returns: torch.Tensor) -> torch.Tensor:
-        """C51 projection of a point mass at each return onto the atoms (clamped to [v_min, v_max])."""
-        pos = (returns.float().clamp(self.v_min, self.v_max) - self.v_min) / (self.v_max - self.v_min)
-        pos = pos * (self.size - 1)
-        low = pos.floor().long().clamp(max=self.size - 2)
-        frac = pos - low.float()
-        target = torch.zeros(*returns.shape, self.size, device=returns.device)
-        target.scatter_(-1, low.unsqueeze(-1), (1 - frac).unsqueeze(-1))
-        target.scatter_add_(-1, (low + 1).unsqueeze(-1), frac.unsqueeze(-1))
-        return target
-
-    def mean(self, out: torch.Tensor) -> torch.Tensor:
-        out = self._unit(out)
-        if self.kind == "bernoulli":
-            return guidance.bernoulli_mean(out)
-        if self.kind == "mse":
-            return out.float().clamp(self.v_min, self.v_max)
-        return guidance.histogram_mean(out, self.atoms.to(out.device))
-
-    def log_mean_exp(self, out: torch.Tensor, eta: float) -> torch.Tensor:
-        """ln E[exp(Z/eta)], in float32 from the logits.
-
-        MSE knows only the mean; it is read as the two-point distribution on {v_min, v_max} with that
-        mean (for 0/1 rewards: the Bernoulli with p = the mean)."""
-        if self.kind == "mse":
-            return guidance.two_point_qsharp_offset(self.mean(out), self.v_min, self.v_max, eta)
-        out = self._unit(out)
-        if self.kind == "bernoulli":
-            return guidance.bernoulli_qsharp_offset(out, eta)
-        return guidance.histogram_qsharp_offset(out, self.atoms.to(out.device), eta)
-
-    def predicts_success(self, out: torch.Tensor) -> torch.Tensor:
-        return self.mean(out) > (self.v_min + self.v_max) / 2
 
 
 class ReturnModel(nn.Module):
@@ -97,7 +38,7 @@ class ReturnModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.trunk = trunk
-        self.distribution = ReturnDistribution(cfg)
+        self.distribution = return_distribution(cfg)
         hidden = trunk.config.hidden_size if hasattr(trunk.config, "hidden_size") else trunk.config.n_embd
         self.vocab_size = trunk.config.vocab_size
         init_std = cfg.arch.initializer_range

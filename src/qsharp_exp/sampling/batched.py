@@ -13,18 +13,18 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 from transformers import PreTrainedModel
 
-from qsharp_exp.guidance import Guidance
+from qsharp_exp.distributed import Dist
 from qsharp_exp.hardware import Hardware
+from qsharp_exp.padding import left_pad
 from qsharp_exp.progress import progress
 from qsharp_exp.prompts import PromptCodec
-from qsharp_exp.sampling.decoding import SamplingSpec, generate
-from qsharp_exp.sampling.padding import left_pad
+from qsharp_exp.sampling.decoding import UNSTEERED, DecodeOptions, SamplingSpec, Steering, Stops, generate
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def _save_batch(path: Path, batch: list[Sampled]) -> None:
 class Sampler:
     """What every sampling call shares: the model that samples (pi_ref, or a policy standing in for it),
     the codec (stop and pad tokens), how to sample, the hardware and the batch size. Calls pass only what
-    varies: the prompts, the seed, and optionally a guide, a policy, exploration and a checkpoint."""
+    varies: the prompts, the seed, and optionally a steering (guide, policy, exploration) and a checkpoint."""
 
     pi_ref: PreTrainedModel
     codec: PromptCodec
@@ -96,27 +96,23 @@ class Sampler:
     hw: Hardware
     batch_size: int
     show_progress: bool = True
+    desc: str = "sample"  # what its progress bar says, unless a call says otherwise
 
     def sample(
         self,
         prompts: list[list[int]],
         seed: int,
+        steering: Steering = UNSTEERED,
         *,
-        guide: Guidance | None = None,
-        policy: PreTrainedModel | None = None,
-        explore: list[bool] | None = None,
-        explore_top_k: int = 0,
         budgets: list[int] | None = None,
-        desc: str = "sample",
+        desc: str | None = None,
         checkpoint: Path | None = None,
         stats: PaddingStats | None = None,
     ) -> list[Sampled]:
-        """One sample per prompt, in the prompts' order. `policy` samples instead of pi_ref (KL is then
-        KL(policy || pi_ref)); `explore` rows draw their first token uniformly from pi_ref's top
-        `explore_top_k`; `budgets`: new tokens allowed per prompt (default spec.max_new_tokens);
-        `checkpoint` keeps finished batches, so that a killed call resumes."""
-        spec, hw, batch_size = self.spec, self.hw, self.batch_size
-        stops = torch.tensor(self.codec.stop_ids, dtype=torch.long)
+        """One sample per prompt, in the prompts' order, from pi_ref or what `steering` asks for (its
+        `explore`: a list over the prompts); `budgets`: new tokens allowed per prompt (default
+        spec.max_new_tokens); `checkpoint` keeps finished batches, so that a killed call resumes."""
+        hw, batch_size = self.hw, self.batch_size
         if checkpoint is not None:
             checkpoint.mkdir(parents=True, exist_ok=True)
         dist = hw.dist
@@ -129,7 +125,7 @@ class Sampler:
         lockstep = dist if dist.active and hw.cfg.shard_pi_ref else None
         slots = range(-(-count // dist.world))
         shown = self.show_progress and dist.is_main and len(slots) > 1
-        bar = progress(slots, total=len(slots), desc=desc, enabled=shown)
+        bar = progress(slots, total=len(slots), desc=desc or self.desc, enabled=shown)
         done: dict[int, list[Sampled]] = {}
         for slot in bar:
             index = slot * dist.world + dist.rank
@@ -142,30 +138,11 @@ class Sampler:
             if not (lockstep.any(mine) if lockstep is not None else mine):
                 continue
             members = order[index * batch_size : (index + 1) * batch_size] if mine else order[:1]
-            chunk = [prompts[i] for i in members]
-            ids, mask = left_pad(chunk, self.codec.pad_id)
-            rows_explore = rows_budget = None
-            if explore is not None:
-                rows_explore = torch.tensor([explore[i] for i in members], device=hw.device)
-            if budgets is not None:
-                rows_budget = torch.tensor([budgets[i] for i in members], device=hw.device)
             generator = torch.Generator(device=hw.device).manual_seed(batch_seed(seed, index))
-            with hw.autocast():
-                gen = generate(
-                    self.pi_ref, ids.to(hw.device), mask.to(hw.device), spec, stops, self.codec.pad_id, generator,
-                    guide=guide, explore=rows_explore, explore_top_k=explore_top_k, budget=rows_budget,
-                    lockstep=lockstep, policy=policy,
-                    cuda_graphs=hw.cfg.cuda_graphs, compile_steps=hw.cfg.compile_decoding,
-                )
+            batch = self._batch([prompts[i] for i in members], _rows(steering, members, hw.device),
+                                _rows(budgets, members, hw.device), generator, lockstep, stats if mine else None)
             if not mine:
                 continue  # kept this rank in step with the others; nothing to keep
-            tokens, lengths, kl = gen.tokens.cpu(), gen.lengths.cpu(), gen.kl.cpu()
-            if stats is not None:
-                stats.prompt_slots += ids.numel()
-                stats.prompt_tokens += int(mask.sum())
-                stats.decode_slots += gen.row_steps
-                stats.decode_tokens += int(lengths.sum())
-            batch = [Sampled(tokens[i, : lengths[i]].tolist(), float(kl[i])) for i in range(len(chunk))]
             if saved is not None:
                 _save_batch(saved, batch)
             done[index] = batch
@@ -176,3 +153,28 @@ class Sampler:
             for i, sample in zip(order[index * batch_size : (index + 1) * batch_size], batch, strict=True):
                 by_prompt[i] = sample
         return by_prompt
+
+    def _batch(self, chunk: list[list[int]], steering: Steering, budget: torch.Tensor | None,
+               generator: torch.Generator, lockstep: Dist | None, stats: PaddingStats | None) -> list[Sampled]:
+        """One batch of prompts, left-padded, sampled in one generate call."""
+        hw = self.hw
+        ids, mask = left_pad(chunk, self.codec.pad_id)
+        stops = Stops(torch.tensor(self.codec.stop_ids, dtype=torch.long), self.codec.pad_id, budget)
+        with hw.autocast():
+            gen = generate(self.pi_ref, ids.to(hw.device), mask.to(hw.device), self.spec, stops, generator, steering,
+                           DecodeOptions(hw.cfg.cuda_graphs, hw.cfg.compile_decoding, lockstep))
+        tokens, lengths, kl = gen.tokens.cpu(), gen.lengths.cpu(), gen.kl.cpu()
+        if stats is not None:
+            stats.prompt_slots += ids.numel()
+            stats.prompt_tokens += int(mask.sum())
+            stats.decode_slots += gen.row_steps
+            stats.decode_tokens += int(lengths.sum())
+        return [Sampled(tokens[i, : lengths[i]].tolist(), float(kl[i])) for i in range(len(chunk))]
+
+
+def _rows(per_prompt, members: list[int], device: torch.device):
+    """A batch's rows of a per-prompt setting: a steering's `explore` list, or budgets, as a tensor."""
+    if isinstance(per_prompt, Steering):
+        explore = _rows(per_prompt.explore, members, device)
+        return per_prompt if explore is None else replace(per_prompt, explore=explore)
+    return None if per_prompt is None else torch.tensor([per_prompt[i] for i in members], device=device)

@@ -309,109 +309,235 @@ class GuideState:
             self.recent.push(tokens, alive)
 
 
-@torch.no_grad()
-def generate(
-    pi_ref: PreTrainedModel,
-    ids: torch.Tensor,
-    mask: torch.Tensor,
-    spec: SamplingSpec,
-    stop_ids: torch.Tensor,
-    pad_id: int,
-    generator: torch.Generator,
-    *,
-    guide: Guidance | None = None,
-    explore: torch.Tensor | None = None,
-    explore_top_k: int = 0,
-    budget: torch.Tensor | None = None,
-    lockstep: Dist | None = None,
-    policy: PreTrainedModel | None = None,
-    cuda_graphs: bool = False,
-    compile_steps: bool = False,
-) -> Generation:
-    """Sample responses to left-padded prompts `ids` [B, L] (mask 1 = real token) until a token of
-    `stop_ids` (EOS, end of turn) or `spec.max_new_tokens`.
+@dataclass(frozen=True)
+class Stops:
+    """Where rows end: at a token of `ids` (EOS, end of turn), or after `budget` [B] new tokens (at most
+    spec.max_new_tokens; e.g. what a roll-in prefix left of the response budget). Finished rows get `pad_id`."""
 
-    `explore` [B] bool: those rows draw their first token uniformly from pi_ref's top `explore_top_k`
-    tokens (the exploratory switch of Algorithm 2), then continue as usual.
-    `budget` [B]: at most this many new tokens per row (at most spec.max_new_tokens), e.g. what is left of
-    the response budget after a roll-in prefix.
-    `policy`: a fine-tuned copy of pi_ref (REINFORCE, DPO, RPO) that samples instead, with its own KV
-    cache; KL is then KL(policy || pi_ref), both as the sampler sees them.
-    `lockstep`: ranks that share a ZeRO-3-sharded pi_ref; every rank keeps stepping (finished rows feed
-    masked pads) until all ranks are done, because each forward gathers parameters collectively.
+    ids: torch.Tensor
+    pad_id: int
+    budget: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Steering:
+    """What samples instead of plain pi_ref: pi_ref guided by `guide`, or `policy`, a fine-tuned copy of pi_ref
+    (REINFORCE, DPO, RPO). `explore` [B] bool: those rows draw their first token uniformly from pi_ref's top
+    `explore_top_k` tokens (the exploratory switch of Algorithm 2), then continue as usual."""
+
+    guide: Guidance | None = None
+    policy: PreTrainedModel | None = None
+    explore: torch.Tensor | None = None
+    explore_top_k: int = 0
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How decoding runs, not what it samples (docs/performance.md).
     `cuda_graphs`: on CUDA, replay each kind of decoding step as a captured CUDA graph (not with lockstep).
-    `compile_steps`: run the decoding steps' forwards through torch.compile (fused kernels; compiled once
-    per shape), the prompt's prefill as it is.
-    """
-    b = ids.shape[0]
-    device = ids.device
-    capacity = ids.shape[1] + spec.max_new_tokens
-    graphs = cuda_graphs and lockstep is None  # a sharded forward gathers parameters: not capturable
-    fast = dict(graphs=graphs, compile_steps=compile_steps and lockstep is None)
-    ref = LMState(pi_ref, ids, mask, capacity, **fast)
-    state = None
-    if guide is not None:  # a V-type pass also holds the k candidates
-        extra = guide.top_k + 1 if guide.model.cfg.head == "v" else 0
-        state = GuideState(guide.model, ids, mask, capacity + extra, **fast)
-    sampler = LMState(policy, ids, mask, capacity, **fast) if policy is not None else None
-    alive = torch.ones(b, dtype=torch.bool, device=device)  # of the rows still in the batch
-    rows = torch.arange(b, device=device)  # batch position -> original row
-    lengths = torch.zeros(b, dtype=torch.long, device=device)  # per original row, as are kl and tokens
-    kl = torch.zeros(b, device=device)
-    tokens = torch.full((b, spec.max_new_tokens), pad_id, dtype=torch.long, device=device)
-    steps = row_steps = 0
-    stop_ids = stop_ids.to(device)
-    for step in range(spec.max_new_tokens):
-        logits = ref.logits
-        ref_logp = G.sampler_logprobs(logits, spec.temperature, spec.top_p)
+    `compile_steps`: run the decoding steps' forwards through torch.compile (fused kernels; compiled once per
+    shape), the prompt's prefill as it is.
+    `lockstep`: ranks that share a ZeRO-3-sharded pi_ref; every rank keeps stepping (finished rows feed masked
+    pads) until all ranks are done, because each forward gathers parameters collectively."""
+
+    cuda_graphs: bool = False
+    compile_steps: bool = False
+    lockstep: Dist | None = None
+
+    @property
+    def graphs(self) -> bool:
+        return self.cuda_graphs and self.lockstep is None  # a sharded forward gathers parameters: not capturable
+
+    @property
+    def model_options(self) -> dict[str, bool]:
+        return {"graphs": self.graphs, "compile_steps": self.compile_steps and self.lockstep is None}
+
+
+class StepDistribution:
+    """One sampling mode: at each step, from pi_ref's logits and its sampler distribution `ref_logp`, the
+    log-probabilities to sample from and the KL(pi || pi_ref) they add per row (None: pi is pi_ref, KL 0).
+    A mode that keeps a model in step with the sampled tokens advances and drops rows with pi_ref's."""
+
+    guide_passes = 0
+
+    def logprobs(self, logits: torch.Tensor, ref_logp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return ref_logp, None
+
+    def advance(self, tokens: torch.Tensor, alive: torch.Tensor) -> None:
+        pass
+
+    def select(self, keep: torch.Tensor) -> None:
+        pass
+
+
+class Guided(StepDistribution):
+    """pi_ref times exp(offset) on its top-k candidates (guidance.guided_logprobs), the guide's KV cache in step."""
+
+    def __init__(self, guide: Guidance, ids: torch.Tensor, mask: torch.Tensor, capacity: int,
+                 options: DecodeOptions) -> None:
+        self.guide = guide
+        extra = guide.top_k + 1 if guide.model.cfg.head == "v" else 0  # a V-type pass also holds the candidates
+        self.state = GuideState(guide.model, ids, mask, capacity + extra, **options.model_options)
+
+    @property
+    def guide_passes(self) -> int:
+        return self.state.passes
+
+    def offsets(self, ref_logp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """pi_ref's top-k candidates [B, k] and their offsets [B, k]."""
+        candidates = ref_logp.topk(self.guide.top_k, dim=-1).indices
+        return candidates, self.guide.offsets(self.state.values(candidates))
+
+    def logprobs(self, logits: torch.Tensor, ref_logp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        logp = G.guided_logprobs(ref_logp, *self.offsets(ref_logp), self.guide.mask_non_candidates)
+        return logp, G.kl_divergence(logp, ref_logp)
+
+    def advance(self, tokens: torch.Tensor, alive: torch.Tensor) -> None:
+        self.state.advance(tokens, alive)
+
+    def select(self, keep: torch.Tensor) -> None:
+        self.state.select(keep)
+
+
+class PaperCompat(StepDistribution):
+    """The published code's decoding step (guidance.paper_compat_logprobs), guided or not."""
+
+    def __init__(self, spec: SamplingSpec, guided: Guided | None) -> None:
+        self.spec, self.guided = spec, guided
+
+    @property
+    def guide_passes(self) -> int:
+        return self.guided.guide_passes if self.guided is not None else 0
+
+    def logprobs(self, logits: torch.Tensor, ref_logp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         candidates = offsets = None
-        if state is not None:
-            candidates = ref_logp.topk(guide.top_k, dim=-1).indices
-            offsets = guide.offsets(state.values(candidates))
-        if spec.paper_compat:
-            logp, kl_ref = G.paper_compat_logprobs(logits, spec.temperature, spec.top_p, candidates, offsets,
-                                                   guide.mask_non_candidates if guide else False)
-            kl[rows] += G.kl_divergence(logp, kl_ref) * alive
-        elif state is not None:
-            logp = G.guided_logprobs(ref_logp, candidates, offsets, guide.mask_non_candidates)
-            kl[rows] += G.kl_divergence(logp, ref_logp) * alive
-        elif sampler is not None:
-            logp = G.sampler_logprobs(sampler.logits, spec.temperature, spec.top_p)
-            kl[rows] += G.kl_divergence(logp, ref_logp) * alive
-        else:
-            logp = ref_logp
+        if self.guided is not None:
+            candidates, offsets = self.guided.offsets(ref_logp)
+        mask = self.guided.guide.mask_non_candidates if self.guided is not None else False
+        logp, kl_ref = G.paper_compat_logprobs(logits, self.spec.temperature, self.spec.top_p, candidates, offsets,
+                                               mask)
+        return logp, G.kl_divergence(logp, kl_ref)
+
+    def advance(self, tokens: torch.Tensor, alive: torch.Tensor) -> None:
+        if self.guided is not None:
+            self.guided.advance(tokens, alive)
+
+    def select(self, keep: torch.Tensor) -> None:
+        if self.guided is not None:
+            self.guided.select(keep)
+
+
+class FromPolicy(StepDistribution):
+    """A fine-tuned copy of pi_ref samples, with its own KV cache; KL(policy || pi_ref) as the sampler sees both,
+    or (spec.paper_compat) against pi_ref at the temperature without top-p, as the published code measures KL."""
+
+    def __init__(self, policy: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, capacity: int,
+                 spec: SamplingSpec, options: DecodeOptions) -> None:
+        self.spec = spec
+        self.state = LMState(policy, ids, mask, capacity, **options.model_options)
+
+    def logprobs(self, logits: torch.Tensor, ref_logp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        logp = G.sampler_logprobs(self.state.logits, self.spec.temperature, self.spec.top_p)
+        if self.spec.paper_compat:
+            ref_logp = torch.log_softmax(logits.float() / self.spec.temperature, dim=-1)
+        return logp, G.kl_divergence(logp, ref_logp)
+
+    def advance(self, tokens: torch.Tensor, alive: torch.Tensor) -> None:
+        self.state.advance(tokens, alive)
+
+    def select(self, keep: torch.Tensor) -> None:
+        self.state.select(keep)
+
+
+def step_distribution(steering: Steering, ids: torch.Tensor, mask: torch.Tensor, capacity: int,
+                      spec: SamplingSpec, options: DecodeOptions) -> StepDistribution:
+    """The sampling mode that `steering` and `spec.paper_compat` ask for."""
+    if steering.policy is not None:
+        return FromPolicy(steering.policy, ids, mask, capacity, spec, options)
+    guided = Guided(steering.guide, ids, mask, capacity, options) if steering.guide is not None else None
+    if spec.paper_compat:
+        return PaperCompat(spec, guided)
+    return guided or StepDistribution()
+
+
+UNSTEERED = Steering()
+
+
+@torch.no_grad()
+def generate(pi_ref: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, spec: SamplingSpec, stops: Stops,
+             generator: torch.Generator, steering: Steering = UNSTEERED,
+             options: DecodeOptions = DecodeOptions()) -> Generation:
+    """Sample responses to left-padded prompts `ids` [B, L] (mask 1 = real token) until a stop (`stops`), from
+    pi_ref or what `steering` asks for; KL per row against pi_ref's sampler distribution."""
+    b, device = ids.shape[0], ids.device
+    capacity = ids.shape[1] + spec.max_new_tokens
+    ref = LMState(pi_ref, ids, mask, capacity, **options.model_options)
+    mode = step_distribution(steering, ids, mask, capacity, spec, options)
+    batch = _Batch(b, device)
+    tokens = torch.full((b, spec.max_new_tokens), stops.pad_id, dtype=torch.long, device=device)
+    kl = torch.zeros(b, device=device)
+    stop_ids = stops.ids.to(device)
+    steps = 0
+    for step in range(spec.max_new_tokens):
+        ref_logp = G.sampler_logprobs(ref.logits, spec.temperature, spec.top_p)
+        logp, step_kl = mode.logprobs(ref.logits, ref_logp)
+        if step_kl is not None:
+            kl[batch.rows] += step_kl * batch.alive
         token = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)
-        if step == 0 and explore is not None and bool(explore.any()):
-            top = ref_logp.topk(explore_top_k, dim=-1)
-            valid = top.values > float("-inf")
-            pick = torch.multinomial(valid.float(), 1, generator=generator)
-            token = torch.where(explore, top.indices.gather(1, pick).squeeze(1), token)
-        token = torch.where(alive, token, torch.full_like(token, pad_id))
-        tokens[rows, step] = token
-        steps, row_steps = step + 1, row_steps + rows.numel()
-        lengths[rows] += alive.long()
-        alive = alive & ~torch.isin(token, stop_ids)
-        if budget is not None:
-            alive = alive & (lengths[rows] < budget[rows])
+        if step == 0 and steering.explore is not None and bool(steering.explore.any()):
+            token = _explore(token, ref_logp, steering, generator)
+        token = torch.where(batch.alive, token, torch.full_like(token, stops.pad_id))
+        tokens[batch.rows, step] = token
+        steps = step + 1
+        batch.took(token, stop_ids, stops.budget)
         if step == spec.max_new_tokens - 1:
             break  # the budget is spent: no forward for a token that will not be sampled
-        remaining = int(alive.sum())  # the one host synchronisation per step
+        remaining = int(batch.alive.sum())  # the one host synchronisation per step
+        lockstep = options.lockstep
         if not (lockstep.any(remaining > 0) if lockstep is not None else remaining > 0):
             break
-        ref.advance(token, alive)  # finished rows feed a masked pad: every row keeps the same cache length
-        if sampler is not None:
-            sampler.advance(token, alive)
-        if state is not None:
-            state.advance(token, alive)
+        ref.advance(token, batch.alive)  # finished rows feed a masked pad: every row keeps the same cache length
+        mode.advance(token, batch.alive)
         # A quarter of the batch has stopped: drop the finished rows. Not with CUDA graphs, which are
         # captured for the whole batch; on a GPU a finished row costs little (a step reads the weights once).
-        if not graphs and remaining <= alive.numel() * 3 // 4:
-            keep = alive.nonzero().squeeze(1) if remaining else torch.zeros(1, dtype=torch.long, device=device)
-            rows, alive = rows[keep], alive[keep]
-            for model_state in (ref, sampler, state):
-                if model_state is not None:
-                    model_state.select(keep)
-    return Generation(
-        tokens=tokens[:, :steps], lengths=lengths, kl=kl, guide_passes=state.passes if state is not None else 0,
-        row_steps=row_steps,
-    )
+        if not options.graphs and remaining <= batch.alive.numel() * 3 // 4:
+            keep = batch.keep(remaining)
+            ref.select(keep)
+            mode.select(keep)
+    return Generation(tokens=tokens[:, :steps], lengths=batch.lengths, kl=kl, guide_passes=mode.guide_passes,
+                      row_steps=batch.row_steps)
+
+
+def _explore(token: torch.Tensor, ref_logp: torch.Tensor, steering: Steering,
+             generator: torch.Generator) -> torch.Tensor:
+    """The explore rows' first token, drawn uniformly from pi_ref's top explore_top_k (of nonzero mass)."""
+    top = ref_logp.topk(steering.explore_top_k, dim=-1)
+    valid = top.values > float("-inf")
+    pick = torch.multinomial(valid.float(), 1, generator=generator)
+    return torch.where(steering.explore, top.indices.gather(1, pick).squeeze(1), token)
+
+
+class _Batch:
+    """Which rows are still in the batch (`rows`: batch position -> original row) and which of them are alive;
+    `lengths` per original row."""
+
+    def __init__(self, b: int, device: torch.device) -> None:
+        self.alive = torch.ones(b, dtype=torch.bool, device=device)
+        self.rows = torch.arange(b, device=device)
+        self.lengths = torch.zeros(b, dtype=torch.long, device=device)
+        self.row_steps = 0  # rows in the batch summed over decoding steps
+
+    def took(self, token: torch.Tensor, stop_ids: torch.Tensor, budget: torch.Tensor | None) -> None:
+        """Count the sampled token; a row that sampled a stop token or spent its budget is finished."""
+        self.row_steps += self.rows.numel()
+        self.lengths[self.rows] += self.alive.long()
+        self.alive = self.alive & ~torch.isin(token, stop_ids)
+        if budget is not None:
+            self.alive = self.alive & (self.lengths[self.rows] < budget[self.rows])
+
+    def keep(self, remaining: int) -> torch.Tensor:
+        """Drop the finished rows; returns the batch positions kept (one, if none is alive)."""
+        keep = self.alive.nonzero().squeeze(1) if remaining else torch.zeros(1, dtype=torch.long,
+                                                                             device=self.alive.device)
+        self.rows, self.alive = self.rows[keep], self.alive[keep]
+        return keep

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from qsharp_exp.config import BasePretrainConfig, UserError, as_dict
 from qsharp_exp.files import write_json, write_jsonl
+from qsharp_exp.models.identity import model_identity
 from qsharp_exp.models.lm import build_causal_lm
 from qsharp_exp.stages.cache import stage_key
 from qsharp_exp.stages.context import RunContext
@@ -34,7 +35,8 @@ def load(ctx: RunContext) -> BaseModel:
     """The base model, pretrained first if it is built here and not in the cache."""
     cfg = ctx.cfg
     if cfg.model.base.pretrained is not None:
-        return BaseModel(cfg.model.base.pretrained, stage_key({"pretrained": cfg.model.base.pretrained}), {})
+        source = cfg.model.base.pretrained
+        return BaseModel(source, stage_key({"pretrained": model_identity(source, "model.base.pretrained")}), {})
     corpus = CORPORA[cfg.base_pretrain.corpus.value]
     inputs = {"arch": as_dict(cfg.model.base), "base_pretrain": settings_of(cfg.base_pretrain),
               "corpus_revision": corpus.revision, **corpus.task_inputs(ctx.task),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from qsharp_exp.algos import AlgoKind, algo_kind
 from qsharp_exp.config import Init, RunConfig, as_dict
-from qsharp_exp.guidance import RULES
 from qsharp_exp.hardware import Hardware
 from qsharp_exp.models.return_model import ReturnModel
 from qsharp_exp.prompts import PromptCodec
@@ -75,6 +75,13 @@ class RunContext:
         return as_dict(self.spec)
 
     @cached_property
+    def collect_spec(self) -> SamplingSpec:
+        """The sampling of roll-ins and roll-outs: collect's settings, eval's where collect leaves one null."""
+        collect = self.cfg.collect
+        return replace(self.spec, **{name: getattr(collect, name) for name in ("temperature", "top_p", "max_new_tokens")
+                                     if getattr(collect, name) is not None})
+
+    @cached_property
     def task_tokenizer(self) -> PreTrainedTokenizerBase:
         """The tokenizer of models built here, made once per run (for math tasks it is trained on the text)."""
         return self.task.build_tokenizer()
@@ -87,14 +94,20 @@ class RunContext:
     def load_return_model(self, stage: StageResult) -> ReturnModel:
         return ReturnModel.from_pretrained(stage.path / "model", dtype=self.dtype).to(self.hw.device).eval()
 
-    def sampler(self, pi_ref: PreTrainedModel, codec: PromptCodec, batch_size: int) -> Sampler:
-        return Sampler(pi_ref, codec, self.spec, self.hw, batch_size, self.cfg.progress)
+    def sampler(self, pi_ref: PreTrainedModel, codec: PromptCodec, batch_size: int,
+                spec: SamplingSpec | None = None) -> Sampler:
+        """A sampler of pi_ref with `spec` (default: eval's)."""
+        return Sampler(pi_ref, codec, spec or self.spec, self.hw, batch_size, self.cfg.progress)
 
     # -- which stages this run needs ------------------------------------------------------------
 
     @property
     def guided(self) -> bool:
-        return self.cfg.algo.name in RULES
+        return algo_kind(self.cfg.algo.name) == AlgoKind.guidance
+
+    @property
+    def fine_tunes_policy(self) -> bool:
+        return algo_kind(self.cfg.algo.name) == AlgoKind.policy
 
     @property
     def ranks_with_return_model(self) -> bool:

@@ -4,6 +4,7 @@ samples.jsonl (evaluation.py)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from transformers import AutoModelForCausalLM
@@ -12,6 +13,7 @@ from qsharp_exp.config import as_dict
 from qsharp_exp.evaluation import evaluate as evaluate_samples
 from qsharp_exp.files import write_json, write_jsonl
 from qsharp_exp.guidance import RULES, Guidance
+from qsharp_exp.sampling import Steering
 from qsharp_exp.stages.cache import StageResult
 from qsharp_exp.stages.context import RunContext
 from qsharp_exp.stages.pi_ref import PiRef
@@ -28,6 +30,8 @@ def evaluate(ctx: RunContext, pi_ref: PiRef, guide: StageResult | None, reward_m
     inputs = {"pi_ref": pi_ref.key, "guide": guide.key if guide else None, "policy": policy.key if policy else None,
               "reward_model": reward_model.key if reward_model else None, "algo": algo_inputs,
               "eval": as_dict(cfg.eval), "seed": cfg.seed, "task": ctx.task_inputs("num_train", "num_pretrain")}
+    if policy is not None:  # a policy samples itself (under eval.paper_compat too, where it once sampled pi_ref)
+        inputs["samples_from"] = "policy"
 
     def build(out: Path, resume: Path) -> None:
         guidance = None
@@ -36,11 +40,11 @@ def evaluate(ctx: RunContext, pi_ref: PiRef, guide: StageResult | None, reward_m
                                 cfg.algo.non_candidates == "mask")
         ranker = ctx.load_return_model(reward_model) if reward_model is not None else None
         sampler_policy = _load_policy(ctx, policy) if policy is not None else None
-        metrics, samples = evaluate_samples(
-            ctx.task, ctx.task.problems("test"), ctx.sampler(pi_ref.model, pi_ref.codec, cfg.eval.batch_size),
-            cfg.eval.num_samples, cfg.seed, guide=guidance, policy=sampler_policy, reward_model=ranker,
-            desc=f"evaluate {cfg.algo.name}", checkpoint=resume,
-        )
+        sampler = replace(ctx.sampler(pi_ref.model, pi_ref.codec, cfg.eval.batch_size),
+                          desc=f"evaluate {cfg.algo.name}")
+        steering = Steering(guide=guidance, policy=sampler_policy)
+        metrics, samples = evaluate_samples(ctx.task, ctx.task.problems("test"), sampler, cfg.eval.num_samples,
+                                            cfg.seed, steering, ranker, resume)
         write_json(out / "metrics.json", metrics)
         write_jsonl(out / "samples.jsonl", samples)
 

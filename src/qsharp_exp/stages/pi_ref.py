@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from qsharp_exp.config import Init, as_dict
 from qsharp_exp.evaluation import evaluate
 from qsharp_exp.files import write_json, write_jsonl
+from qsharp_exp.models.identity import model_identity
 from qsharp_exp.models.lm import build_causal_lm, load_pretrained_lm, load_tokenizer
 from qsharp_exp.prompts import PromptCodec
 from qsharp_exp.stages.base_model import BaseModel
@@ -40,7 +41,8 @@ def load(ctx: RunContext, base: BaseModel | None) -> PiRef:
     if source is not None:
         model = load_pretrained_lm(source, "model.pi_ref.pretrained", ctx.dtype)
         tokenizer = load_tokenizer(source, "model.pi_ref.pretrained")
-        return PiRef(_place(ctx, model), _codec(ctx, tokenizer, model), stage_key({"pretrained": source}), source, {})
+        key = stage_key({"pretrained": model_identity(source, "model.pi_ref.pretrained")})
+        return PiRef(_place(ctx, model), _codec(ctx, tokenizer, model), key, source, {})
     cfg = ctx.cfg
     start = base if cfg.model.pi_ref_init == Init.base else None
     if cfg.model.pi_ref_init == Init.base and base is None:
@@ -86,7 +88,7 @@ def _pretrain(ctx: RunContext, start: BaseModel | None, out: Path) -> None:
     metrics = {}
     for split in ("pretrain", "test"):
         problems = task.problems(split)[: cfg.pretrain.eval_problems]
-        result, _ = evaluate(task, problems, sampler, 1, cfg.seed, desc=f"pi_ref on {split}")
+        result, _ = evaluate(task, problems, replace(sampler, desc=f"pi_ref on {split}"), 1, cfg.seed)
         metrics[f"{split}_accuracy"] = result["accuracy"]
     log.info("pi_ref accuracy: on its pretraining problems %.3f, on test problems %.3f",
              metrics["pretrain_accuracy"], metrics["test_accuracy"])

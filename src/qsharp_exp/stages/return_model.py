@@ -9,6 +9,7 @@ from pathlib import Path
 
 from qsharp_exp.config import Init, RunConfig, UserError, as_dict
 from qsharp_exp.files import read_jsonl, write_jsonl
+from qsharp_exp.models.identity import model_identity
 from qsharp_exp.models.lm import load_pretrained_lm, load_tokenizer
 from qsharp_exp.models.return_model import ReturnModel, build_return_model, return_model_from_lm
 from qsharp_exp.prompts import PromptCodec
@@ -55,6 +56,8 @@ def _train(ctx: RunContext, pi_ref: PiRef, round_: int, data: list[StageResult],
     start = _start(ctx, pi_ref, base)
     inputs = {"rollouts": [s.key for s in data], "guide": as_dict(guide), "train": train_inputs, "seed": cfg.seed,
               "init": previous.key if warm else start[1] if start else None}
+    if not warm and start is None and guide.arch.pretrained is not None:  # a hub or local trunk, by what it is
+        inputs["pretrained_trunk"] = model_identity(guide.arch.pretrained, "model.guide.arch.pretrained")
 
     def build(out: Path, resume: Path) -> None:
         rollouts = [Rollout(**row) for s in data for row in read_jsonl(s.path / "rollouts.jsonl")]
@@ -71,14 +74,13 @@ def _train(ctx: RunContext, pi_ref: PiRef, round_: int, data: list[StageResult],
                  sum(p.numel() for p in model.parameters()), f", from round {round_ - 1}'s" if warm else "")
         resume.mkdir(parents=True, exist_ok=True)
         try:
-            model, curve, whole = train_return_model(model, rollouts, train, pi_ref.codec.pad_id, ctx.hw,
-                                                     cfg.seed + round_, cfg.progress, resume)
+            trained = train_return_model(model, rollouts, train, pi_ref.codec.pad_id, ctx.hw, cfg.seed + round_,
+                                         cfg.progress, resume)
         except NoSignalError as err:
             raise NoSignalError(f"round {round_}: {err}") from None
-        with whole:  # under ZeRO-3 every rank takes part in gathering the parameters
-            model.save_pretrained(out / "model")
-        write_jsonl(out / "curve.jsonl", curve)
-        plot_guide_curve(curve, out / "curve.png")
+        trained.save(out / "model")
+        write_jsonl(out / "curve.jsonl", trained.curve)
+        plot_guide_curve(trained.curve, out / "curve.png")
 
     return ctx.stage(f"return_model_round{round_}", inputs, build, resumable=True)
 

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 from transformers import PreTrainedTokenizerFast
 
 from qsharp_exp.config import TaskConfig
+from qsharp_exp.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -60,16 +61,14 @@ class TaskSpec:
     build: Callable[[Any], Task]  # config -> task
 
 
-TASKS: dict[str, TaskSpec] = {}
+TASKS: Registry[TaskSpec] = Registry("task", "task.name")
 
 
 def register_task(name: str, config: type[TaskConfig]) -> Callable:
     """Register `build(cfg) -> Task` (a class or a function) as `task=name`, with its config schema."""
 
     def register(build: Callable) -> Callable:
-        if name in TASKS and TASKS[name].build is not build:
-            raise ValueError(f"task {name!r} is registered twice")
-        TASKS[name] = TaskSpec(name, config, build)
+        TASKS.add(name, TaskSpec(name, config, build))
         return build
 
     return register

@@ -20,7 +20,7 @@ from pathlib import Path
 from qsharp_exp.config import CollectConfig
 from qsharp_exp.guidance import Guidance
 from qsharp_exp.progress import progress
-from qsharp_exp.sampling import Sampler
+from qsharp_exp.sampling import Sampler, Steering
 from qsharp_exp.tasks import Problem, Task
 
 
@@ -42,7 +42,6 @@ def collect(
     sampler: Sampler,
     roll_in: Guidance | None,
     cfg: CollectConfig,
-    top_k: int,
     seed: int,
     checkpoint: Path | None = None,
 ) -> list[Rollout]:
@@ -52,7 +51,7 @@ def collect(
     codec, max_new_tokens = sampler.codec, sampler.spec.max_new_tokens
     jobs = [p for p in problems for _ in range(cfg.samples_per_problem)]
     prompts = codec.encode(jobs, max_new_tokens)
-    roll_ins = sampler.sample(prompts, seed, guide=roll_in, desc="collect: roll-in",
+    roll_ins = sampler.sample(prompts, seed, Steering(guide=roll_in), desc="collect: roll-in",
                               checkpoint=checkpoint / "roll_in" if checkpoint else None)
     switches = [rng.randrange(max(1, len(s.response))) for s in roll_ins]
     explore = [rng.random() < cfg.explore_prob for _ in jobs]
@@ -63,8 +62,9 @@ def collect(
         prefixes = [prompts[i] + roll_ins[i].response[: switches[i]] for i in redo]
         # A roll-out has what the roll-in left of the response budget: the whole response stays within it,
         # and within the context that the prompt check allowed.
-        roll_outs = sampler.sample(prefixes, seed + 1, explore=[explore[i] for i in redo], explore_top_k=top_k,
-                                   budgets=[max_new_tokens - switches[i] for i in redo], desc="collect: roll-out",
+        exploring = Steering(explore=[explore[i] for i in redo], explore_top_k=cfg.top_k)
+        budgets = [max_new_tokens - switches[i] for i in redo]
+        roll_outs = sampler.sample(prefixes, seed + 1, exploring, budgets=budgets, desc="collect: roll-out",
                                    checkpoint=checkpoint / "roll_out" if checkpoint else None)
         for i, s in zip(redo, roll_outs, strict=True):
             responses[i] = roll_ins[i].response[: switches[i]] + s.response

@@ -132,8 +132,11 @@ def _write_latest(directory: Path, step: int) -> None:
     os.replace(tmp, directory / LATEST)
 
 
+Trainer = PlainTrainer | DeepSpeedTrainer
+
+
 def make_trainer(model: torch.nn.Module, hw: Hardware, lr: float, weight_decay: float, warmup_steps: int,
-                 total_steps: int, data_parallel_batch: int | None = None) -> PlainTrainer | DeepSpeedTrainer:
+                 total_steps: int, data_parallel_batch: int | None = None) -> Trainer:
     """AdamW with its schedule around `model`. With `data_parallel_batch` (the per-rank micro-batch) and
     hardware.zero_stage set, under DeepSpeed ZeRO (the return model); otherwise plain PyTorch on every
     rank (pretraining and the policy baselines, which every rank runs alike)."""

@@ -19,9 +19,10 @@ from transformers import PreTrainedModel
 
 from qsharp_exp.config import PolicyConfig, UserError
 from qsharp_exp.hardware import Hardware
+from qsharp_exp.padding import right_pad
 from qsharp_exp.progress import progress
+from qsharp_exp.registry import Registry
 from qsharp_exp.sampling import Sampler, SamplingSpec
-from qsharp_exp.sampling.padding import right_pad
 from qsharp_exp.tasks import Problem, Task
 from qsharp_exp.training.engine import PlainTrainer, make_trainer
 
@@ -77,14 +78,12 @@ class PolicyTrainer:
     train: Callable[..., list[dict]]
 
 
-TRAINERS: dict[str, PolicyTrainer] = {}
+TRAINERS: Registry[PolicyTrainer] = Registry("policy trainer", "algo.name")
 
 
 def register_policy_trainer(name: str, label: str) -> Callable:
     def register(train: Callable[..., list[dict]]) -> Callable[..., list[dict]]:
-        if name in TRAINERS:
-            raise ValueError(f"policy trainer {name!r} is registered twice")
-        TRAINERS[name] = PolicyTrainer(name, label, train)
+        TRAINERS.add(name, PolicyTrainer(name, label, train))
         return train
 
     return register

@@ -11,9 +11,9 @@ from transformers import PreTrainedModel
 
 from qsharp_exp.config import BasePretrainConfig, PretrainConfig, UserError
 from qsharp_exp.hardware import Hardware
+from qsharp_exp.padding import right_pad
 from qsharp_exp.progress import progress
 from qsharp_exp.prompts import PromptCodec
-from qsharp_exp.sampling.padding import right_pad
 from qsharp_exp.tasks import Problem
 from qsharp_exp.training.engine import make_trainer
 

@@ -7,11 +7,13 @@ carry no signal about which action is better and are dropped (docs/method.md, se
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import random
 from collections import defaultdict
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -21,7 +23,7 @@ from qsharp_exp.hardware import Hardware
 from qsharp_exp.models.return_model import Examples, ReturnModel
 from qsharp_exp.progress import progress
 from qsharp_exp.training.collect import Rollout
-from qsharp_exp.training.engine import latest_step, make_trainer
+from qsharp_exp.training.engine import Trainer, latest_step, make_trainer
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +126,87 @@ def evaluate_guide(model: ReturnModel, rollouts: list[Rollout], pad_id: int, hw:
     return {"val_loss": round(loss, 5), "val_acc": round(acc, 4), "val_acc_by_pos": acc_by_pos}
 
 
+@dataclass
+class BatchPlan:
+    """What training reads, fixed before the first step: the validation problems, the training problems in
+    groups (a problem's rollouts together), how many problems a batch holds and for how many steps.
+
+    Batches hold whole problems: the samples of one problem share their prefixes and differ in the actions
+    taken, so their contrasting labels arrive together (docs/math.md compares batches of single rollouts).
+    Within a batch, rollouts run in length-sorted chunks (batch_loss), so padding stays small although a
+    problem's rollouts differ much in length. Under several processes each rank takes its share of every
+    batch's problems; the batches are drawn the same on every rank, so the run matches a single process."""
+
+    groups: list[list[Rollout]]  # training problems, each its rollouts
+    val: list[Rollout]
+    problems_per_batch: int  # a multiple of the number of ranks
+    per_problem: int  # rollouts per training problem, on average
+    steps: int
+    seed: int
+    kept: int  # rollouts of problems with variation, training and validation
+    dropped: int  # rollouts of problems whose samples all got the same reward
+    _epochs: dict[int, list[list[int]]] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def make(cls, rollouts: list[Rollout], cfg: GuideTrainConfig, world: int, seed: int) -> BatchPlan:
+        kept = drop_constant_problems(rollouts)
+        if not kept:
+            raise NoSignalError(
+                f"all {len(rollouts)} rollouts were dropped: on every training problem all samples got the same "
+                "reward, so no return model can be learned. Use more samples per problem "
+                "(collect.samples_per_problem), more or easier training problems, or a stronger pi_ref."
+            )
+        problem_ids = sorted({r.problem_id for r in kept})
+        random.Random(seed).shuffle(problem_ids)
+        val_ids = set(problem_ids[: max(1, int(cfg.val_fraction * len(problem_ids)))])
+        val = [r for r in kept if r.problem_id in val_ids]
+        train = [r for r in kept if r.problem_id not in val_ids] or val
+        by_problem: dict[str, list[Rollout]] = defaultdict(list)
+        for r in train:
+            by_problem[r.problem_id].append(r)
+        groups = list(by_problem.values())
+        per_problem = max(1, len(train) // len(groups))
+        per_batch = max(1, min(len(groups), cfg.batch_size // per_problem))
+        per_batch = max(world, per_batch // world * world)  # equal shares per rank
+        if per_batch > len(groups):
+            raise NoSignalError(f"only {len(groups)} training problems have variation, fewer than the {world} "
+                                "ranks: use fewer processes or more training problems.")
+        steps = cfg.steps if cfg.epochs is None else max(1, math.ceil(cfg.epochs * len(groups) / per_batch))
+        return cls(groups, val, per_batch, per_problem, steps, seed, len(kept), len(rollouts) - len(kept))
+
+    def batch(self, step: int, rank: int, world: int) -> list[Rollout]:
+        """This rank's rollouts of step `step`'s batch."""
+        epoch, position = divmod(step, len(self._epoch(0)))
+        problems = [self.groups[i] for i in self._epoch(epoch)[position]]
+        return [r for group in problems[rank::world] for r in group]
+
+    @cached_property
+    def _lengths(self) -> list[int]:
+        return [max(len(r.prompt) + len(r.response) for r in group) for group in self.groups]
+
+    def _epoch(self, epoch: int) -> list[list[int]]:
+        """One epoch's batches of problem indices, made once (the first epoch's and the current one are kept)."""
+        if epoch not in self._epochs:
+            batches = length_grouped_batches(self._lengths, self.problems_per_batch, self.seed, epoch)
+            self._epochs = {k: v for k, v in self._epochs.items() if k == 0} | {epoch: batches}
+        return self._epochs[epoch]
+
+
+@dataclass
+class TrainedReturnModel:
+    model: ReturnModel
+    curve: list[dict]  # the learning curve: kept/dropped counts first, then a point every eval_every steps
+    trainer: Trainer
+
+    def full_parameters(self) -> AbstractContextManager:
+        """A context in which the model's parameters are whole (gathered by every rank under ZeRO-3)."""
+        return self.trainer.full_parameters()
+
+    def save(self, directory: Path) -> None:
+        with self.full_parameters():
+            self.model.save_pretrained(directory)
+
+
 def train_return_model(
     model: ReturnModel,
     rollouts: list[Rollout],
@@ -133,49 +216,25 @@ def train_return_model(
     seed: int,
     show_progress: bool = True,
     checkpoints: Path | None = None,
-) -> tuple[ReturnModel, list[dict], contextlib.AbstractContextManager]:
-    """Trains `model`; returns (the trained module, the learning curve, a context in which the module's
-    parameters are whole, for saving). With `checkpoints`, a resumable checkpoint is kept there every
-    `cfg.checkpoint_every` steps and training resumes from the latest one found.
-
-    Under several processes each rank takes its share of every batch's problems (data parallel); the
-    batches themselves are drawn the same on every rank, so the run matches a single process."""
-    kept = drop_constant_problems(rollouts)
-    if not kept:
-        raise NoSignalError(
-            f"all {len(rollouts)} rollouts were dropped: on every training problem all samples got the same "
-            "reward, so no return model can be learned. Use more samples per problem "
-            "(collect.samples_per_problem), more or easier training problems, or a stronger pi_ref."
-        )
-    rng = random.Random(seed)
-    problem_ids = sorted({r.problem_id for r in kept})
-    rng.shuffle(problem_ids)
-    val_ids = set(problem_ids[: max(1, int(cfg.val_fraction * len(problem_ids)))])
-    val = [r for r in kept if r.problem_id in val_ids]
-    train = [r for r in kept if r.problem_id not in val_ids] or val
+) -> TrainedReturnModel:
+    """Trains `model` on the rollouts' problems with variation (BatchPlan). With `checkpoints`, a resumable
+    checkpoint is kept there every `cfg.checkpoint_every` steps and training resumes from the latest one."""
+    plan = BatchPlan.make(rollouts, cfg, hw.dist.world, seed)
     torch.manual_seed(seed)
     model.to(hw.device).train()
-    # Batches hold whole problems: the samples of one problem share their prefixes and differ in the
-    # actions taken, so their contrasting labels arrive together (docs/math.md compares batches of single
-    # rollouts). Within a batch, rollouts run in length-sorted chunks (batch_loss), so padding stays
-    # small although a problem's rollouts differ much in length.
-    by_problem: dict[str, list[Rollout]] = defaultdict(list)
-    for r in train:
-        by_problem[r.problem_id].append(r)
-    groups = list(by_problem.values())
-    per_problem = max(1, len(train) // len(groups))
-    dist = hw.dist
-    problems_per_batch = max(1, min(len(groups), cfg.batch_size // per_problem))
-    problems_per_batch = max(dist.world, problems_per_batch // dist.world * dist.world)  # equal shares per rank
-    if problems_per_batch > len(groups):
-        raise NoSignalError(f"only {len(groups)} training problems have variation, fewer than the {dist.world} "
-                            "ranks: use fewer processes or more training problems.")
-    steps = cfg.steps if cfg.epochs is None else max(1, math.ceil(cfg.epochs * len(groups) / problems_per_batch))
-    warmup = max(cfg.warmup_steps, int(cfg.warmup_fraction * steps))
-    trainer = make_trainer(model, hw, cfg.lr, cfg.weight_decay, warmup, steps,
-                           data_parallel_batch=problems_per_batch // dist.world * per_problem)
-    model = trainer.module
-    curve: list[dict] = [{"kept_rollouts": len(kept), "dropped_rollouts": len(rollouts) - len(kept), "steps": steps}]
+    warmup = max(cfg.warmup_steps, int(cfg.warmup_fraction * plan.steps))
+    trainer = make_trainer(model, hw, cfg.lr, cfg.weight_decay, warmup, plan.steps,
+                           data_parallel_batch=plan.problems_per_batch // hw.dist.world * plan.per_problem)
+    curve = _train(trainer, plan, cfg, pad_id, hw, show_progress, checkpoints)
+    trainer.module.eval()
+    return TrainedReturnModel(trainer.module, curve, trainer)
+
+
+def _train(trainer: Trainer, plan: BatchPlan, cfg: GuideTrainConfig, pad_id: int, hw: Hardware,
+           show_progress: bool, checkpoints: Path | None) -> list[dict]:
+    """The training loop, from the latest checkpoint if there is one; returns the learning curve."""
+    model, dist = trainer.module, hw.dist
+    curve: list[dict] = [{"kept_rollouts": plan.kept, "dropped_rollouts": plan.dropped, "steps": plan.steps}]
     first, running = 0, 0.0
     resume_step = latest_step(checkpoints) if checkpoints is not None else None
     if resume_step is not None:
@@ -183,32 +242,23 @@ def train_return_model(
         first, running, curve = state["step"], state["running"], state["curve"]
         torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
         log.info("return model: resuming from step %d (%s)", first, checkpoints)
-    bar = progress(range(first, steps), total=steps, initial=first, desc="train return model",
+    bar = progress(range(first, plan.steps), total=plan.steps, initial=first, desc="train return model",
                    enabled=show_progress and dist.is_main)
-    lengths = [max(len(r.prompt) + len(r.response) for r in group) for group in groups]
-    plans = {0: length_grouped_batches(lengths, problems_per_batch, seed, 0)}  # one plan per epoch, made once
     for step in bar:
-        epoch, position = divmod(step, len(plans[0]))
-        if epoch not in plans:
-            plans = {epoch: length_grouped_batches(lengths, problems_per_batch, seed, epoch), 0: plans[0]}
-        problems = [groups[i] for i in plans[epoch][position]]
-        batch = [r for group in problems[dist.rank :: dist.world] for r in group]
-        loss = batch_loss(model, batch, pad_id, hw)
+        loss = batch_loss(model, plan.batch(step, dist.rank, dist.world), pad_id, hw)
         trainer.update(loss)
         value = _mean_over_ranks(loss.item(), dist)
         running = 0.98 * running + 0.02 * value if step else value
-        if (step + 1) % cfg.eval_every == 0 or step == steps - 1:
-            point = {"step": step + 1, "train_loss": round(running, 5), **evaluate_guide(model, val, pad_id, hw)}
+        if (step + 1) % cfg.eval_every == 0 or step == plan.steps - 1:
+            point = {"step": step + 1, "train_loss": round(running, 5), **evaluate_guide(model, plan.val, pad_id, hw)}
             curve.append(point)
             if dist.is_main:
                 log.info("return model step %d: %s", step + 1, point)
             bar.set_postfix(loss=f"{running:.4f}", val_acc=point["val_acc"])
         if checkpoints is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
-            state = {"step": step + 1, "running": running, "curve": curve,
-                     "torch_rng": torch.get_rng_state().tolist()}
+            state = {"step": step + 1, "running": running, "curve": curve, "torch_rng": torch.get_rng_state().tolist()}
             trainer.save(checkpoints, step + 1, state)
-    model.eval()
-    return model, curve, trainer.full_parameters()
+    return curve
 
 
 MEGABATCH = 16  # batches whose items are sorted by length together
