@@ -99,13 +99,28 @@ class TaskConfig:
     chat_template: bool = False
     # A task that generates its problems needs a size for every split (a dataset task can keep all).
     generates_problems: ClassVar[bool] = False
+    # Generated splits are drawn one after another, each skipping what was drawn before it (tasks/splits.py),
+    # so a split depends on the sizes of the splits drawn before it; empty: each on its own size only.
+    draw_order: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
-        for name in ("num_pretrain", "num_train", "num_test"):
+        for name in SPLIT_SIZES.values():
             if getattr(self, name) is None and self.generates_problems:
                 raise FieldError(name, f"{{key}}=null: task={self.name} generates its problems, so it needs a "
                                        "size, e.g. {key}=1000.")
             at_least(self, name, 1)
+
+    def settings_for(self, *splits: str) -> dict[str, Any]:
+        """The settings that the problems of `splits` depend on, for the keys of stages that read only those:
+        every setting but the sizes of the splits that neither are read nor drawn before one that is."""
+        shaping = set(splits)
+        if self.draw_order:
+            shaping.update(self.draw_order[: max(self.draw_order.index(s) for s in splits) + 1])
+        unused = {size for split, size in SPLIT_SIZES.items() if split not in shaping}
+        return {k: v for k, v in as_dict(self).items() if k not in unused}
+
+
+SPLIT_SIZES = {"pretrain": "num_pretrain", "train": "num_train", "test": "num_test"}
 
 
 class Arch(Choice):

@@ -65,9 +65,9 @@ class RunContext:
         self.stages[name] = result
         return result
 
-    def task_inputs(self, *unused: str) -> dict:
-        """The task's settings a stage depends on (problem counts of splits it does not read left out)."""
-        return {k: v for k, v in as_dict(self.cfg.task).items() if k not in unused}
+    def task_inputs(self, *splits: str) -> dict:
+        """The task's settings that a stage reading the problems of `splits` depends on (TaskConfig.settings_for)."""
+        return self.cfg.task.settings_for(*splits)
 
     @property
     def sampling_inputs(self) -> dict:

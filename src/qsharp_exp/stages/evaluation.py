@@ -29,7 +29,7 @@ def evaluate(ctx: RunContext, pi_ref: PiRef, guide: StageResult | None, reward_m
         algo_inputs = {"name": cfg.algo.name}
     inputs = {"pi_ref": pi_ref.key, "guide": guide.key if guide else None, "policy": policy.key if policy else None,
               "reward_model": reward_model.key if reward_model else None, "algo": algo_inputs,
-              "eval": as_dict(cfg.eval), "seed": cfg.seed, "task": ctx.task_inputs("num_train", "num_pretrain")}
+              "eval": as_dict(cfg.eval), "seed": cfg.seed, "task": ctx.task_inputs("test")}
     if policy is not None:  # a policy samples itself (under eval.paper_compat too, where it once sampled pi_ref)
         inputs["samples_from"] = "policy"
 

@@ -47,8 +47,8 @@ def load(ctx: RunContext, base: BaseModel | None) -> PiRef:
     start = base if cfg.model.pi_ref_init == Init.base else None
     if cfg.model.pi_ref_init == Init.base and base is None:
         raise ValueError("model.pi_ref_init=base: pass the base model (stages/base_model.load)")
-    # pi_ref depends on the task's problems but not on the size of the post-training set.
-    inputs = {"task": ctx.task_inputs("num_train"), "sampling": ctx.sampling_inputs,
+    # Trained on the pretraining problems, its accuracy measured on those and the test problems.
+    inputs = {"task": ctx.task_inputs("pretrain", "test"), "sampling": ctx.sampling_inputs,
               "init": start.key if start else as_dict(cfg.model.pi_ref),
               "pretrain": as_dict(cfg.pretrain), "eval_batch_size": cfg.eval.batch_size, "seed": cfg.seed}
     stage = ctx.stage("pi_ref", inputs, lambda out: _pretrain(ctx, start, out))

@@ -17,7 +17,7 @@ from qsharp_exp.training.policy import train_policy
 def train(ctx: RunContext, pi_ref: PiRef) -> StageResult:
     cfg = ctx.cfg
     inputs = {"pi_ref": pi_ref.key, "algo": cfg.algo.name, "policy": as_dict(cfg.algo.policy),
-              "task": ctx.task_inputs("num_test"), "sampling": ctx.sampling_inputs, "seed": cfg.seed}
+              "task": ctx.task_inputs("train"), "sampling": ctx.sampling_inputs, "seed": cfg.seed}
 
     def build(out: Path) -> None:
         policy = copy.deepcopy(pi_ref.model)

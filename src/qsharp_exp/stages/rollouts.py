@@ -26,7 +26,7 @@ def collect_round(ctx: RunContext, pi_ref: PiRef, round_: int, previous: StageRe
     inputs = {"pi_ref": pi_ref.key, "roll_in_guide": previous.key if previous else None, "round": round_,
               "collect": {k: v for k, v in as_dict(cfg.collect).items() if k not in own},
               "top_k": cfg.collect.top_k, "sampling": as_dict(ctx.collect_spec), "seed": cfg.seed,
-              "task": ctx.task_inputs("num_test")}
+              "task": ctx.task_inputs("train")}
     if previous is not None:
         inputs["non_candidates"] = cfg.collect.non_candidates
 
@@ -50,7 +50,7 @@ def _pairs(ctx: RunContext, pi_ref: PiRef) -> StageResult:
     cfg = ctx.cfg
     inputs = {"pi_ref": pi_ref.key, "mode": "pairs", "pair_tries": cfg.collect.pair_tries,
               "batch_size": cfg.collect.batch_size, "sampling": as_dict(ctx.collect_spec), "seed": cfg.seed,
-              "task": ctx.task_inputs("num_test")}
+              "task": ctx.task_inputs("train")}
 
     def build(out: Path, resume: Path) -> None:
         sampler = ctx.sampler(pi_ref.model, pi_ref.codec, cfg.collect.batch_size, ctx.collect_spec)

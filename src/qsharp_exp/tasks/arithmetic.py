@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass
 from typing import ClassVar
 
-from qsharp_exp.config import at_least
+from qsharp_exp.config import SPLIT_SIZES, at_least
 from qsharp_exp.tasks.base import register_task
 from qsharp_exp.tasks.math import MathConfig, MathRecord, MathTask
 from qsharp_exp.tasks.splits import draw_distinct_splits
@@ -25,6 +25,7 @@ class ArithmeticConfig(MathConfig):
     max_ops: int = 2
     max_number: int = 20
     generates_problems: ClassVar[bool] = True
+    draw_order: ClassVar[tuple[str, ...]] = ("test", "pretrain", "train")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -74,7 +75,7 @@ def word_problem(rng: random.Random, min_ops: int, max_ops: int, max_number: int
 def generate_records(cfg: ArithmeticConfig) -> dict[str, list[MathRecord]]:
     """Deterministic by `cfg.seed`; one random stream per split, no question in two splits."""
     splits = draw_distinct_splits(
-        {"test": cfg.num_test, "pretrain": cfg.num_pretrain, "train": cfg.num_train},
+        {split: getattr(cfg, SPLIT_SIZES[split]) for split in cfg.draw_order},
         stream=lambda split: f"{cfg.seed}-arithmetic-{split}",
         draw=lambda rng: word_problem(rng, cfg.min_ops, cfg.max_ops, cfg.max_number),
         key=lambda problem: problem[0],

@@ -13,7 +13,7 @@ from typing import ClassVar
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from qsharp_exp.config import FieldError, TaskConfig, at_least
+from qsharp_exp.config import SPLIT_SIZES, FieldError, TaskConfig, at_least
 from qsharp_exp.tasks.base import Problem, register_task
 from qsharp_exp.tasks.splits import draw_distinct_splits
 
@@ -30,6 +30,7 @@ class StarGraphConfig(TaskConfig):
     path_length: int = 3
     num_nodes: int = 20
     generates_problems: ClassVar[bool] = True
+    draw_order: ClassVar[tuple[str, ...]] = ("test", "pretrain", "train")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -73,7 +74,7 @@ def generate_splits(cfg: StarGraphConfig) -> dict[str, list[StarGraph]]:
     and pi_ref's data does not depend on the post-training set's size.
     """
     return draw_distinct_splits(
-        {"test": cfg.num_test, "pretrain": cfg.num_pretrain, "train": cfg.num_train},
+        {split: getattr(cfg, SPLIT_SIZES[split]) for split in cfg.draw_order},
         stream=lambda split: f"{cfg.seed}-{split}",
         draw=lambda rng: sample_graph(rng, cfg.degree, cfg.path_length, cfg.num_nodes),
         key=lambda graph: (frozenset(graph.edges), graph.goal),
