@@ -376,8 +376,8 @@ def test_math_base_model_is_keyed_by_its_corpus_and_architecture_and_pi_ref_and_
     base = base_model.load(ctx)
     assert 0.0 <= base.metrics["result_accuracy"] <= 1.0
     inputs = json.loads((ctx.stages["base_model"].path / "inputs.json").read_text())
-    assert inputs["base_pretrain"]["corpus"] == "arithmetic" and "labels" not in inputs
-    assert "max_pairs" not in inputs["base_pretrain"]  # the lookup corpus's setting is not this model's input
+    assert inputs["config"]["base_pretrain.corpus"] == "arithmetic" and "labels" not in inputs
+    assert "base_pretrain.max_pairs" not in inputs["config"]  # the lookup corpus's setting is not this model's input
     reference = pi_ref.load(ctx, base)
     assert type(reference.model).__name__ == "LlamaForCausalLM" and reference.model.config.hidden_size == 32
     assert json.loads((ctx.stages["pi_ref"].path / "inputs.json").read_text())["init"] == base.key
@@ -404,7 +404,7 @@ def test_a_warm_started_round_begins_with_the_last_rounds_model_and_leaves_round
     real = return_model.train_return_model
 
     def recording(model, rollouts, cfg, *args, **kwargs):
-        started.append(({k: v.clone() for k, v in model.state_dict().items()}, cfg.epochs, cfg.steps))
+        started.append(({k: v.clone() for k, v in model.state_dict().items()}, cfg.epochs))
         return real(model, rollouts, cfg, *args, **kwargs)
 
     monkeypatch.setattr(return_model, "train_return_model", recording)
@@ -416,9 +416,10 @@ def test_a_warm_started_round_begins_with_the_last_rounds_model_and_leaves_round
     fresh, warm = rounds["fresh"], rounds["warm"]
     assert warm[0].key == fresh[0].key and warm[1].key != fresh[1].key  # the setting is read by rounds >= 2 only
     inputs = json.loads((warm[1].path / "inputs.json").read_text())
-    assert inputs["init"] == warm[0].key and inputs["train"]["epochs"] == 1
+    assert inputs["init"] == warm[0].key and inputs["config"]["guide_train.warm_start_epochs"] == 1
+    assert "guide_train.epochs" not in inputs["config"]  # a warm round trains for warm_start_epochs
     # Round 2 of the warm run started from round 1's saved weights, for one epoch.
-    (weights, epochs, _) = started[-1]
+    (weights, epochs) = started[-1]
     saved = load_file(warm[0].path / "model" / "model.safetensors")
     assert epochs == 1 and torch.equal(weights["head.weight"], saved["head.weight"])
     assert not torch.equal(started[1][0]["head.weight"], saved["head.weight"])  # the fresh run's round 2 did not

@@ -135,3 +135,69 @@ def test_a_damaged_stage_is_not_trusted_and_the_message_says_how_to_rebuild_it(t
 
     shutil.rmtree(done.path)  # what the message says: the rerun rebuilds it
     assert not run_stage(tmp_path, "demo", {"a": 1}, build).reused
+
+
+# -- a build sees only its declared inputs (stages/inputs.py) ------------------------------------------
+
+
+def _context(tmp_path):
+    from qsharp_exp.config import RunConfig
+    from qsharp_exp.stages.context import RunContext
+    from qsharp_exp.tasks.star_graph import StarGraphConfig
+
+    return RunContext.create(RunConfig(task=StarGraphConfig(), cache_dir=str(tmp_path)))
+
+
+def test_a_build_reads_its_declared_paths_and_fails_naming_any_other(tmp_path):
+    from qsharp_exp.config import CollectConfig
+    from qsharp_exp.stages.inputs import UndeclaredInput
+
+    ctx = _context(tmp_path)
+    seen = {}
+
+    def build(cfg, out):
+        seen["eta"], seen["collect"] = cfg.collect.eta, cfg.eval
+        seen["progress"] = cfg.progress  # not semantic: readable without a key
+        seen["context"] = ctx.cfg is cfg  # helpers reading ctx.cfg get the same view
+        seen["eta_of_algo"] = cfg.algo.eta
+
+    with pytest.raises(UndeclaredInput, match="stage demo reads algo.eta, which is not among its declared inputs"):
+        ctx.stage("demo", ["collect.eta", "eval"], build)
+    assert seen["eta"] == 0.1 and seen["context"] and seen["progress"] is True
+    assert type(seen["collect"]).__name__ == "EvalConfig"  # a section declared whole is the config itself
+    assert isinstance(ctx.cfg.collect, CollectConfig)  # the whole config again after the build
+
+
+def test_a_stage_key_holds_the_values_of_its_declared_paths_only(tmp_path):
+    from dataclasses import replace
+
+    ctx = _context(tmp_path)
+    first = ctx.stage("demo", ["collect.eta"], lambda cfg, out: None)
+    ctx.cfg = replace(ctx.cfg, algo=replace(ctx.cfg.algo, eta=0.5))  # not read: the same stage
+    assert ctx.stage("demo", ["collect.eta"], lambda cfg, out: None).key == first.key
+    ctx.cfg = replace(ctx.cfg, collect=replace(ctx.cfg.collect, eta=0.5))
+    assert ctx.stage("demo", ["collect.eta"], lambda cfg, out: None).key != first.key
+
+
+def test_a_build_that_closes_over_a_config_section_is_refused(tmp_path):
+    ctx = _context(tmp_path)
+    collect = ctx.cfg.collect
+
+    with pytest.raises(TypeError, match="closes over a CollectConfig"):
+        ctx.stage("demo", ["seed"], lambda cfg, out: collect.eta)
+
+
+def test_a_partly_declared_section_can_be_replaced_field_by_field_within_its_view(tmp_path):
+    from qsharp_exp.stages.inputs import UndeclaredInput, replaced
+
+    ctx = _context(tmp_path)
+    seen = {}
+
+    def build(cfg, out):
+        train = replaced(cfg.guide_train, epochs=2.0)
+        seen["epochs"], seen["lr"] = train.epochs, train.lr
+        seen["steps"] = train.steps
+
+    with pytest.raises(UndeclaredInput, match="guide_train.steps"):
+        ctx.stage("demo", ["guide_train.lr", "guide_train.epochs"], build)
+    assert seen == {"epochs": 2.0, "lr": ctx.cfg.guide_train.lr}

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-from qsharp_exp.config import BasePretrainConfig, UserError, as_dict
+from qsharp_exp.config import BasePretrainConfig, RunConfig, UserError
 from qsharp_exp.files import write_json, write_jsonl
 from qsharp_exp.models.identity import model_identity
 from qsharp_exp.models.lm import build_causal_lm
 from qsharp_exp.stages.cache import stage_key
 from qsharp_exp.stages.context import RunContext
+from qsharp_exp.stages.inputs import replaced
 from qsharp_exp.training.base_corpus import CORPORA, BaseCorpus, settings_of
 from qsharp_exp.training.pretrain import exact_matches, pretrain
 
@@ -38,21 +39,21 @@ def load(ctx: RunContext) -> BaseModel:
         source = cfg.model.base.pretrained
         return BaseModel(source, stage_key({"pretrained": model_identity(source, "model.base.pretrained")}), {})
     corpus = CORPORA[cfg.base_pretrain.corpus.value]
-    inputs = {"arch": as_dict(cfg.model.base), "base_pretrain": settings_of(cfg.base_pretrain),
-              "corpus_revision": corpus.revision, **corpus.task_inputs(ctx.task),
-              "vocabulary": sorted(ctx.task_tokenizer.get_vocab().items()), "seed": cfg.seed}
-    stage = ctx.stage("base_model", inputs, lambda out: _pretrain(ctx, corpus, out))
+    reads = ["seed", "model.base", *(f"base_pretrain.{name}" for name in settings_of(cfg.base_pretrain))]
+    after = {"corpus_revision": corpus.revision, **corpus.task_inputs(ctx.task),
+             "vocabulary": sorted(ctx.task_tokenizer.get_vocab().items())}
+    stage = ctx.stage("base_model", reads, lambda cfg, out: _pretrain(ctx, cfg, corpus, out), after=after)
     metrics = json.loads((stage.path / "metrics.json").read_text())
     return BaseModel(str(stage.path / "model"), stage.key, metrics)
 
 
-def _pretrain(ctx: RunContext, corpus: BaseCorpus, out: Path) -> None:
-    cfg, tokenizer, pad = ctx.cfg, ctx.task_tokenizer, ctx.task_tokenizer.pad_token_id
+def _pretrain(ctx: RunContext, cfg: RunConfig, corpus: BaseCorpus, out: Path) -> None:
+    tokenizer, pad = ctx.task_tokenizer, ctx.task_tokenizer.pad_token_id
     model = build_causal_lm(cfg.model.base, tokenizer, cfg.seed)
     log.info("base model: %d parameters", sum(p.numel() for p in model.parameters()))
     curve: list[dict] = []
     done = 0  # steps of the phases before
-    for number, phase in enumerate(_phases(cfg.base_pretrain), 1):
+    for number, phase in enumerate(_phases(cfg.base_pretrain, corpus), 1):
         lines = corpus.lines(ctx.task, tokenizer, phase, cfg.seed)
         longest = max(len(x.prompt) + len(x.response) for x in lines)
         if longest > cfg.model.base.max_positions:
@@ -77,13 +78,14 @@ def _pretrain(ctx: RunContext, corpus: BaseCorpus, out: Path) -> None:
     write_jsonl(out / "curve.jsonl", curve)
 
 
-def _phases(train: BasePretrainConfig) -> list[BasePretrainConfig]:
+def _phases(train: BasePretrainConfig, corpus: BaseCorpus) -> list[BasePretrainConfig]:
     """One phase, or the lookup curriculum: `steps` on lines that only follow chains (one hop per position),
     then `chain_end_steps` on lines where a share asks for a chain's end (several hops in one position). Mixed
-    in from the first step, the chain-end lines stall a small model near chance (docs/star_graph.md)."""
-    if not train.chain_end_steps:
+    in from the first step, the chain-end lines stall a small model near chance (docs/star_graph.md). Other
+    corpora have no curriculum (and do not read its settings)."""
+    if "chain_end_steps" not in corpus.settings or not train.chain_end_steps:
         return [train]
-    return [replace(train, chain_end_fraction=0.0, chain_end_steps=0), replace(train, steps=train.chain_end_steps)]
+    return [replaced(train, chain_end_fraction=0.0, chain_end_steps=0), replaced(train, steps=train.chain_end_steps)]
 
 
 def held_out_accuracy(metric: str, hits: list[bool], groups: list[str]) -> dict[str, float]:

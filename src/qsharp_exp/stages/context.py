@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, is_dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -11,13 +11,15 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from qsharp_exp import config as config_module
 from qsharp_exp.algos import AlgoKind, algo_kind
-from qsharp_exp.config import Init, RunConfig, as_dict
+from qsharp_exp.config import Init, RunConfig
 from qsharp_exp.hardware import Hardware
 from qsharp_exp.models.return_model import ReturnModel
 from qsharp_exp.prompts import PromptCodec
 from qsharp_exp.sampling import Sampler, SamplingSpec
 from qsharp_exp.stages.cache import StageResult, run_stage
+from qsharp_exp.stages.inputs import ConfigView, declared_values
 from qsharp_exp.tasks import Task, build_task
 
 # Part of every stage's inputs. Bumped when code changes what a stage produces for the same config
@@ -30,56 +32,87 @@ PIPELINE_VERSION = 7
 
 def numerics(cfg: RunConfig) -> dict[str, Any]:
     """What changes a stage's floats besides its config (docs/reliability.md): the device kind, bf16, compiled
-    decoding steps, the CPU thread count (the order of a CPU matmul's sums follows it), and the torch and
-    transformers versions. Not included, because tests show the same results with and without them: the
-    number of ranks and the ZeRO stage (tests/test_distributed.py), CUDA graphs (replays of the same kernels,
-    tests/test_decoding.py), checkpoint frequency (tests/test_return_model.py)."""
+    decoding steps, CUDA graphs (with them decoding keeps finished rows in the batch, so its matmuls have other
+    shapes; tests/test_stage_keys.py found it), the CPU thread count (the order of a CPU matmul's sums follows
+    it), and the torch and transformers versions. Not included, because tests show the same results with and
+    without them: the number of ranks and the ZeRO stage (tests/test_distributed.py), checkpoint frequency
+    (tests/test_return_model.py)."""
     import transformers
 
     cpu = cfg.hardware.device == "cpu"
     return {"device": str(cfg.hardware.device), "bf16": cfg.hardware.bf16,
-            "compile_decoding": cfg.hardware.compile_decoding, "cpu_threads": torch.get_num_threads() if cpu else None,
+            "compile_decoding": cfg.hardware.compile_decoding, "cuda_graphs": cfg.hardware.cuda_graphs,
+            "cpu_threads": torch.get_num_threads() if cpu else None,
             "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+# The eval settings that sampled text depends on (eval.num_samples only matters to the evaluation stage).
+SAMPLING_READS = ("eval.temperature", "eval.top_p", "eval.max_new_tokens", "eval.paper_compat")
+SAMPLED = ("temperature", "top_p", "max_new_tokens")  # what collection may set for itself
 
 
 @dataclass
 class RunContext:
-    cfg: RunConfig
+    cfg: RunConfig  # the whole config outside a build; the stage's ConfigView while one runs
     hw: Hardware
     task: Task
     root: Path  # the cache
-    spec: SamplingSpec
     stages: dict[str, StageResult] = field(default_factory=dict)  # what this run built or reused, in order
 
     @classmethod
     def create(cls, cfg: RunConfig) -> RunContext:
-        spec = SamplingSpec(cfg.eval.temperature, cfg.eval.top_p, cfg.eval.max_new_tokens, cfg.eval.paper_compat)
-        return cls(cfg, Hardware(cfg.hardware), build_task(cfg.task), Path(cfg.cache_dir), spec)
+        return cls(cfg, Hardware(cfg.hardware), build_task(cfg.task), Path(cfg.cache_dir))
 
-    def stage(self, name: str, inputs: dict[str, Any], build: Callable[..., None], resumable: bool = False,
-              directory: str | None = None) -> StageResult:
-        """The stage `name` for these inputs (stages/cache.py), built unless it is in the cache already;
-        kept under `directory` (default: the name)."""
-        versioned = {"version": PIPELINE_VERSION, "numerics": numerics(self.cfg), **inputs}
-        result = run_stage(self.root, directory or name, versioned, build, resumable=resumable, dist=self.hw.dist)
+    def stage(self, name: str, reads: Iterable[str], build: Callable[..., None], *, after: dict[str, Any] | None = None,
+              resumable: bool = False, directory: str | None = None) -> StageResult:
+        """The stage `name` (stages/cache.py), built unless it is in the cache already; kept under `directory`
+        (default: the name). Its key is the values of the config paths in `reads` and the inputs in `after`
+        (the keys of the stages it reads, what it draws from code rather than the config). `build(cfg, out)`,
+        or `build(cfg, out, resume)` when resumable, gets a view of the config that holds `reads` only
+        (stages/inputs.py), and so does this context's `cfg` while it runs."""
+        _check_no_captured_config(name, build)
+        full = self.cfg
+        reads = sorted(set(reads))
+        versioned = {"version": PIPELINE_VERSION, "numerics": numerics(full),
+                     "config": declared_values(full, reads), **(after or {})}
+        view = ConfigView(full, name, frozenset(reads))
+
+        def scoped(out: Path, resume: Path | None = None) -> None:
+            self.cfg = view
+            try:
+                build(view, out, resume) if resumable else build(view, out)
+            finally:
+                self.cfg = full
+
+        result = run_stage(self.root, directory or name, versioned, scoped, resumable=resumable, dist=self.hw.dist)
         self.stages[name] = result
         return result
 
-    def task_inputs(self, *splits: str) -> dict:
+    def task_reads(self, *splits: str) -> list[str]:
         """The task's settings that a stage reading the problems of `splits` depends on (TaskConfig.settings_for)."""
-        return self.cfg.task.settings_for(*splits)
+        return [f"task.{name}" for name in self.cfg.task.settings_for(*splits)]
 
     @property
-    def sampling_inputs(self) -> dict:
-        """What sampled text depends on (eval.num_samples only matters to the evaluation stage)."""
-        return as_dict(self.spec)
+    def spec(self) -> SamplingSpec:
+        """Eval's sampling (read through the stage's view inside a build)."""
+        ev = self.cfg.eval
+        return SamplingSpec(ev.temperature, ev.top_p, ev.max_new_tokens, ev.paper_compat)
 
-    @cached_property
+    @property
     def collect_spec(self) -> SamplingSpec:
         """The sampling of roll-ins and roll-outs: collect's settings, eval's where collect leaves one null."""
         collect = self.cfg.collect
-        return replace(self.spec, **{name: getattr(collect, name) for name in ("temperature", "top_p", "max_new_tokens")
-                                     if getattr(collect, name) is not None})
+        own = {name: getattr(collect, name) for name in SAMPLED if getattr(collect, name) is not None}
+        ev = self.cfg.eval
+        rest = {name: getattr(ev, name) for name in SAMPLED if name not in own}
+        return SamplingSpec(**own, **rest, paper_compat=ev.paper_compat)
+
+    @property
+    def collect_sampling_reads(self) -> list[str]:
+        """The config paths `collect_spec` reads."""
+        collect = self.cfg.collect
+        return [*(f"collect.{name}" for name in SAMPLED), "eval.paper_compat",
+                *(f"eval.{name}" for name in SAMPLED if getattr(collect, name) is None)]
 
     @cached_property
     def task_tokenizer(self) -> PreTrainedTokenizerBase:
@@ -98,6 +131,7 @@ class RunContext:
                 spec: SamplingSpec | None = None) -> Sampler:
         """A sampler of pi_ref with `spec` (default: eval's)."""
         return Sampler(pi_ref, codec, spec or self.spec, self.hw, batch_size, self.cfg.progress)
+
 
     # -- which stages this run needs ------------------------------------------------------------
 
@@ -135,3 +169,20 @@ class RunContext:
         if self.ranks_with_return_model:
             return self.cfg.collect.rounds
         return self.guide_round if self.guided else 0
+
+
+# The config's sections: what a build may not close over.
+CONFIG_TYPES = tuple(v for v in vars(config_module).values() if isinstance(v, type) and is_dataclass(v)
+                     and v.__module__ == config_module.__name__)
+
+
+def _check_no_captured_config(stage: str, build: Callable[..., None]) -> None:
+    """A build that closes over a config object would read it past its view: it must take `cfg` instead."""
+    for cell in build.__closure__ or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        if isinstance(value, CONFIG_TYPES):
+            raise TypeError(f"stage {stage}: its build closes over a {type(value).__name__}; read the config "
+                            "through the build's `cfg` argument, which holds the stage's declared inputs only")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM
 
-from qsharp_exp.config import as_dict
+from qsharp_exp.config import NonCandidates, RunConfig
 from qsharp_exp.evaluation import evaluate as evaluate_samples
 from qsharp_exp.files import write_json, write_jsonl
 from qsharp_exp.guidance import RULES, Guidance
@@ -21,23 +21,14 @@ from qsharp_exp.stages.pi_ref import PiRef
 
 def evaluate(ctx: RunContext, pi_ref: PiRef, guide: StageResult | None, reward_model: StageResult | None,
              policy: StageResult | None) -> StageResult:
-    cfg = ctx.cfg
-    if guide is not None:
-        algo_inputs = as_dict(cfg.algo)
-        algo_inputs.pop("policy")
-    else:
-        algo_inputs = {"name": cfg.algo.name}
-    inputs = {"pi_ref": pi_ref.key, "guide": guide.key if guide else None, "policy": policy.key if policy else None,
-              "reward_model": reward_model.key if reward_model else None, "algo": algo_inputs,
-              "eval": as_dict(cfg.eval), "seed": cfg.seed, "task": ctx.task_inputs("test")}
-    if policy is not None:  # a policy samples itself (under eval.paper_compat too, where it once sampled pi_ref)
-        inputs["samples_from"] = "policy"
+    guide_reads = ["algo.eta", "algo.top_k", "algo.non_candidates"] if guide is not None else []
+    reads = ["seed", "algo.name", *guide_reads, "eval", *ctx.task_reads("test")]
 
-    def build(out: Path, resume: Path) -> None:
+    def build(cfg: RunConfig, out: Path, resume: Path) -> None:
         guidance = None
         if guide is not None:
             guidance = Guidance(ctx.load_return_model(guide), RULES[cfg.algo.name], cfg.algo.eta, cfg.algo.top_k,
-                                cfg.algo.non_candidates == "mask")
+                                cfg.algo.non_candidates == NonCandidates.mask)
         ranker = ctx.load_return_model(reward_model) if reward_model is not None else None
         sampler_policy = _load_policy(ctx, policy) if policy is not None else None
         sampler = replace(ctx.sampler(pi_ref.model, pi_ref.codec, cfg.eval.batch_size),
@@ -48,7 +39,11 @@ def evaluate(ctx: RunContext, pi_ref: PiRef, guide: StageResult | None, reward_m
         write_json(out / "metrics.json", metrics)
         write_jsonl(out / "samples.jsonl", samples)
 
-    return ctx.stage("evaluation", inputs, build, resumable=True)
+    after = {"pi_ref": pi_ref.key, "guide": guide.key if guide else None, "policy": policy.key if policy else None,
+             "reward_model": reward_model.key if reward_model else None}
+    if policy is not None:  # a policy samples itself (under eval.paper_compat too, where it once sampled pi_ref)
+        after["samples_from"] = "policy"
+    return ctx.stage("evaluation", reads, build, after=after, resumable=True)
 
 
 def _load_policy(ctx: RunContext, stage: StageResult):

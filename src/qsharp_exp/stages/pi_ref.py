@@ -10,7 +10,7 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from qsharp_exp.config import Init, as_dict
+from qsharp_exp.config import Init, RunConfig
 from qsharp_exp.evaluation import evaluate
 from qsharp_exp.files import write_json, write_jsonl
 from qsharp_exp.models.identity import model_identity
@@ -18,7 +18,7 @@ from qsharp_exp.models.lm import build_causal_lm, load_pretrained_lm, load_token
 from qsharp_exp.prompts import PromptCodec
 from qsharp_exp.stages.base_model import BaseModel
 from qsharp_exp.stages.cache import stage_key
-from qsharp_exp.stages.context import RunContext
+from qsharp_exp.stages.context import SAMPLING_READS, RunContext
 from qsharp_exp.training.engine import shard_for_inference
 from qsharp_exp.training.pretrain import pretrain, supervised_examples
 
@@ -48,10 +48,10 @@ def load(ctx: RunContext, base: BaseModel | None) -> PiRef:
     if cfg.model.pi_ref_init == Init.base and base is None:
         raise ValueError("model.pi_ref_init=base: pass the base model (stages/base_model.load)")
     # Trained on the pretraining problems, its accuracy measured on those and the test problems.
-    inputs = {"task": ctx.task_inputs("pretrain", "test"), "sampling": ctx.sampling_inputs,
-              "init": start.key if start else as_dict(cfg.model.pi_ref),
-              "pretrain": as_dict(cfg.pretrain), "eval_batch_size": cfg.eval.batch_size, "seed": cfg.seed}
-    stage = ctx.stage("pi_ref", inputs, lambda out: _pretrain(ctx, start, out))
+    reads = ["seed", "pretrain", "eval.batch_size", *SAMPLING_READS, *ctx.task_reads("pretrain", "test"),
+             *([] if start else ["model.pi_ref"])]
+    stage = ctx.stage("pi_ref", reads, lambda cfg, out: _pretrain(ctx, cfg, start, out),
+                      after={"init": start.key if start else None})
     path = stage.path / "model"
     model = _place(ctx, AutoModelForCausalLM.from_pretrained(path))
     metrics = json.loads((stage.path / "pretrain_metrics.json").read_text())
@@ -68,9 +68,9 @@ def vocabulary_size(ctx: RunContext) -> int:
     return len(ctx.task_tokenizer)
 
 
-def _pretrain(ctx: RunContext, start: BaseModel | None, out: Path) -> None:
+def _pretrain(ctx: RunContext, cfg: RunConfig, start: BaseModel | None, out: Path) -> None:
     """Next-token training on the pretraining problems, from random init or from `start`."""
-    cfg, task = ctx.cfg, ctx.task
+    task = ctx.task
     if start is None:
         tokenizer = ctx.task_tokenizer
         model = build_causal_lm(cfg.model.pi_ref, tokenizer, cfg.seed)

@@ -6,20 +6,18 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from qsharp_exp.config import as_dict
+from qsharp_exp.config import RunConfig
 from qsharp_exp.files import write_jsonl
 from qsharp_exp.stages.cache import StageResult
-from qsharp_exp.stages.context import RunContext
+from qsharp_exp.stages.context import SAMPLING_READS, RunContext
 from qsharp_exp.stages.pi_ref import PiRef
 from qsharp_exp.training.policy import train_policy
 
 
 def train(ctx: RunContext, pi_ref: PiRef) -> StageResult:
-    cfg = ctx.cfg
-    inputs = {"pi_ref": pi_ref.key, "algo": cfg.algo.name, "policy": as_dict(cfg.algo.policy),
-              "task": ctx.task_inputs("train"), "sampling": ctx.sampling_inputs, "seed": cfg.seed}
+    reads = ["seed", "algo.name", "algo.policy", "eval.batch_size", *SAMPLING_READS, *ctx.task_reads("train")]
 
-    def build(out: Path) -> None:
+    def build(cfg: RunConfig, out: Path) -> None:
         policy = copy.deepcopy(pi_ref.model)
         sampler = ctx.sampler(pi_ref.model, pi_ref.codec, cfg.eval.batch_size)
         curve = train_policy(cfg.algo.name, policy, ctx.task, sampler, cfg.algo.policy, cfg.seed)
@@ -27,4 +25,4 @@ def train(ctx: RunContext, pi_ref: PiRef) -> StageResult:
         pi_ref.codec.tokenizer.save_pretrained(out / "model")
         write_jsonl(out / "curve.jsonl", curve)
 
-    return ctx.stage("policy", inputs, build, directory=f"policy_{cfg.algo.name}")
+    return ctx.stage("policy", reads, build, after={"pi_ref": pi_ref.key}, directory=f"policy_{ctx.cfg.algo.name}")

@@ -4,10 +4,9 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from pathlib import Path
 
-from qsharp_exp.config import Init, RunConfig, UserError, as_dict
+from qsharp_exp.config import Init, RunConfig, UserError
 from qsharp_exp.files import read_jsonl, write_jsonl
 from qsharp_exp.models.identity import model_identity
 from qsharp_exp.models.lm import load_pretrained_lm, load_tokenizer
@@ -17,6 +16,7 @@ from qsharp_exp.report import plot_guide_curve
 from qsharp_exp.stages.base_model import BaseModel
 from qsharp_exp.stages.cache import StageResult
 from qsharp_exp.stages.context import RunContext
+from qsharp_exp.stages.inputs import replaced, section
 from qsharp_exp.stages.pi_ref import PiRef
 from qsharp_exp.stages.rollouts import collect_round
 from qsharp_exp.training.collect import Rollout
@@ -43,23 +43,23 @@ def _train(ctx: RunContext, pi_ref: PiRef, round_: int, data: list[StageResult],
            previous: StageResult | None) -> StageResult:
     """Round `round_`'s return model on the rollouts of rounds 1..round_: afresh from model.guide.init, or
     (guide_train.warm_start_epochs) from `previous`, the last round's model."""
-    cfg = ctx.cfg
-    guide = cfg.model.guide
-    train = cfg.guide_train
-    warm = previous is not None and train.warm_start_epochs is not None
-    if warm:
-        train = replace(train, epochs=train.warm_start_epochs)
-    # How often checkpoints are written does not change the trained model; `steps` does not when epochs count;
-    # a warm start is keyed by its start (`init`) and its `epochs`, and a fresh round does not read it.
-    unused = {"checkpoint_every", "warm_start_epochs", *(["steps"] if train.epochs is not None else [])}
-    train_inputs = {k: v for k, v in as_dict(train).items() if k not in unused}
+    guide = ctx.cfg.model.guide
+    warm = previous is not None and ctx.cfg.guide_train.warm_start_epochs is not None
     start = _start(ctx, pi_ref, base)
-    inputs = {"rollouts": [s.key for s in data], "guide": as_dict(guide), "train": train_inputs, "seed": cfg.seed,
-              "init": previous.key if warm else start[1] if start else None}
+    # A warm start trains for warm_start_epochs from `previous`; a fresh round from model.guide.init. `steps`
+    # is not read when epochs count.
+    epochs = "guide_train.warm_start_epochs" if warm else "guide_train.epochs"
+    counted = ctx.cfg.guide_train.warm_start_epochs if warm else ctx.cfg.guide_train.epochs
+    reads = ["seed", "model.guide", epochs, *section(ctx.cfg, "guide_train", without=(
+        "epochs", "warm_start_epochs", "checkpoint_every", *(["steps"] if counted is not None else [])))]
+    after = {"rollouts": [s.key for s in data], "init": previous.key if warm else start[1] if start else None}
     if not warm and start is None and guide.arch.pretrained is not None:  # a hub or local trunk, by what it is
-        inputs["pretrained_trunk"] = model_identity(guide.arch.pretrained, "model.guide.arch.pretrained")
+        after["pretrained_trunk"] = model_identity(guide.arch.pretrained, "model.guide.arch.pretrained")
 
-    def build(out: Path, resume: Path) -> None:
+    def build(cfg: RunConfig, out: Path, resume: Path) -> None:
+        guide, train = cfg.model.guide, cfg.guide_train
+        if warm:
+            train = replaced(train, epochs=train.warm_start_epochs)
         rollouts = [Rollout(**row) for s in data for row in read_jsonl(s.path / "rollouts.jsonl")]
         # Trained in float32 under bf16 autocast: AdamW's small updates would round away in bf16 weights.
         if warm:
@@ -82,7 +82,7 @@ def _train(ctx: RunContext, pi_ref: PiRef, round_: int, data: list[StageResult],
         write_jsonl(out / "curve.jsonl", trained.curve)
         plot_guide_curve(trained.curve, out / "curve.png")
 
-    return ctx.stage(f"return_model_round{round_}", inputs, build, resumable=True)
+    return ctx.stage(f"return_model_round{round_}", reads, build, after=after, resumable=True)
 
 
 def _start(ctx: RunContext, pi_ref: PiRef, base: BaseModel | None) -> tuple[str, str] | None:
