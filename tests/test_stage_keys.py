@@ -24,23 +24,26 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from qsharp_exp import pipeline
 from qsharp_exp.algos import algo_names
 from qsharp_exp.compose import load_run_config, validate
 from qsharp_exp.config import RunConfig, UserError
 from qsharp_exp.stages.cache import CHECKSUMS, DONE
-from qsharp_exp.stages.inputs import NON_SEMANTIC, UndeclaredInput, leaf_paths, value_at
+from qsharp_exp.stages.inputs import UndeclaredInput, leaf_paths, value_at
 from test_config import compose_cfg
 
 # A pipeline of seconds through every stage of Q# (base model, pi_ref, two rounds of roll-outs and return
 # models, evaluation ranked by the return model). G(2,2) gives pi_ref's samples mixed rewards after a few
-# steps, so the return models have something to learn.
+# steps, so the return models have something to learn. Guidance on the top token only, at an eta that keeps
+# its offset small, leaves real mass outside the top-k, so what non-candidates get shows in the samples.
 MICRO = ["+experiment=smoke", "task.path_length=2", "task.num_nodes=10", "task.num_train=16", "task.num_test=4",
          "base_pretrain.steps=10", "base_pretrain.corpus_lines=300", "base_pretrain.eval_lines=20",
          "pretrain.steps=50", "pretrain.batch_size=32", "pretrain.lr=5e-3", "pretrain.eval_problems=4",
          "guide_train.steps=3", "guide_train.eval_every=2",
-         "eval.num_samples=2", "collect.samples_per_problem=8"]
+         "eval.num_samples=2", "collect.samples_per_problem=8", "collect.top_k=1", "algo.top_k=1",
+         "collect.eta=3", "algo.eta=3"]
 
 # Leaves with no other value that this pipeline can run with the rest unchanged, and what keys them instead.
 WHOLE_TASK = "task settings but the split sizes are keyed whole (TaskConfig.settings_for, tests/test_splits.py)"
@@ -56,6 +59,8 @@ UNVARIED = {
     "collect.mode": "pairs needs collect.rounds=1; its stage reads are declared like the others'",
     "hardware.device": "cuda: no GPU here; the device kind is part of every key (numerics)",
     "hardware.offload": "needs hardware.zero_stage=3 and DeepSpeed ranks (tests/test_distributed.py)",
+    "logger.entity": "a wandb entity: no stage reads the logger (NON_SEMANTIC)",
+    "logger.group": "a wandb group: no stage reads the logger (NON_SEMANTIC)",
 }
 OUTPUT_ONLY = ("inputs.json", DONE, CHECKSUMS)  # a stage's record of its own key and build time
 
@@ -77,7 +82,11 @@ def run_stages(cfg: RunConfig, root: Path, reuse: dict[str, Path] | None = None)
     for name, directory in (reuse or {}).items():
         (cache / name).mkdir(parents=True)
         (cache / name / directory.name).symlink_to(directory)
-    metrics = pipeline.run(replace(cfg, cache_dir=str(cache)), root / "run")
+    threads = torch.get_num_threads()
+    try:
+        metrics = pipeline.run(replace(cfg, cache_dir=str(cache)), root / "run")
+    finally:
+        torch.set_num_threads(threads)  # hardware.num_threads sets it for the process: not for the next run
     stages = {}
     for name, value in metrics.items():
         if name.startswith("dir_"):
@@ -90,16 +99,25 @@ PRETRAINING = ("base_model", "pi_ref")
 OUTSIDE_VIEWS = ("task.", "hardware.")  # read through the task and hardware objects
 
 
+def declared(baseline_root: Path, stage: str) -> list[str]:
+    """The config paths a baseline stage declares (the `config` part of its key)."""
+    (inputs,) = (baseline_root / "cache" / stage).glob("*/inputs.json")
+    return list(json.loads(inputs.read_text())["config"])
+
+
+def covers(paths: list[str], path: str) -> bool:
+    return any(path == p or path.startswith(f"{p}.") or p.startswith(f"{path}.") for p in paths)
+
+
 def unreachable(path: str, baseline_root: Path) -> dict[str, Path]:
     """The baseline's pretraining stages that the leaf `path` cannot reach (see the module's docstring)."""
     if path.startswith(OUTSIDE_VIEWS):
         return {}
     reuse = {}
     for name in PRETRAINING:
-        (directory,) = (baseline_root / "cache" / name).glob("*/inputs.json")
-        declared = json.loads(directory.read_text())["config"]
-        if any(path == p or path.startswith(f"{p}.") or p.startswith(f"{path}.") for p in declared):
+        if covers(declared(baseline_root, name), path):
             break  # reached: so are the stages after it
+        (directory,) = (baseline_root / "cache" / name).glob("*/stage.json")
         reuse[name] = directory.parent
     return reuse
 
@@ -165,10 +183,9 @@ def test_the_tiny_pipeline_writes_the_same_files_from_an_empty_cache(baseline, t
 
 def test_every_stage_whose_files_change_with_a_setting_changes_its_key(baseline, tmp_path):
     cfg, stages, root = baseline
+    read_somewhere = [p for name in stages for p in declared(root, name)]
     unsound, unvaried, varied = [], [], 0
-    for path in leaf_paths(cfg):
-        if any(path == p or path.startswith(f"{p}.") for p in NON_SEMANTIC):
-            continue
+    for path in leaf_paths(cfg):  # the non-semantic ones too: they must change no stage's files at all
         for value in alternatives(cfg, path):
             try:
                 changed = with_leaf(cfg, path, value)
@@ -183,6 +200,10 @@ def test_every_stage_whose_files_change_with_a_setting_changes_its_key(baseline,
                 (key, files), (other_key, other_files) = stages[name], other[name]
                 if key == other_key and files != other_files:
                     unsound.append(f"{name}: its files change with {path}={value!r}, its key does not")
+                # A setting no stage reads leaves every key as it was (else the comparisons above would be
+                # between other keys, e.g. after a run left the process changed, and prove nothing).
+                if key != other_key and not covers(read_somewhere, path) and not path.startswith(OUTSIDE_VIEWS):
+                    unsound.append(f"{name}: its key changes with {path}={value!r}, which it does not read")
             break
         else:
             unvaried.append(path)
