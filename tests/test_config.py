@@ -153,3 +153,19 @@ def test_collection_samples_as_eval_unless_its_own_sampling_is_set(tmp_path):
 def test_bad_collection_sampling_names_its_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_run_config(compose_cfg(override))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("algo.eta=1e-300", "algo.eta=1e-300 must lie in [1e-06, 1e+06]"),
+    ("collect.eta=1e7", "collect.eta=10000000.0 must lie in [1e-06, 1e+06]"),
+    ("eval.temperature=1e-9", "eval.temperature=1e-09 must lie in [0.001, 1000]"),
+    ("model.guide.v_max=inf", "model.guide.v_max=inf must lie in [-1e+06, 1e+06]"),
+    ("model.pi_ref_init=scratch model.pi_ref.n_head=0", "model.pi_ref.n_head=0 must be >= 1"),
+    ("model.base.dropout=2", "model.base.dropout=2.0 must lie in [0, 1)"),
+    ("model.base.initializer_range=-1", "model.base.initializer_range=-1.0 must lie in [1e-06, 1]"),
+    ("model.guide.arch.max_positions=0", "model.guide.arch.max_positions=0 must be >= 1"),
+])
+def test_values_beyond_what_the_numerics_survive_are_rejected_naming_key_and_range(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_run_config(compose_cfg(*override.split()))
+    assert message in str(err.value)

@@ -144,3 +144,32 @@ def test_mse_ablation_offset_reads_the_mean_as_a_two_point_return():
     mean = torch.tensor([0.0, 0.3, 1.0])
     expected = torch.log((1 - mean) + mean * math.exp(1 / 0.1))
     torch.testing.assert_close(G.two_point_qsharp_offset(mean, 0.0, 1.0, 0.1), expected)
+
+
+# -- the numerics survive every accepted value (config.ETA_RANGE, TEMPERATURE_RANGE, ATOM_LIMIT) -----------
+
+
+@pytest.mark.parametrize("distribution", ["bernoulli", "histogram", "mse"])
+@pytest.mark.parametrize("eta_at", [0, 1])
+@pytest.mark.parametrize("rule", ["qsharp", "cd"])
+def test_guided_sampling_stays_finite_at_the_bounds_of_eta_and_of_the_atoms(distribution, eta_at, rule):
+    from qsharp_exp.config import ATOM_LIMIT, ETA_RANGE, TEMPERATURE_RANGE, GuideConfig
+    from qsharp_exp.guidance import RULES, guided_logprobs, kl_divergence, sampler_logprobs
+    from qsharp_exp.models.distributions import return_distribution
+
+    bounded = distribution != "bernoulli"
+    dist = return_distribution(GuideConfig(distribution=distribution, num_atoms=5,
+                                           v_min=-ATOM_LIMIT if bounded else 0.0, v_max=ATOM_LIMIT if bounded else 1.0))
+    torch.manual_seed(0)
+    out = torch.randn(3, 4, dist.size) * 30  # saturated heads too
+    offsets = RULES[rule].offset(dist, out, ETA_RANGE[eta_at])
+    logits = torch.randn(3, 20) * 20
+    for temperature in TEMPERATURE_RANGE:
+        ref = sampler_logprobs(logits, temperature, 0.9)
+        candidates = ref.topk(4, dim=-1).indices
+        for mask in (False, True):
+            logp = guided_logprobs(ref, candidates, offsets, mask)
+            assert torch.isfinite(offsets).all() and not torch.isnan(logp).any()
+            assert torch.allclose(logp.exp().sum(-1), torch.ones(3))
+            assert torch.isfinite(kl_divergence(logp, ref)).all()
+            torch.multinomial(logp.exp(), 1)  # what failed on inf/nan before the bounds

@@ -96,3 +96,36 @@ def test_a_hub_model_is_keyed_by_the_commit_its_id_resolves_to(tmp_path, monkeyp
     assert keys == [{"hub_id": "org/tiny", "revision": "a" * 40}, {"hub_id": "org/tiny", "revision": "b" * 40}]
     with pytest.raises(UserError, match="model.pi_ref.pretrained=org/missing: its revision"):
         model_identity("org/missing", "model.pi_ref.pretrained")
+
+
+@pytest.mark.parametrize("kind", ["encoder", "trunk"])
+def test_a_checkpoint_that_is_not_a_causal_lm_is_refused_naming_what_it_is(tmp_path, kind):
+    from transformers import BertConfig, BertModel, GPT2Config, GPT2Model
+
+    from qsharp_exp.config import UserError
+    from qsharp_exp.models.lm import load_pretrained_lm
+
+    if kind == "encoder":
+        model = BertModel(BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32, vocab_size=50))
+    else:
+        model = GPT2Model(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
+    model.save_pretrained(tmp_path)
+    with pytest.raises(UserError, match=f"is a {type(model).__name__}, not a causal LM"):
+        load_pretrained_lm(str(tmp_path), "model.pi_ref.pretrained", None)
+
+
+def test_a_pi_ref_whose_tokenizer_lacks_the_tasks_labels_stops_before_any_work(tmp_path):
+    from qsharp_exp.tasks.star_graph import StarGraphConfig
+    from test_cli import cli
+
+    small = build_task(StarGraphConfig(num_nodes=12, num_pretrain=1, num_train=1, num_test=1))
+    tokenizer = small.build_tokenizer()
+    build_causal_lm(tiny_arch(), tokenizer, 0).save_pretrained(tmp_path / "lm")
+    tokenizer.save_pretrained(tmp_path / "lm")
+    result = cli("+experiment=smoke", "task.num_nodes=16", "model.pi_ref_init=scratch", "model.guide.init=scratch",
+                 f"model.pi_ref.pretrained={tmp_path / 'lm'}",
+                 f"cache_dir={tmp_path / 'c'}", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert f"model.pi_ref.pretrained={tmp_path / 'lm'}: its tokenizer cannot represent the task's text" in result.stderr
+    assert not (tmp_path / "c" / "rollouts_round1").exists()

@@ -160,6 +160,8 @@ def test_a_broken_data_file_names_its_line_without_a_traceback(tmp_path):
     (b"", "holds no rows"),
     (b'{"problem": "caf\xe9", "solution": "2", "answer": "2"}\n', "line 1: not UTF-8"),
     (b'["problem"]\n', "line 1: a JSON object"),
+    (b'{"problem": "1+1?", "solution": "2", "answer": "2"}\n{"problem": "6+1?", "solution": "7", "answer": "seven"}\n',
+     "line 2: the answer 'seven' is not a number"),
 ])
 def test_bad_rows_of_a_local_data_file_name_the_file_and_line(tmp_path, content, message):
     from qsharp_exp.config import UserError

@@ -194,3 +194,17 @@ def test_an_epoch_budget_gives_twice_the_data_twice_the_steps_and_a_warm_up_shar
     # 18 (then 36) training problems of 2 rollouts, 2 problems per batch, 2 epochs; `steps` is not used.
     assert steps == [18, 36]
     assert warmups == [(9, 18), (18, 36)]  # half of the steps, above warmup_steps=1
+
+
+def test_val_fraction_zero_holds_out_no_problem_and_the_curve_has_training_loss_only(tokenizer):
+    from qsharp_exp.training.return_model import BatchPlan
+
+    data = [rollout(f"p{i // 2}", float(i % 2), 0) for i in range(40)]  # 20 problems with mixed rewards
+    none = BatchPlan.make(data, GuideTrainConfig(val_fraction=0.0, batch_size=4), 1, 0)
+    some = BatchPlan.make(data, GuideTrainConfig(val_fraction=0.05, batch_size=4), 1, 0)
+    assert none.val == [] and len(none.groups) == 20
+    assert len({r.problem_id for r in some.val}) == 1 and len(some.groups) == 19
+    cfg = GuideTrainConfig(steps=4, batch_size=4, eval_every=2, val_fraction=0.0)
+    curve = train_return_model(make_guide(tokenizer, head="v"), data, cfg, tokenizer.pad_token_id,
+                               Hardware(HardwareConfig()), 0, show_progress=False).curve
+    assert [sorted(p) for p in curve if "step" in p] == [["step", "train_loss"]] * 2

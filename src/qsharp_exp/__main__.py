@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from qsharp_exp.compose import load_run_config, register_schema
 from qsharp_exp.config import ConfigError, UserError
+from qsharp_exp.failures import blocked_output_dir, disk_error, exit_with, interrupted
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 register_schema()
@@ -44,7 +45,21 @@ def main(cfg: DictConfig) -> dict:
         return run(run_cfg, Path(hydra_cfg.runtime.output_dir), group)
     except UserError as err:
         sys.exit(f"error: {err}")
+    except KeyboardInterrupt:
+        exit_with(interrupted(), 130)
+    except Exception as err:  # a full disk, a path that cannot be written: one line; anything else: raised
+        if (message := disk_error(err)) is None:
+            raise
+        exit_with(message)
+
+
+def cli() -> None:
+    """The checks Hydra's own start-up would turn into tracebacks, then the run."""
+    logging.raiseExceptions = False  # a log file on a full disk: not a traceback per line (the error says why)
+    if (message := blocked_output_dir(sys.argv[1:])) is not None:
+        exit_with(message)
+    main()
 
 
 if __name__ == "__main__":
-    main()
+    cli()

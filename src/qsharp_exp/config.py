@@ -69,6 +69,23 @@ def positive(obj: Any, name: str) -> None:
         raise FieldError(name, f"{{key}}={value} must be a finite number > 0: set e.g. {{key}}={suggestion}.")
 
 
+def within(obj: Any, name: str, low: float, high: float, why: str) -> None:
+    """`low <= value <= high`: the range in which the numerics stay finite (`why` says what breaks beyond)."""
+    value = getattr(obj, name)
+    if value is not None and not low <= value <= high:
+        suggestion = _default(obj, name, low)
+        raise FieldError(name, f"{{key}}={value} must lie in [{low:g}, {high:g}] ({why}): set e.g. "
+                               f"{{key}}={suggestion}.")
+
+
+# Guidance weighs a return of z by exp(z/eta), and sampling divides logits by the temperature: these bounds
+# keep z/eta and logit/temperature finite in float32 and bf16 (up to about 3e38) for returns and atoms up
+# to ATOM_LIMIT, and eta at its bounds already gives the argmax (low) or pi_ref (high) to float precision.
+ETA_RANGE = (1e-6, 1e6)
+TEMPERATURE_RANGE = (1e-3, 1e3)
+ATOM_LIMIT = 1e6
+
+
 def in_unit_interval(obj: Any, name: str, closed_above: bool = True) -> None:
     value = getattr(obj, name)
     if not (0.0 <= value <= 1.0 if closed_above else 0.0 <= value < 1.0):
@@ -155,6 +172,10 @@ class ArchConfig:
         if self.pretrained is not None:
             return
         at_least(self, "conv_width", 0)
+        for name in ("n_layer", "n_embd", "n_head", "n_kv_head", "n_inner", "max_positions"):
+            at_least(self, name, 1)
+        in_unit_interval(self, "dropout", closed_above=False)
+        within(self, "initializer_range", 1e-6, 1.0, "the std of the initial weights")
         if self.n_embd % self.n_head:
             raise FieldError("n_embd", f"{{key}}={self.n_embd} must be divisible by n_head={self.n_head}.")
         if self.n_kv_head is not None and (self.arch != Arch.llama or self.n_head % self.n_kv_head):
@@ -198,6 +219,8 @@ class GuideConfig:
     def __post_init__(self) -> None:
         if self.distribution == Distribution.histogram:
             at_least(self, "num_atoms", 2)
+        for name in ("v_min", "v_max"):
+            within(self, name, -ATOM_LIMIT, ATOM_LIMIT, "a return's value; exp(value/eta) must stay finite")
         if self.distribution != Distribution.bernoulli and not self.v_max > self.v_min:
             raise FieldError("v_max", f"{{key}}={self.v_max} must exceed v_min={self.v_min}.")
 
@@ -249,8 +272,8 @@ class PolicyConfig:
 
     def __post_init__(self) -> None:
         optimiser_checks(self)
-        for name in ("beta", "sample_temperature"):
-            positive(self, name)
+        positive(self, "beta")
+        within(self, "sample_temperature", *TEMPERATURE_RANGE, "logits are divided by it")
         for name in ("steps", "batch_size", "rejected_tries"):
             at_least(self, name, 1)
 
@@ -273,7 +296,7 @@ class AlgoConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
 
     def __post_init__(self) -> None:
-        positive(self, "eta")
+        within(self, "eta", *ETA_RANGE, "guidance weighs a return z by exp(z/eta)")
         at_least(self, "top_k", 1)
 
 
@@ -368,13 +391,13 @@ class CollectConfig:
     def __post_init__(self) -> None:
         for name in ("rounds", "samples_per_problem", "batch_size", "pair_tries", "top_k", "max_new_tokens"):
             at_least(self, name, 1)
-        positive(self, "temperature")
+        within(self, "temperature", *TEMPERATURE_RANGE, "logits are divided by it")
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
             raise FieldError("top_p", f"{{key}}={self.top_p} must lie in (0, 1]: 1 disables top-p, null takes eval's.")
         if self.mode == CollectMode.pairs and self.rounds != 1:
             raise FieldError("mode", f"{{key}}=pairs is one round of data (no roll-in to improve): set "
                                      f"collect.rounds=1 (it is {self.rounds}).")
-        positive(self, "eta")
+        within(self, "eta", *ETA_RANGE, "guidance weighs a return z by exp(z/eta)")
         in_unit_interval(self, "explore_prob")
 
 
@@ -424,7 +447,7 @@ class EvalConfig:
     reward_model: bool = True
 
     def __post_init__(self) -> None:
-        positive(self, "temperature")
+        within(self, "temperature", *TEMPERATURE_RANGE, "logits are divided by it")
         if not 0.0 < self.top_p <= 1.0:
             raise FieldError("top_p", f"{{key}}={self.top_p} must lie in (0, 1]: 1 disables top-p.")
         for name in ("num_samples", "max_new_tokens", "batch_size"):

@@ -14,7 +14,7 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from qsharp_exp.config import ConfigError, RunConfig, UserError
-from qsharp_exp.files import write_json
+from qsharp_exp.files import write_json, write_text
 from qsharp_exp.report import print_summary
 from qsharp_exp.stages import base_model, evaluation, pi_ref, policy, return_model
 from qsharp_exp.stages.context import RunContext
@@ -41,14 +41,20 @@ def run(cfg: RunConfig, out_dir: Path, tracker_group: str | None = None) -> dict
         return metrics  # rank 0 owns the run directory and the tracker
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "metrics.json", metrics)
-    (out_dir / "samples.jsonl").write_text((evaluated.path / "samples.jsonl").read_text())
+    write_text(out_dir / "samples.jsonl", (evaluated.path / "samples.jsonl").read_text())
     print_summary(metrics)
     log_run(cfg, metrics, out_dir, tracker_group)
     return metrics
 
 
 def check_before_work(ctx: RunContext) -> None:
-    """What can be checked before hours of work: the cache can be written, and top-k fits the vocabulary."""
+    """What can be checked before hours of work: ZeRO has its ranks, the cache can be written, and top-k fits
+    the vocabulary."""
+    zero = ctx.cfg.hardware.zero_stage
+    if zero and "WORLD_SIZE" not in os.environ:  # DeepSpeed would look for MPI after the first stages
+        raise UserError(f"hardware.zero_stage={zero} shards work across the processes that torchrun starts: launch "
+                        f"with `torchrun --nproc_per_node=<GPUs> -m qsharp_exp ...` (or a SLURM launcher, "
+                        "docs/scale_out.md), or run one process with hardware.zero_stage=0.")
     root = ctx.root
     if root.exists() and not root.is_dir():
         raise UserError(f"cache_dir={root} is a file, not a directory: set cache_dir to a directory.")

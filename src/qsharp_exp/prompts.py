@@ -37,6 +37,18 @@ class PromptCodec:
                             "set tokenizer.eos_token in the model's files.")
         return cls(tokenizer, chat_template, sorted(stops), context_length(model))
 
+    def check_covers(self, texts: list[str], key: str) -> None:
+        """Every text survives encoding: a tokenizer that maps what it does not know to padding or to an unknown
+        token would feed pi_ref holes instead of labels, and the run would end with a meaningless score."""
+        for text in texts:
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            back = self.tokenizer.decode(ids, skip_special_tokens=True)
+            if "".join(back.split()) != "".join(text.split()):
+                lost = sorted(set(text.split()) - set(back.split()))[:5]
+                raise UserError(f"{key}: its tokenizer cannot represent the task's text (lost: "
+                                f"{', '.join(lost) or repr(text[:60])}); the model was built for other labels or "
+                                f"another language: use a model whose tokenizer covers this task's settings.")
+
     @property
     def pad_id(self) -> int:
         pad = self.tokenizer.pad_token_id

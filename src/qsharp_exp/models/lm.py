@@ -78,8 +78,22 @@ def _from_hub(loader, source: str, key: str, **kwargs):
                         "id you can access or to a local directory with the model's complete files.") from None
 
 
+CAUSAL_ARCHITECTURES = ("ForCausalLM", "LMHeadModel")  # how transformers names causal LM classes
+
+
 def load_pretrained_lm(source: str, key: str, dtype: torch.dtype | None) -> PreTrainedModel:
-    return _from_hub(AutoModelForCausalLM, source, key, dtype=dtype)
+    """A causal LM, whole: a checkpoint of another kind (an encoder such as BERT, a model without its LM head)
+    would load with a random head and sample noise, so it is refused naming what it is."""
+    model, info = _from_hub(AutoModelForCausalLM, source, key, dtype=dtype, output_loading_info=True)
+    saved_as = getattr(model.config, "architectures", None) or []
+    if saved_as and not any(name.endswith(CAUSAL_ARCHITECTURES) for name in saved_as):
+        raise UserError(f"{key}={source} is a {', '.join(saved_as)}, not a causal LM (a *ForCausalLM or "
+                        f"*LMHeadModel): set {key} to a causal language model.")
+    if info["missing_keys"]:
+        raise UserError(f"{key}={source} lacks weights a causal LM needs ({', '.join(info['missing_keys'][:3])}"
+                        f"{', ...' if len(info['missing_keys']) > 3 else ''}): it was saved without its LM head; set "
+                        f"{key} to a complete causal language model.")
+    return model
 
 
 def load_tokenizer(source: str, key: str) -> PreTrainedTokenizerBase:

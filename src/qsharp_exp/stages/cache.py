@@ -38,6 +38,7 @@ import torch
 
 from qsharp_exp.config import UserError
 from qsharp_exp.distributed import SINGLE, Dist
+from qsharp_exp.failures import BUILDING
 
 log = logging.getLogger(__name__)
 
@@ -185,11 +186,13 @@ def _build(stage: str, inputs: dict[str, Any], build: Callable[..., None], resum
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     log.info("%s: %s %s", stage, "resuming" if resume.exists() else "building", final)
+    BUILDING.append(stage)
     try:
         build(tmp, resume) if resumable else build(tmp)
-    except BaseException:
+    except BaseException:  # the stage stays in BUILDING: the run is ending with it
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    BUILDING.pop()
     seconds = dist.broadcast(time.perf_counter() - started)
     peak = round(torch.cuda.max_memory_allocated() / 2**30, 3) if torch.cuda.is_available() else None
     if dist.is_main:

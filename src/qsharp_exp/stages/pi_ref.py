@@ -110,9 +110,24 @@ def _place(ctx: RunContext, model: PreTrainedModel) -> PreTrainedModel:
     return model.to(hw.device).eval()
 
 
+COVERAGE_SAMPLE = 200  # problems per split whose text pi_ref's tokenizer must represent
+
+
+def _source_key(ctx: RunContext) -> str:
+    """The setting that named pi_ref's tokenizer, for messages."""
+    model = ctx.cfg.model
+    if model.pi_ref.pretrained:
+        return f"model.pi_ref.pretrained={model.pi_ref.pretrained}"
+    if model.pi_ref_init == Init.base and model.base.pretrained:
+        return f"model.base.pretrained={model.base.pretrained}"
+    return f"task={ctx.cfg.task.name} (the tokenizer built for it)"
+
+
 def _codec(ctx: RunContext, tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> PromptCodec:
     """Prompts must also fit the context of a return model built here, in runs that use one."""
     codec = PromptCodec.for_model(tokenizer, model, ctx.cfg.task.chat_template)
+    problems = [p for split in ("train", "test") for p in ctx.task.problems(split)[:COVERAGE_SAMPLE]]
+    codec.check_covers([text for p in problems for text in (p.prompt, ctx.task.target(p))], _source_key(ctx))
     guide = ctx.cfg.model.guide
     built_here = guide.arch.pretrained is None and guide.init == Init.scratch
     if ctx.uses_return_model and built_here and codec.max_positions:

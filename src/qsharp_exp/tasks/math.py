@@ -113,6 +113,9 @@ class Row:
     where: str  # "<file>, line N" or "<hub dataset> <split> row N", for messages
 
 
+_NUMBER = re.compile(r"-?\d+(\.\d+)?(/\d+)?")
+
+
 def _record(task: str, split: str, index: int, row: Row) -> MathRecord:
     """One dataset row -> MathRecord. GSM8K's gold is the number after '####' (or its `answer` field);
     MATH's is the last boxed expression of the solution."""
@@ -134,6 +137,8 @@ def _record(task: str, split: str, index: int, row: Row) -> MathRecord:
             solution, gold = fields["solution"], gsm8k_gold(str(answer))
         else:
             raise bad("no 'solution', and no worked answer ending in '#### <number>'")
+        if not _NUMBER.fullmatch(gold):  # math-verify would read letters as a product of symbols
+            raise bad(f"the answer {gold!r} is not a number (GSM8K's answers are numbers)")
         solution = _CALCULATOR.sub("", solution).strip() + f"\nThe answer is \\boxed{{{gold}}}."
     else:
         solution = fields.get("solution")

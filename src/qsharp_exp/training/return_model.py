@@ -158,7 +158,8 @@ class BatchPlan:
             )
         problem_ids = sorted({r.problem_id for r in kept})
         random.Random(seed).shuffle(problem_ids)
-        val_ids = set(problem_ids[: max(1, int(cfg.val_fraction * len(problem_ids)))])
+        held_out = max(1, int(cfg.val_fraction * len(problem_ids))) if cfg.val_fraction > 0 else 0
+        val_ids = set(problem_ids[:held_out])  # val_fraction=0: none (the curve then has training loss only)
         val = [r for r in kept if r.problem_id in val_ids]
         train = [r for r in kept if r.problem_id not in val_ids] or val
         by_problem: dict[str, list[Rollout]] = defaultdict(list)
@@ -250,11 +251,12 @@ def _train(trainer: Trainer, plan: BatchPlan, cfg: GuideTrainConfig, pad_id: int
         value = _mean_over_ranks(loss.item(), dist)
         running = 0.98 * running + 0.02 * value if step else value
         if (step + 1) % cfg.eval_every == 0 or step == plan.steps - 1:
-            point = {"step": step + 1, "train_loss": round(running, 5), **evaluate_guide(model, plan.val, pad_id, hw)}
+            point = {"step": step + 1, "train_loss": round(running, 5),
+                     **(evaluate_guide(model, plan.val, pad_id, hw) if plan.val else {})}
             curve.append(point)
             if dist.is_main:
                 log.info("return model step %d: %s", step + 1, point)
-            bar.set_postfix(loss=f"{running:.4f}", val_acc=point["val_acc"])
+            bar.set_postfix(loss=f"{running:.4f}", **({"val_acc": point["val_acc"]} if plan.val else {}))
         if checkpoints is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
             state = {"step": step + 1, "running": running, "curve": curve, "torch_rng": torch.get_rng_state().tolist()}
             trainer.save(checkpoints, step + 1, state)
