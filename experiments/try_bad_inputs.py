@@ -14,9 +14,11 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -82,7 +84,8 @@ def truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
-def cases(work: Path) -> list[tuple[str, Callable[[], dict]]]:
+def cases(work: Path, second: bool = False) -> list[tuple[str, Callable[[], dict]]]:
+    """The inputs tried; `second`: only those of the second round (docs/reliability.md's second table)."""
     def cli(*args: str, env: dict | None = None) -> Callable[[], dict]:
         return lambda: run([*args, f"cache_dir={work / 'c'}", f"hydra.run.dir={work / 'r'}"], work, env)
 
@@ -140,8 +143,67 @@ def cases(work: Path) -> list[tuple[str, Callable[[], dict]]]:
         result["message"] = "(the report of the other run is written) " + (skipped[0] if skipped else "")
         return result
 
+    def interrupted() -> dict:
+        """Ctrl-C once pi_ref is being built."""
+        log = work / "interrupt.log"
+        with log.open("w") as out:
+            job = subprocess.Popen([sys.executable, "-m", "qsharp_exp", *SMOKE, f"cache_dir={work / 'c'}",
+                                    f"hydra.run.dir={work / 'r'}"], cwd=work, stdout=out, stderr=subprocess.PIPE,
+                                   text=True)
+            while "pi_ref: building" not in log.read_text() and job.poll() is None:
+                time.sleep(0.05)
+            job.send_signal(signal.SIGINT)
+            _, stderr = job.communicate(timeout=300)
+        lines = [line for line in stderr.splitlines() if line.strip()]
+        return {"rc": job.returncode, "traceback": "Traceback" in stderr, "message": lines[-1] if lines else ""}
+
+    def other_labels() -> dict:
+        """A pi_ref saved with a 12-label star-graph tokenizer, run on 16 labels."""
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        from qsharp_exp.tasks.star_graph import StarGraphConfig, StarGraphTask
+
+        path = work / "lm12"
+        tokenizer = StarGraphTask(StarGraphConfig(num_nodes=12, num_pretrain=1, num_train=1, num_test=1)
+                                  ).build_tokenizer()
+        GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=len(tokenizer))).save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        return cli(*SMOKE, "task.num_nodes=16", "model.pi_ref_init=scratch", "model.guide.init=scratch",
+                   f"model.pi_ref.pretrained={path}")()
+
+    def encoder() -> dict:
+        """A BERT encoder with the task's own tokenizer beside it."""
+        from transformers import BertConfig, BertModel
+
+        from qsharp_exp.tasks.star_graph import StarGraphConfig, StarGraphTask
+
+        path = work / "bert"
+        tokenizer = StarGraphTask(StarGraphConfig(num_nodes=12, num_pretrain=1, num_train=1, num_test=1)
+                                  ).build_tokenizer()
+        BertModel(BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                             vocab_size=len(tokenizer))).save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        return cli(*SMOKE, "model.pi_ref_init=scratch", "model.guide.init=scratch", f"model.pi_ref.pretrained={path}")()
+
     (work / "a_file").write_text("")
-    return [
+    second_round = [
+        ("`algo.eta=1e-300`", cli("algo.eta=1e-300")),
+        ("`model.guide.distribution=histogram model.guide.v_max=inf`",
+         cli("model.guide.distribution=histogram", "model.guide.v_max=inf")),
+        ("`model.pi_ref_init=scratch model.pi_ref.n_head=0`",
+         cli("model.pi_ref_init=scratch", "model.pi_ref.n_head=0")),
+        ("`model.base.dropout=2`", cli("model.base.dropout=2")),
+        ("`model.base.initializer_range=-1`", cli("model.base.initializer_range=-1")),
+        ("`hardware=zero3 hardware.device=cpu` without torchrun", cli(*SMOKE, "hardware=zero3", "hardware.device=cpu")),
+        ("`hydra.run.dir` below a file", lambda: run([*SMOKE, f"hydra.run.dir={work / 'a_file' / 'run'}"], work)),
+        ("Ctrl-C while pi_ref is built", interrupted),
+        ("gsm8k train file: an answer that is not a number (`seven`)",
+         with_data(json.dumps(ROW).encode() + b"\n" + json.dumps({**ROW, "answer": "seven"}).encode() + b"\n")),
+        ("`model.pi_ref.pretrained=` a BERT encoder", encoder),
+        ("`task.num_nodes=16` with a pi_ref saved for 12 labels", other_labels),
+        ("`guide_train.val_fraction=0`", cli(*SMOKE, "guide_train.val_fraction=0")),
+    ]
+    return second_round if second else [
         ("`algo.eta=-1`", cli("algo.eta=-1")),
         ("`algo.eta=inf`", cli("algo.eta=inf")),
         ("`algo.top_k=0`", cli("algo.top_k=0")),
@@ -202,11 +264,12 @@ def cases(work: Path) -> list[tuple[str, Callable[[], dict]]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="also write the table here")
+    parser.add_argument("--second-round", action="store_true", help="only the inputs of the second round")
     args = parser.parse_args(argv)
     rows = ["| input | exit code | traceback | what the user reads (last line) |", "|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        for name, case in cases(work):
+        for name, case in cases(work, args.second_round):
             result = case()
             message = str(result["message"]).replace("|", "\\|")
             if len(message) > 300:
