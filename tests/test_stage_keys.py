@@ -56,6 +56,7 @@ UNVARIED = {
     "model.pi_ref.pretrained": HUB, "model.guide.arch.pretrained": HUB, "model.base.pretrained": HUB,
     "model.pi_ref.n_kv_head": LLAMA, "model.guide.arch.n_kv_head": LLAMA, "model.base.n_kv_head": LLAMA,
     "model.base.arch": "llama needs model.base.conv_width=0 too; " + LLAMA,
+    "base_pretrain.chain_end_steps": "needs base_pretrain.chain_end_fraction > 0 too; keyed with the corpus settings",
     "collect.mode": "pairs needs collect.rounds=1; its stage reads are declared like the others'",
     "hardware.device": "cuda: no GPU here; the device kind is part of every key (numerics)",
     "hardware.offload": "needs hardware.zero_stage=3 and DeepSpeed ranks (tests/test_distributed.py)",
