@@ -31,13 +31,15 @@ def disk_error(err: BaseException) -> str | None:
     if code not in FIXES:
         return None
     where = getattr(err, "filename", None)
-    stage = f" while building {BUILDING[-1]}" if BUILDING else ""
-    return f"{where or 'a file'}{stage}: {FIXES[code]}. {RESUMES}"
+    return f"{where or 'a file'}{_during()}: {FIXES[code]}. {RESUMES}"
 
 
 def interrupted() -> str:
-    stage = f" while building {BUILDING[-1]}" if BUILDING else ""
-    return f"interrupted{stage}. {RESUMES}"
+    return f"interrupted{_during()}. {RESUMES}"
+
+
+def _during() -> str:
+    return f" while building {BUILDING[-1]}" if BUILDING else ""
 
 
 def blocked_output_dir(args: list[str]) -> str | None:

@@ -72,7 +72,7 @@ class RunContext:
         (stages/inputs.py), and so does this context's `cfg` while it runs."""
         _check_no_captured_config(name, build)
         full = self.cfg
-        reads = sorted(set(reads))
+        reads = set(reads)
         versioned = {"version": PIPELINE_VERSION, "numerics": numerics(full),
                      "config": declared_values(full, reads), **(after or {})}
         view = ConfigView(full, name, frozenset(reads))
@@ -131,7 +131,6 @@ class RunContext:
                 spec: SamplingSpec | None = None) -> Sampler:
         """A sampler of pi_ref with `spec` (default: eval's)."""
         return Sampler(pi_ref, codec, spec or self.spec, self.hw, batch_size, self.cfg.progress)
-
 
     # -- which stages this run needs ------------------------------------------------------------
 

@@ -44,6 +44,7 @@ class ConfigView:
         object.__setattr__(self, "_node", node)
         object.__setattr__(self, "_stage", stage)
         object.__setattr__(self, "_declared", declared)
+        object.__setattr__(self, "_readable", declared | NON_SEMANTIC | NUMERICS)
         object.__setattr__(self, "_prefix", prefix)
         object.__setattr__(self, "_overrides", overrides or {})
 
@@ -54,8 +55,7 @@ class ConfigView:
             return self._overrides[name]
         path = f"{self._prefix}{name}"
         value = getattr(self._node, name)
-        readable = self._declared | NON_SEMANTIC | NUMERICS
-        if _covered(path, readable):
+        if _covered(path, self._readable):
             return value
         if is_dataclass(value):  # a section: what counts is which of its fields the build reads
             return ConfigView(value, self._stage, self._declared, f"{path}.")
