@@ -15,7 +15,8 @@ import pytest
 from test_cli import cli
 
 SMOKE = ["+experiment=smoke", "progress=false"]
-STAGES = ("pi_ref", "rollouts_round1", "return_model_round1", "rollouts_round2", "return_model_round2", "evaluation")
+STAGES = ("pi_ref", "pi_ref_accuracy", "rollouts_round1", "return_model_round1", "rollouts_round2",
+          "return_model_round2", "evaluation")
 
 
 def start(*args: str, cwd: Path, log: Path) -> subprocess.Popen:
@@ -50,14 +51,26 @@ def test_three_jobs_started_together_on_one_cache_build_each_stage_once(tmp_path
         logs.append(tmp_path / f"{algo}.log")
         jobs.append(start(*args, f"algo={algo}", f"hydra.run.dir={tmp_path / algo}", cwd=tmp_path, log=logs[-1]))
     assert [job.wait(600) for job in jobs] == [0, 0, 0], [log.read_text()[-2000:] for log in logs]
-    assert builds(*logs) == {"pi_ref": 1, "rollouts_round1": 1, "return_model_round1": 1, "rollouts_round2": 1,
-                             "return_model_round2": 1, "evaluation": 3}
+    assert builds(*logs) == {"pi_ref": 1, "pi_ref_accuracy": 1, "rollouts_round1": 1, "return_model_round1": 1,
+                             "rollouts_round2": 1, "return_model_round2": 1, "evaluation": 3}
     # The same results as one job after another on a cache of their own.
     cli("-m", *SMOKE, "eval.num_samples=2", "algo=pi_ref,cd,qsharp", f"cache_dir={tmp_path / 'alone'}",
         f"hydra.sweep.dir={tmp_path / 'sequential'}", cwd=tmp_path)
     for i, algo in enumerate(("pi_ref", "cd", "qsharp")):
         assert results(tmp_path / algo / "metrics.json") == results(
             tmp_path / "sequential" / f"{i}_{algo}_eta0.1" / "metrics.json"), algo
+
+
+def test_a_new_evaluation_batch_size_rebuilds_only_what_it_measures(tmp_path):
+    """pi_ref's accuracy and the evaluation sample in batches of eval.batch_size; pi_ref, the roll-outs and the
+    return models do not depend on it, so they are reused."""
+    args = [*SMOKE, "eval.num_samples=2", f"cache_dir={tmp_path / 'cache'}"]
+    logs = [tmp_path / "64.log", tmp_path / "7.log"]
+    for log, batch in zip(logs, (64, 7), strict=True):
+        job = start(*args, f"eval.batch_size={batch}", f"hydra.run.dir={tmp_path / str(batch)}", cwd=tmp_path, log=log)
+        assert job.wait(600) == 0, log.read_text()[-2000:]
+    assert builds(logs[1]) == {"pi_ref": 0, "pi_ref_accuracy": 1, "rollouts_round1": 0, "return_model_round1": 0,
+                               "rollouts_round2": 0, "return_model_round2": 0, "evaluation": 1}
 
 
 def test_a_paused_job_keeps_its_stage_and_a_second_job_waits_for_it(tmp_path):

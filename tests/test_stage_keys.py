@@ -182,7 +182,7 @@ def baseline(tmp_path_factory) -> tuple[RunConfig, dict[str, tuple[str, str]]]:
     cfg = load_run_config(compose_cfg(*MICRO, "progress=false"))
     root = tmp_path_factory.mktemp("baseline")
     stages = run_stages(cfg, root)
-    assert len(stages) == 7, stages  # base model, pi_ref, 2 x (roll-outs, return model), evaluation
+    assert len(stages) == 8, stages  # base model, pi_ref, its accuracy, 2 x (roll-outs, return model), evaluation
     yield cfg, stages, root
     logging.disable(logging.NOTSET)
 

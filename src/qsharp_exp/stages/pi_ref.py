@@ -19,6 +19,7 @@ from qsharp_exp.prompts import PromptCodec
 from qsharp_exp.stages.base_model import BaseModel
 from qsharp_exp.stages.cache import stage_key
 from qsharp_exp.stages.context import SAMPLING_READS, RunContext
+from qsharp_exp.stages.inputs import section
 from qsharp_exp.training.engine import shard_for_inference
 from qsharp_exp.training.pretrain import pretrain, supervised_examples
 
@@ -47,15 +48,20 @@ def load(ctx: RunContext, base: BaseModel | None) -> PiRef:
     start = base if cfg.model.pi_ref_init == Init.base else None
     if cfg.model.pi_ref_init == Init.base and base is None:
         raise ValueError("model.pi_ref_init=base: pass the base model (stages/base_model.load)")
-    # Trained on the pretraining problems, its accuracy measured on those and the test problems.
-    reads = ["seed", "pretrain", "eval.batch_size", *SAMPLING_READS, *ctx.task_reads("pretrain", "test"),
+    reads = ["seed", *section(cfg, "pretrain", without=("eval_problems",)), *ctx.task_reads("pretrain"),
              *([] if start else ["model.pi_ref"])]
     stage = ctx.stage("pi_ref", reads, lambda cfg, out: _pretrain(ctx, cfg, start, out),
                       after={"init": start.key if start else None})
     path = stage.path / "model"
     model = _place(ctx, AutoModelForCausalLM.from_pretrained(path))
-    metrics = json.loads((stage.path / "pretrain_metrics.json").read_text())
-    return PiRef(model, _codec(ctx, AutoTokenizer.from_pretrained(path), model), stage.key, str(path), metrics)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    # Its accuracy is a stage of its own, so that how it is measured (batch size, sampling) keys the measurement
+    # only, never pi_ref and what is built on it.
+    measured = ctx.stage("pi_ref_accuracy", ["seed", "pretrain.eval_problems", "eval.batch_size", *SAMPLING_READS,
+                                             *ctx.task_reads("pretrain", "test")],
+                         lambda cfg, out: _measure(ctx, cfg, model, tokenizer, out), after={"pi_ref": stage.key})
+    metrics = json.loads((measured.path / "metrics.json").read_text())
+    return PiRef(model, _codec(ctx, tokenizer, model), stage.key, str(path), metrics)
 
 
 def vocabulary_size(ctx: RunContext) -> int:
@@ -83,19 +89,24 @@ def _pretrain(ctx: RunContext, cfg: RunConfig, start: BaseModel | None, out: Pat
     problems = task.problems("pretrain")
     examples = supervised_examples(codec, problems, [task.target(x) for x in problems], key)
     curve = pretrain(model, examples, cfg.pretrain, codec.pad_id, ctx.hw, cfg.seed, cfg.progress)
-    model.eval()
+    model.save_pretrained(out / "model")
+    tokenizer.save_pretrained(out / "model")
+    write_jsonl(out / "curve.jsonl", curve)
+
+
+def _measure(ctx: RunContext, cfg: RunConfig, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+             out: Path) -> None:
+    """pi_ref's accuracy on (at most pretrain.eval_problems of) its pretraining problems and the test problems."""
+    codec = PromptCodec.for_model(tokenizer, model, cfg.task.chat_template)
     sampler = ctx.sampler(model, codec, cfg.eval.batch_size)
     metrics = {}
     for split in ("pretrain", "test"):
-        problems = task.problems(split)[: cfg.pretrain.eval_problems]
-        result, _ = evaluate(task, problems, replace(sampler, desc=f"pi_ref on {split}"), 1, cfg.seed)
+        problems = ctx.task.problems(split)[: cfg.pretrain.eval_problems]
+        result, _ = evaluate(ctx.task, problems, replace(sampler, desc=f"pi_ref on {split}"), 1, cfg.seed)
         metrics[f"{split}_accuracy"] = result["accuracy"]
     log.info("pi_ref accuracy: on its pretraining problems %.3f, on test problems %.3f",
              metrics["pretrain_accuracy"], metrics["test_accuracy"])
-    model.save_pretrained(out / "model")
-    tokenizer.save_pretrained(out / "model")
-    write_json(out / "pretrain_metrics.json", metrics)
-    write_jsonl(out / "curve.jsonl", curve)
+    write_json(out / "metrics.json", metrics)
 
 
 def _place(ctx: RunContext, model: PreTrainedModel) -> PreTrainedModel:
