@@ -145,6 +145,28 @@ def test_top_k_beyond_the_vocabulary_stops_before_pretraining(tmp_path, key):
     assert not (tmp_path / "cache" / "pi_ref").exists()
 
 
+def test_one_sample_per_problem_stops_before_pretraining(tmp_path):
+    """One sample per problem never has two rewards to tell apart: no return model could learn from it."""
+    err = fails_cleanly(*SMOKE, "collect.samples_per_problem=1", f"cache_dir={tmp_path / 'cache'}",
+                        f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert "set collect.samples_per_problem>=2" in err
+    assert not (tmp_path / "cache" / "pi_ref").exists()
+
+
+def test_a_test_prompt_longer_than_the_context_stops_before_pretraining(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    row = {"problem": "What is 1 + 1?", "solution": "1 + 1 = 2.", "answer": "2"}
+    (data / "gsm8k_train.jsonl").write_text("".join(json.dumps(row) + "\n" for _ in range(8)))
+    long = {**row, "problem": "What is " + "1 + " * 5_000 + "1?"}  # 20,000 characters
+    (data / "gsm8k_test.jsonl").write_text(json.dumps(row) + "\n" + json.dumps(long) + "\n")
+    err = fails_cleanly("task=gsm8k", "model=math_tiny", "hardware=cpu", f"task.data_dir={data}",
+                        "task.num_pretrain=4", "task.num_train=4", f"cache_dir={tmp_path / 'cache'}",
+                        f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert "exceeds the models' context" in err and "eval.max_new_tokens" in err
+    assert not (tmp_path / "cache" / "pi_ref").exists()
+
+
 def test_too_few_node_labels_for_the_split_sizes_is_one_message(tmp_path):
     err = fails_cleanly("task.num_nodes=5", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}",
                         cwd=tmp_path)

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from transformers.utils import logging as hf_logging
 
-from qsharp_exp.config import ConfigError, RunConfig, UserError
+from qsharp_exp.config import CollectMode, ConfigError, RunConfig, UserError
 from qsharp_exp.files import write_json, write_text
 from qsharp_exp.report import print_summary
 from qsharp_exp.stages import base_model, evaluation, pi_ref, policy, return_model
@@ -48,8 +48,8 @@ def run(cfg: RunConfig, out_dir: Path, tracker_group: str | None = None) -> dict
 
 
 def check_before_work(ctx: RunContext) -> None:
-    """What can be checked before hours of work: ZeRO has its ranks, the cache can be written, and top-k fits
-    the vocabulary."""
+    """What can be checked before hours of work: ZeRO has its ranks, the cache can be written, roll-outs can
+    vary, pi_ref's tokenizer and context fit the task (stages/pi_ref.py), and top-k fits the vocabulary."""
     zero = ctx.cfg.hardware.zero_stage
     if zero and "WORLD_SIZE" not in os.environ:  # DeepSpeed would look for MPI after the first stages
         raise UserError(f"hardware.zero_stage={zero} shards work across the processes that torchrun starts: launch "
@@ -66,6 +66,12 @@ def check_before_work(ctx: RunContext) -> None:
     except OSError as err:
         raise UserError(f"cache_dir={root} cannot be written ({err.strerror}): set cache_dir to a writable "
                         "directory.") from None
+    collect = ctx.cfg.collect
+    if ctx.rounds_needed and collect.mode == CollectMode.algorithm1 and collect.samples_per_problem < 2:
+        raise ConfigError(f"collect.samples_per_problem={collect.samples_per_problem}: a return model learns from "
+                          "problems whose samples got different rewards, and one sample per problem never does: "
+                          "set collect.samples_per_problem>=2.")
+    pi_ref.check_before_work(ctx)
     if ctx.uses_return_model:
         vocabulary = pi_ref.vocabulary_size(ctx)
         for key, top_k in (("algo.top_k", ctx.cfg.algo.top_k), ("collect.top_k", ctx.cfg.collect.top_k)):

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from qsharp_exp.config import UserError
 from qsharp_exp.tasks import Problem
 
 
-def context_length(model: PreTrainedModel) -> int | None:
-    config = model.config
+def context_length(config: PretrainedConfig) -> int | None:
+    """A model's context in positions, from its config (None: the architecture names none)."""
     return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
 
 
@@ -23,10 +23,18 @@ class PromptCodec:
     max_positions: int | None  # the context of pi_ref (and of the guide, whichever is shorter)
 
     @classmethod
-    def for_model(cls, tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, chat_template: bool) -> PromptCodec:
+    def planned(cls, tokenizer: PreTrainedTokenizerBase, chat_template: bool, max_positions: int | None
+                ) -> PromptCodec:
+        """The prompts of a model known so far by its tokenizer and context (its stop tokens not yet known):
+        enough to check, before any work, that the task's text can be encoded and fits."""
         if chat_template and not getattr(tokenizer, "chat_template", None):
             raise UserError("task.chat_template=true but pi_ref's tokenizer has no chat template: "
                             "set task.chat_template=false to feed the bare prompt.")
+        return cls(tokenizer, chat_template, [], max_positions)
+
+    @classmethod
+    def for_model(cls, tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, chat_template: bool) -> PromptCodec:
+        codec = cls.planned(tokenizer, chat_template, context_length(model.config))
         stops = {tokenizer.eos_token_id}
         generation = getattr(model, "generation_config", None)
         extra = getattr(generation, "eos_token_id", None) if generation is not None else None
@@ -35,7 +43,8 @@ class PromptCodec:
         if not stops:
             raise UserError("pi_ref's tokenizer has no EOS token and its generation config none: "
                             "set tokenizer.eos_token in the model's files.")
-        return cls(tokenizer, chat_template, sorted(stops), context_length(model))
+        codec.stop_ids = sorted(stops)
+        return codec
 
     def check_covers(self, texts: list[str], key: str) -> None:
         """Every text survives encoding: a tokenizer that maps what it does not know to padding or to an unknown
@@ -65,16 +74,18 @@ class PromptCodec:
         messages = [{"role": "user", "content": problem.prompt}]
         return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
-    def encode(self, problems: list[Problem], max_new_tokens: int) -> list[list[int]]:
-        """Prompt ids; a prompt that leaves no room for `max_new_tokens` within the context is an error."""
+    def encode(self, problems: list[Problem], max_new_tokens: int, key: str = "eval.max_new_tokens"
+               ) -> list[list[int]]:
+        """Prompt ids; a prompt that leaves no room for `max_new_tokens` (the setting `key`) within the context is
+        an error."""
         encoded = self.tokenizer([self.prompt_text(p) for p in problems], add_special_tokens=False)["input_ids"]
         if self.max_positions is not None and encoded:
             longest = max(range(len(encoded)), key=lambda i: len(encoded[i]))
             if len(encoded[longest]) + max_new_tokens > self.max_positions:
                 raise UserError(
                     f"problem {problems[longest].id}: its prompt has {len(encoded[longest])} tokens and with "
-                    f"eval.max_new_tokens={max_new_tokens} exceeds the models' context of {self.max_positions} "
-                    "positions: lower eval.max_new_tokens, raise max_positions of the model, or use fewer/shorter "
+                    f"{key}={max_new_tokens} exceeds the models' context of {self.max_positions} "
+                    f"positions: lower {key}, raise max_positions of the model, or use fewer/shorter "
                     "problems."
                 )
         return encoded

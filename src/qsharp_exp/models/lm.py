@@ -12,6 +12,7 @@ import os
 import torch
 from safetensors import SafetensorError
 from transformers import (
+    AutoConfig,
     AutoModel,
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -94,6 +95,11 @@ def load_pretrained_lm(source: str, key: str, dtype: torch.dtype | None) -> PreT
                         f"{', ...' if len(info['missing_keys']) > 3 else ''}): it was saved without its LM head; set "
                         f"{key} to a complete causal language model.")
     return model
+
+
+def load_config(source: str, key: str) -> PretrainedConfig:
+    """A pretrained model's config alone (its architecture and context), without its weights."""
+    return _from_hub(AutoConfig, source, key)
 
 
 def load_tokenizer(source: str, key: str) -> PreTrainedTokenizerBase:

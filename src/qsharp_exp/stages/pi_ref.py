@@ -14,8 +14,8 @@ from qsharp_exp.config import Init, RunConfig
 from qsharp_exp.evaluation import evaluate
 from qsharp_exp.files import write_json, write_jsonl
 from qsharp_exp.models.identity import model_identity
-from qsharp_exp.models.lm import build_causal_lm, load_pretrained_lm, load_tokenizer
-from qsharp_exp.prompts import PromptCodec
+from qsharp_exp.models.lm import build_causal_lm, load_config, load_pretrained_lm, load_tokenizer
+from qsharp_exp.prompts import PromptCodec, context_length
 from qsharp_exp.stages.base_model import BaseModel
 from qsharp_exp.stages.cache import stage_key
 from qsharp_exp.stages.context import SAMPLING_READS, RunContext
@@ -59,19 +59,33 @@ def load(ctx: RunContext, base: BaseModel | None) -> PiRef:
     # only, never pi_ref and what is built on it.
     measured = ctx.stage("pi_ref_accuracy", ["seed", "pretrain.eval_problems", "eval.batch_size", *SAMPLING_READS,
                                              *ctx.task_reads("pretrain", "test")],
-                         lambda cfg, out: _measure(ctx, cfg, model, tokenizer, out), after={"pi_ref": stage.key})
+                         lambda cfg, out, resume: _measure(ctx, cfg, model, tokenizer, out, resume),
+                         after={"pi_ref": stage.key}, resumable=True)
     metrics = json.loads((measured.path / "metrics.json").read_text())
     return PiRef(model, _codec(ctx, tokenizer, model), stage.key, str(path), metrics)
 
 
 def vocabulary_size(ctx: RunContext) -> int:
     """The size of pi_ref's vocabulary, known before pi_ref is built or loaded."""
-    model = ctx.cfg.model
-    if model.pi_ref.pretrained:
-        return len(load_tokenizer(model.pi_ref.pretrained, "model.pi_ref.pretrained"))
-    if model.pi_ref_init == Init.base and model.base.pretrained:
-        return len(load_tokenizer(model.base.pretrained, "model.base.pretrained"))
-    return len(ctx.task_tokenizer)
+    return len(_planned_tokenizer(ctx))
+
+
+def check_before_work(ctx: RunContext) -> None:
+    """What pi_ref's tokenizer and context decide, checked before anything is built: the tokenizer represents
+    the task's text, and every prompt a stage samples after leaves room for the tokens it samples."""
+    codec = PromptCodec.planned(_planned_tokenizer(ctx), ctx.cfg.task.chat_template, _planned_context(ctx))
+    problems = [p for split in ("train", "test") for p in ctx.task.problems(split)[:COVERAGE_SAMPLE]]
+    codec.check_covers([text for p in problems for text in (p.prompt, ctx.task.target(p))], _tokenizer_key(ctx))
+    sampled = [("test", "eval.max_new_tokens", ctx.spec.max_new_tokens)]
+    if ctx.cfg.model.pi_ref.pretrained is None:  # its accuracy on its pretraining problems
+        sampled.append(("pretrain", "eval.max_new_tokens", ctx.spec.max_new_tokens))
+    if ctx.rounds_needed:  # roll-outs
+        key = "collect.max_new_tokens" if ctx.cfg.collect.max_new_tokens is not None else "eval.max_new_tokens"
+        sampled.append(("train", key, ctx.collect_spec.max_new_tokens))
+    if ctx.fine_tunes_policy:  # the policy samples its training problems as evaluation does
+        sampled.append(("train", "eval.max_new_tokens", ctx.spec.max_new_tokens))
+    for split, key, tokens in sampled:
+        codec.encode(ctx.task.problems(split), tokens, key)
 
 
 def _pretrain(ctx: RunContext, cfg: RunConfig, start: BaseModel | None, out: Path) -> None:
@@ -95,14 +109,16 @@ def _pretrain(ctx: RunContext, cfg: RunConfig, start: BaseModel | None, out: Pat
 
 
 def _measure(ctx: RunContext, cfg: RunConfig, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-             out: Path) -> None:
-    """pi_ref's accuracy on (at most pretrain.eval_problems of) its pretraining problems and the test problems."""
+             out: Path, resume: Path) -> None:
+    """pi_ref's accuracy on (at most pretrain.eval_problems of) its pretraining problems and the test problems;
+    finished batches are kept under `resume`."""
     codec = PromptCodec.for_model(tokenizer, model, cfg.task.chat_template)
     sampler = ctx.sampler(model, codec, cfg.eval.batch_size)
     metrics = {}
     for split in ("pretrain", "test"):
         problems = ctx.task.problems(split)[: cfg.pretrain.eval_problems]
-        result, _ = evaluate(ctx.task, problems, replace(sampler, desc=f"pi_ref on {split}"), 1, cfg.seed)
+        result, _ = evaluate(ctx.task, problems, replace(sampler, desc=f"pi_ref on {split}"), 1, cfg.seed,
+                             checkpoint=resume / split)
         metrics[f"{split}_accuracy"] = result["accuracy"]
     log.info("pi_ref accuracy: on its pretraining problems %.3f, on test problems %.3f",
              metrics["pretrain_accuracy"], metrics["test_accuracy"])
@@ -124,23 +140,48 @@ def _place(ctx: RunContext, model: PreTrainedModel) -> PreTrainedModel:
 COVERAGE_SAMPLE = 200  # problems per split whose text pi_ref's tokenizer must represent
 
 
-def _source_key(ctx: RunContext) -> str:
-    """The setting that named pi_ref's tokenizer, for messages."""
+def _tokenizer_source(ctx: RunContext) -> tuple[str, str] | None:
+    """(source, setting) of the pretrained model whose tokenizer pi_ref has; None: the task's own tokenizer."""
     model = ctx.cfg.model
     if model.pi_ref.pretrained:
-        return f"model.pi_ref.pretrained={model.pi_ref.pretrained}"
+        return model.pi_ref.pretrained, "model.pi_ref.pretrained"
     if model.pi_ref_init == Init.base and model.base.pretrained:
-        return f"model.base.pretrained={model.base.pretrained}"
-    return f"task={ctx.cfg.task.name} (the tokenizer built for it)"
+        return model.base.pretrained, "model.base.pretrained"
+    return None
+
+
+def _planned_tokenizer(ctx: RunContext) -> PreTrainedTokenizerBase:
+    source = _tokenizer_source(ctx)
+    return load_tokenizer(*source) if source else ctx.task_tokenizer
+
+
+def _tokenizer_key(ctx: RunContext) -> str:
+    """The setting that named pi_ref's tokenizer, for messages."""
+    source = _tokenizer_source(ctx)
+    return f"{source[1]}={source[0]}" if source else f"task={ctx.cfg.task.name} (the tokenizer built for it)"
+
+
+def _planned_context(ctx: RunContext) -> int | None:
+    """The positions prompts and samples have: pi_ref's context, and the return model's when one is built here."""
+    model = ctx.cfg.model
+    source = _tokenizer_source(ctx)
+    if source:
+        context = context_length(load_config(*source))
+    else:
+        context = (model.base if model.pi_ref_init == Init.base else model.pi_ref).max_positions
+    return _within_guide(ctx, context)
+
+
+def _within_guide(ctx: RunContext, context: int | None) -> int | None:
+    guide = ctx.cfg.model.guide
+    built_here = guide.arch.pretrained is None and guide.init == Init.scratch
+    if ctx.uses_return_model and built_here and context:
+        return min(context, guide.arch.max_positions)
+    return context
 
 
 def _codec(ctx: RunContext, tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> PromptCodec:
     """Prompts must also fit the context of a return model built here, in runs that use one."""
     codec = PromptCodec.for_model(tokenizer, model, ctx.cfg.task.chat_template)
-    problems = [p for split in ("train", "test") for p in ctx.task.problems(split)[:COVERAGE_SAMPLE]]
-    codec.check_covers([text for p in problems for text in (p.prompt, ctx.task.target(p))], _source_key(ctx))
-    guide = ctx.cfg.model.guide
-    built_here = guide.arch.pretrained is None and guide.init == Init.scratch
-    if ctx.uses_return_model and built_here and codec.max_positions:
-        codec.max_positions = min(codec.max_positions, guide.arch.max_positions)
+    codec.max_positions = _within_guide(ctx, codec.max_positions)
     return codec
