@@ -84,3 +84,26 @@ def test_report_skips_broken_or_incomplete_runs_and_names_them(sweep, tmp_path, 
     assert f"skipping {files[0]}: not readable JSON" in err and f"skipping {files[1]}: it lacks kl_mean" in err
     rows = list(csv.DictReader((tmp_path / "runs" / "report.csv").open()))
     assert len(rows) == len(files) - 2
+
+
+def test_runs_that_differ_in_an_unshown_setting_get_their_own_rows_and_curves(sweep, tmp_path):
+    import shutil
+
+    runs = tmp_path / "runs"
+    shutil.copytree(sweep, runs, ignore=shutil.ignore_patterns("*.png", "report.*"))
+    qsharp = next(p.parent for p in runs.rglob("config.json") if "qsharp_eta0.1" in str(p))
+    assert json.loads((qsharp / "config.json").read_text())["seed"] == 0  # every run writes its settings
+    other = runs / "seed1"  # the same Q# point, as if run with another seed
+    shutil.copytree(qsharp, other)
+    config, metrics = json.loads((other / "config.json").read_text()), json.loads((other / "metrics.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "seed": 1}))
+    (other / "metrics.json").write_text(json.dumps({**metrics, "dir_evaluation": "elsewhere", "accuracy": 0.0}))
+
+    assert report.main([str(runs)]) == 0
+    table = (runs / "report.md").read_text()
+    assert "| method | settings | eta |" in table
+    assert [line.split("|")[1:3] for line in table.splitlines() if line.startswith("| Q#")] == [
+        [" Q# ", " seed=0 "], [" Q# ", " seed=0 "], [" Q# ", " seed=1 "]]
+    assert "guide_round" not in table  # CD's own default, not a difference between runs of one method
+    rows = next(iter(report.groups(report.find_metrics([runs])).values()))
+    assert {key for key in report.series(rows) if key[0] == "qsharp"} == {("qsharp", "seed=0"), ("qsharp", "seed=1")}

@@ -18,6 +18,7 @@ from qsharp_exp.files import write_json, write_text
 from qsharp_exp.report import print_summary
 from qsharp_exp.stages import base_model, evaluation, pi_ref, policy, return_model
 from qsharp_exp.stages.context import RunContext
+from qsharp_exp.stages.inputs import settings
 from qsharp_exp.tracking import log_run
 
 
@@ -41,6 +42,7 @@ def run(cfg: RunConfig, out_dir: Path, tracker_group: str | None = None) -> dict
         return metrics  # rank 0 owns the run directory and the tracker
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "metrics.json", metrics)
+    write_json(out_dir / "config.json", settings(cfg))  # what the report tells runs apart by
     write_text(out_dir / "samples.jsonl", (evaluated.path / "samples.jsonl").read_text())
     print_summary(metrics)
     log_run(cfg, metrics, out_dir, tracker_group)

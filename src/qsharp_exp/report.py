@@ -18,6 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from qsharp_exp.guidance import RULES
+from qsharp_exp.stages.inputs import NON_SEMANTIC
 from qsharp_exp.training.policy import TRAINERS
 
 
@@ -32,8 +33,10 @@ def algo_label(algo: str) -> str:
     known = {**{n: t.label for n, t in TRAINERS.items()}, **{n: r.label for n, r in RULES.items()}}
     return known.get(algo, algo)
 
-# Colour and marker of each guidance rule's line, by registry order (CD orange squares, Q# blue circles).
+# Colour and marker of each guidance rule's line, by registry order (CD orange squares, Q# blue circles); the
+# line style tells apart runs of one rule that differ in another setting.
 COLORS, MARKERS = ("tab:orange", "tab:blue", "tab:green", "tab:red", "tab:purple"), "so^vD"
+LINESTYLES = ("-", "--", ":", "-.")
 
 
 def _style(rule: str) -> tuple[str, str]:
@@ -67,8 +70,51 @@ def find_metrics(dirs: list[Path]) -> list[dict]:
                       file=sys.stderr)
                 continue
             key = metrics.get("dir_evaluation") or str(path)
-            runs.setdefault(key, {**metrics, "_path": str(path.parent)})
+            runs.setdefault(key, {**metrics, "_path": str(path.parent), "_config": _config(path.parent)})
     return list(runs.values())
+
+
+def _config(run_dir: Path) -> dict | None:
+    """The run's settings by dotted path (its config.json); None for a run written without one."""
+    try:
+        return json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+# Settings a table shows as its headings and columns (model, task, method, eta), and those that never change
+# a result (where files go, progress bars, the tracker).
+SHOWN = frozenset({"model.name", "task.name", "algo.name", "algo.eta"})
+
+
+def differing(rows: list[dict]) -> list[str]:
+    """The settings that differ between runs of one table, so that rows and curves are told apart by them:
+    outside `algo` between any runs, inside it between runs of the same method (each method brings its own
+    defaults, e.g. CD's guide_round)."""
+    configs = [r["_config"] for r in rows if r.get("_config")]
+    keys = []
+    for key in sorted({k for c in configs for k in c}):
+        if key in SHOWN or any(key == n or key.startswith(f"{n}.") for n in NON_SEMANTIC):
+            continue
+        values = defaultdict(set)
+        for c in configs:
+            values[c.get("algo.name") if key.startswith("algo.") else None].add(json.dumps(c.get(key)))
+        if any(len(v) > 1 for v in values.values()):
+            keys.append(key)
+    return keys
+
+
+def _label_settings(rows: list[dict]) -> None:
+    """Each run's `_setting`: its values of the settings that differ in its table ('' where none do)."""
+    keys = differing(rows)
+    for m in rows:
+        config = m.get("_config")
+        if not keys:
+            m["_setting"] = ""
+        elif config is None:
+            m["_setting"] = "settings unknown (no config.json)"
+        else:
+            m["_setting"] = ", ".join(f"{k}={config.get(k)}" for k in keys)
 
 
 def reward_name(rows: list[dict]) -> str:
@@ -90,16 +136,31 @@ def columns(rows: list[dict]) -> list[str]:
 
 
 def _sort_key(m: dict):
-    return algo_order(m["algo"]), m.get("eta") or 0.0
+    return algo_order(m["algo"]), m["_setting"], m.get("eta") or 0.0
 
 
 def groups(runs: list[dict]) -> dict[tuple[str, str], list[dict]]:
-    """Runs by (model, task), the task with its graph shape for star-graph (e.g. star_graph G(2,5))."""
+    """Runs by (model, task), the task with its graph shape for star-graph (e.g. star_graph G(2,5)); each run
+    labelled by the settings that differ within its group."""
     by: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for m in runs:
         task = f"{m['task']} {m['graph']}" if m.get("graph") else m["task"]
         by[(m.get("model") or "?", task)].append(m)
+    for rows in by.values():
+        _label_settings(rows)
     return {k: sorted(v, key=_sort_key) for k, v in sorted(by.items())}
+
+
+def series(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    """One line (or bar) per method and setting: runs that differ in another setting are never joined."""
+    by: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for m in rows:
+        by[(m["algo"], m["_setting"])].append(m)
+    return dict(sorted(by.items(), key=lambda item: (algo_order(item[0][0]), item[0][1])))
+
+
+def series_label(algo: str, setting: str) -> str:
+    return f"{algo_label(algo)} ({setting})" if setting else algo_label(algo)
 
 
 def _fmt(metrics: dict, name: str) -> str:
@@ -119,20 +180,21 @@ def write_tables(runs: list[dict], out: Path) -> None:
     csv_rows = []
     for (model, task), rows in groups(runs).items():
         cols = columns(rows)
-        lines += [f"## {model} / {task}", "", "| method | eta | " + " | ".join(cols) + " |",
-                  "|---|---|" + "---|" * len(cols)]
+        labelled = any(m["_setting"] for m in rows)  # a column of the settings its runs differ in
+        lines += [f"## {model} / {task}", "", "| method | " + ("settings | " if labelled else "") + "eta | "
+                  + " | ".join(cols) + " |", "|---|---|" + ("---|" if labelled else "") + "---|" * len(cols)]
         for m in rows:
             eta = f"{m['eta']:g}" if m.get("eta") is not None else "-"
-            lines.append(f"| {algo_label(m['algo'])} | {eta} | "
-                         + " | ".join(_fmt(m, c) for c in cols) + " |")
+            lines.append(f"| {algo_label(m['algo'])} | " + (f"{m['_setting'] or '-'} | " if labelled else "")
+                         + f"{eta} | " + " | ".join(_fmt(m, c) for c in cols) + " |")
             csv_rows.append({"model": model, "task": task, "method": algo_label(m["algo"]),
-                             "eta": m.get("eta") if m.get("eta") is not None else "",
+                             "settings": m["_setting"], "eta": m.get("eta") if m.get("eta") is not None else "",
                              **{c: m.get(c, "") for c in cols},
                              **{f"{c}_se": m[f"{c}_se"] for c in cols if m.get(f"{c}_se") is not None},
                              "run_dir": m["_path"]})
         lines.append("")
     (out / "report.md").write_text("\n".join(lines))
-    fields = ["model", "task", "method", "eta"]
+    fields = ["model", "task", "method", "settings", "eta"]
     fields += sorted({k for r in csv_rows for k in r} - set(fields) - {"run_dir"}) + ["run_dir"]
     with (out / "report.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
@@ -158,21 +220,25 @@ def write_plots(runs: list[dict], out: Path) -> list[Path]:
         fig, axes = plt.subplots(1, len(by_group), figsize=(5.5 * len(by_group), 4.2), squeeze=False)
         for ax, ((model, task), rows) in zip(axes[0], by_group.items(), strict=True):
             metric = reward_name(rows)
-            for algo in sorted({m["algo"] for m in rows if m["algo"] in RULES}, key=algo_order):
-                points = sorted((m for m in rows if m["algo"] == algo), key=x_of)
+            settings = sorted({m["_setting"] for m in rows})
+            for (algo, setting), points in series(rows).items():
+                if algo not in RULES:
+                    continue
+                points = sorted(points, key=x_of)
                 color, marker = _style(algo)
                 xs, ys = [x_of(m) for m in points], [m[metric] for m in points]
-                ax.plot(xs, ys, marker=marker, color=color, label=algo_label(algo))
+                ax.plot(xs, ys, marker=marker, color=color, label=series_label(algo, setting),
+                        linestyle=LINESTYLES[settings.index(setting) % len(LINESTYLES)])
                 labels: dict[tuple[float, float], list[str]] = defaultdict(list)  # one label per drawn point
                 for m, x, y in zip(points, xs, ys, strict=True):
                     labels[(x, y)].append(f"{m['eta']:g}")
                 for (x, y), etas in labels.items():
                     ax.annotate("eta=" + ", ".join(etas), (x, y), textcoords="offset points", xytext=(4, 4),
                                 fontsize=7, color=color)
-            for m in rows:
-                if m["algo"] == "pi_ref":
-                    ax.axhline(m[metric], color="gray", linestyle="--", label="pi_ref")
-                    break
+            for (algo, setting), points in series(rows).items():
+                if algo == "pi_ref":
+                    ax.axhline(points[0][metric], color="gray", label=series_label(algo, setting),
+                               linestyle=LINESTYLES[1 + settings.index(setting) % (len(LINESTYLES) - 1)])
             if log_x:
                 ax.set_xscale("log")
             ax.set_xlabel(x_label)
@@ -190,7 +256,7 @@ def write_plots(runs: list[dict], out: Path) -> list[Path]:
 
 def write_bar_chart(runs: list[dict], out: Path) -> Path | None:
     """Star-graph accuracy per method, grouped by graph shape, with the 1/d line of the shortcut."""
-    star = [m for m in runs if m.get("graph") and m.get("degree")]
+    star = [m for rows in groups(runs).values() for m in rows if m.get("graph") and m.get("degree")]
     if not star:
         return None
     import matplotlib
@@ -199,18 +265,18 @@ def write_bar_chart(runs: list[dict], out: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     shapes = sorted({m["graph"] for m in star})
-    algos = sorted({m["algo"] for m in star}, key=algo_order)
-    width = 0.8 / len(algos)
-    fig, ax = plt.subplots(figsize=(max(7.0, 1.6 + 1.4 * len(shapes) * len(algos) / 3), 4.2))
-    for j, algo in enumerate(algos):
+    bars = series(star)  # one bar per method and setting in each shape
+    width = 0.8 / len(bars)
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.6 + 1.4 * len(shapes) * len(bars) / 3), 4.2))
+    for j, ((algo, setting), points) in enumerate(bars.items()):
         values = []
         for shape in shapes:
-            # one bar per method and shape: eta 0.1 (the paper's) where a sweep has several
-            points = [m for m in star if m["graph"] == shape and m["algo"] == algo]
-            best = min(points, key=lambda m: abs((m.get("eta") or 0.1) - 0.1)) if points else None
+            # eta 0.1 (the paper's) where a sweep has several
+            at = [m for m in points if m["graph"] == shape]
+            best = min(at, key=lambda m: abs((m.get("eta") or 0.1) - 0.1)) if at else None
             values.append(best["accuracy"] if best else float("nan"))
-        xs = [i + (j - (len(algos) - 1) / 2) * width for i in range(len(shapes))]
-        ax.bar(xs, values, width=width, label=algo_label(algo))
+        xs = [i + (j - (len(bars) - 1) / 2) * width for i in range(len(shapes))]
+        ax.bar(xs, values, width=width, label=series_label(algo, setting))
     for i, shape in enumerate(shapes):
         degree = next(m["degree"] for m in star if m["graph"] == shape)
         ax.hlines(1 / degree, i - 0.45, i + 0.45, colors="black", linestyles="--",

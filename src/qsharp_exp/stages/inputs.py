@@ -96,6 +96,11 @@ def section(cfg: Any, name: str, without: Iterable[str] = ()) -> list[str]:
     return [f"{name}.{f.name}" for f in fields(node) if f.name not in skip]
 
 
+def settings(cfg: Any) -> dict[str, Any]:
+    """Every leaf's value by dotted path: a run's config.json, which the report compares runs by."""
+    return {path: value_at(cfg, path) for path in leaf_paths(cfg)}
+
+
 def leaf_paths(cfg: Any, prefix: str = "") -> list[str]:
     """Every leaf of a config, as dotted paths (for tests that vary each one)."""
     paths = []
