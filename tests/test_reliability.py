@@ -208,3 +208,13 @@ def test_bad_rows_of_a_local_data_file_name_the_file_and_line(tmp_path, content,
     with pytest.raises(UserError, match=message) as err:
         build_task(MathDatasetConfig(name="gsm8k", data_dir=str(tmp_path), num_pretrain=None, num_train=None))
     assert "gsm8k_train.jsonl" in str(err.value)
+
+
+def test_a_sweep_lists_every_invalid_job_before_starting_any(tmp_path):
+    err = fails_cleanly("-m", *SMOKE, "algo.eta=0,0.1,-1", "algo=cd,qsharp", f"cache_dir={tmp_path / 'cache'}",
+                        f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    assert "4 job(s) of this sweep have config errors; none was started" in err
+    listed = [line.strip().split(":")[0] for line in err.splitlines() if line.startswith("  job ")]
+    assert listed == ["job 0 (algo.eta=0 algo=cd)", "job 1 (algo.eta=0 algo=qsharp)",
+                      "job 4 (algo.eta=-1 algo=cd)", "job 5 (algo.eta=-1 algo=qsharp)"]
+    assert not (tmp_path / "sweep").exists() and not (tmp_path / "cache").exists()

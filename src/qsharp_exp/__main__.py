@@ -13,11 +13,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from qsharp_exp.compose import load_run_config, register_schema
+from qsharp_exp.compose import CONF_DIR, load_run_config, register_schema
 from qsharp_exp.config import ConfigError, UserError
 from qsharp_exp.failures import blocked_output_dir, disk_error, exit_with, interrupted
+from qsharp_exp.sweep import sweep_errors
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 register_schema()
 
 
@@ -58,6 +58,9 @@ def cli() -> None:
     logging.raiseExceptions = False  # a log file on a full disk: not a traceback per line (the error says why)
     if (message := blocked_output_dir(sys.argv[1:])) is not None:
         exit_with(message)
+    if errors := sweep_errors(sys.argv[1:]):
+        exit_with(f"{len(errors)} job(s) of this sweep have config errors; none was started:\n"
+                  + "\n".join(f"  {e}" for e in errors))
     main()
 
 

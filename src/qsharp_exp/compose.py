@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import fields, is_dataclass
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -16,6 +17,8 @@ from omegaconf.errors import OmegaConfBaseException
 from qsharp_exp.algos import algo_kind
 from qsharp_exp.config import ConfigError, FieldError, RunConfig, TaskConfig, as_dict
 from qsharp_exp.tasks import task_config_class
+
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")  # the config tree beside src/
 
 
 def validate(cfg: RunConfig) -> None:
