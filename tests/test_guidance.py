@@ -109,6 +109,13 @@ def test_sampler_logprobs_applies_temperature_then_top_p():
     torch.testing.assert_close(hot, expected)
 
 
+def test_a_vanishing_top_p_keeps_the_most_likely_token_alone():
+    """Rounding leaves the top token with a mass before it of ~1e-8: top_p below that kept no token at all."""
+    logits = torch.tensor([[0.3, 2.0, -1.0, 0.7]] * 3) + torch.randn(3, 4) * 1e-3
+    kept = G.sampler_logprobs(logits, 1.0, 1e-300).exp()
+    assert torch.equal(kept, torch.nn.functional.one_hot(logits.argmax(-1), 4).float())
+
+
 def test_paper_compat_adds_the_offset_before_the_temperature_and_top_p_after_guidance():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     cands, offsets = torch.tensor([[2]]), torch.tensor([[3.0]])

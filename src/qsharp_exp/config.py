@@ -84,6 +84,11 @@ def within(obj: Any, name: str, low: float, high: float, why: str) -> None:
 ETA_RANGE = (1e-6, 1e6)
 TEMPERATURE_RANGE = (1e-3, 1e3)
 ATOM_LIMIT = 1e6
+# An AdamW step moves each weight by up to lr, and multiplies it by 1 - lr * weight_decay: above 1, weights
+# grow without bound (or flip sign each step) until they overflow float32.
+MAX_LR = 1.0
+# Rewards, DPO's beta and RPO's NLL weight scale a float32 loss; beyond this it overflows.
+LOSS_SCALE_LIMIT = 1e6
 
 
 def in_unit_interval(obj: Any, name: str, closed_above: bool = True) -> None:
@@ -93,9 +98,15 @@ def in_unit_interval(obj: Any, name: str, closed_above: bool = True) -> None:
 
 
 def optimiser_checks(obj: Any) -> None:
-    """lr > 0 and finite, weight_decay >= 0, warmup_steps >= 0 (every section that trains has these)."""
+    """0 < lr <= MAX_LR, weight_decay >= 0 with lr * weight_decay <= 1, warmup_steps >= 0 (every section
+    that trains has these)."""
     positive(obj, "lr")
+    within(obj, "lr", 0, MAX_LR, "an AdamW step moves each weight by up to lr")
     at_least(obj, "weight_decay", 0)
+    if obj.weight_decay * obj.lr > 1:
+        raise FieldError("weight_decay", f"{{key}}={obj.weight_decay} times lr={obj.lr} must be <= 1 (AdamW "
+                                         f"multiplies each weight by 1 - lr * weight_decay every step): set e.g. "
+                                         f"{{key}}={_default(obj, 'weight_decay', 0.0)}.")
     at_least(obj, "warmup_steps", 0)
 
 
@@ -273,6 +284,10 @@ class PolicyConfig:
     def __post_init__(self) -> None:
         optimiser_checks(self)
         positive(self, "beta")
+        within(self, "beta", 0, LOSS_SCALE_LIMIT, "DPO's logits are beta times a log-ratio")
+        for name in ("reward_correct", "reward_wrong"):
+            within(self, name, -LOSS_SCALE_LIMIT, LOSS_SCALE_LIMIT, "it scales REINFORCE's loss")
+        within(self, "nll_weight", 0, LOSS_SCALE_LIMIT, "it scales RPO's NLL term")
         within(self, "sample_temperature", *TEMPERATURE_RANGE, "logits are divided by it")
         for name in ("steps", "batch_size", "rejected_tries"):
             at_least(self, name, 1)

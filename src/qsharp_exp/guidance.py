@@ -71,6 +71,7 @@ def sampler_logprobs(logits: torch.Tensor, temperature: float, top_p: float) -> 
     sorted_logp, order = torch.sort(logp, dim=-1, descending=True)
     mass_before = torch.cumsum(sorted_logp.exp(), dim=-1) - sorted_logp.exp()
     drop_sorted = mass_before >= top_p  # keep the smallest prefix whose mass reaches top_p
+    drop_sorted[..., 0] = False  # and the most likely token always (rounding gives it mass_before > 0)
     drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
     return torch.log_softmax(logp.masked_fill(drop, float("-inf")), dim=-1)
 
