@@ -46,10 +46,10 @@ def _telling(lines: list[str]) -> str:
     return lines[-1] if lines else "(nothing on stderr)"
 
 
-def data_dir(work: Path, train: bytes | None) -> Path:
+def data_dir(work: Path, train: bytes | None, test: bytes | None = None) -> Path:
     d = work / "data"
     d.mkdir(exist_ok=True)
-    (d / "gsm8k_test.jsonl").write_text(json.dumps(ROW) + "\n")
+    (d / "gsm8k_test.jsonl").write_bytes(test or json.dumps(ROW).encode() + b"\n")
     (d / "gsm8k_train.jsonl").unlink(missing_ok=True)
     if train is not None:
         (d / "gsm8k_train.jsonl").write_bytes(train)
@@ -89,8 +89,8 @@ def cases(work: Path, second: bool = False) -> list[tuple[str, Callable[[], dict
     def cli(*args: str, env: dict | None = None) -> Callable[[], dict]:
         return lambda: run([*args, f"cache_dir={work / 'c'}", f"hydra.run.dir={work / 'r'}"], work, env)
 
-    def with_data(train: bytes | None) -> Callable[[], dict]:
-        return lambda: run([*GSM8K_TINY, f"task.data_dir={data_dir(work, train)}", f"cache_dir={work / 'c'}",
+    def with_data(train: bytes | None, test: bytes | None = None) -> Callable[[], dict]:
+        return lambda: run([*GSM8K_TINY, f"task.data_dir={data_dir(work, train, test)}", f"cache_dir={work / 'c'}",
                             f"hydra.run.dir={work / 'r'}"], work)
 
     def pretrained(broken: bool) -> Callable[[], dict]:
@@ -185,7 +185,38 @@ def cases(work: Path, second: bool = False) -> list[tuple[str, Callable[[], dict
         tokenizer.save_pretrained(path)
         return cli(*SMOKE, "model.pi_ref_init=scratch", "model.guide.init=scratch", f"model.pi_ref.pretrained={path}")()
 
+    def seeds_in_one_report() -> dict:
+        """Two Q# runs that differ in the seed only, reported together."""
+        result = run(["-m", *SMOKE, "eval.num_samples=2", "seed=0,1", f"cache_dir={work / 'c'}",
+                      f"hydra.sweep.dir={work / 'sweep'}"], work)
+        if result["rc"] != 0:
+            return result
+        table = run([str(work / "sweep")], work, module="qsharp_exp.report")
+        rows = [" ".join(line.split("|")[1:4]).split() for line in table["log"].splitlines() if line.startswith("| Q#")]
+        table["message"] = "(the report is written) its Q# rows: " + "; ".join(" ".join(r) for r in rows)
+        return table
+
+    def new_eval_batch_size() -> dict:
+        """The same run with eval.batch_size 64, then 7, on one cache: which stages are built again."""
+        first = cli(*SMOKE, "eval.num_samples=2", "eval.batch_size=64")()
+        if first["rc"] != 0:
+            return first
+        again = cli(*SMOKE, "eval.num_samples=2", "eval.batch_size=7")()
+        built = [line.split(": building")[0].split()[-1] for line in again["log"].splitlines() if ": building" in line]
+        again["message"] = "(the run completes) built again: " + ", ".join(built)
+        return again
+
+    def sweep(*args: str) -> Callable[[], dict]:
+        """A sweep: its error line, then the jobs it names."""
+        def go() -> dict:
+            result = run(["-m", *args, f"cache_dir={work / 'c'}", f"hydra.sweep.dir={work / 'sweep'}"], work)
+            jobs = [line.strip() for line in result["stderr"].splitlines() if line.startswith("  job ")]
+            result["message"] = " / ".join([result["message"], *jobs])
+            return result
+        return go
+
     (work / "a_file").write_text("")
+    long_problem = json.dumps({**ROW, "problem": "What is " + "1 + " * 5_000 + "1?"}).encode() + b"\n"
     second_round = [
         ("`algo.eta=1e-300`", cli("algo.eta=1e-300")),
         ("`model.guide.distribution=histogram model.guide.v_max=inf`",
@@ -202,6 +233,12 @@ def cases(work: Path, second: bool = False) -> list[tuple[str, Callable[[], dict
         ("`model.pi_ref.pretrained=` a BERT encoder", encoder),
         ("`task.num_nodes=16` with a pi_ref saved for 12 labels", other_labels),
         ("`guide_train.val_fraction=0`", cli(*SMOKE, "guide_train.val_fraction=0")),
+        ("report: two Q# runs that differ in `seed` only", seeds_in_one_report),
+        ("`eval.batch_size=7` after the same run with 64, one cache", new_eval_batch_size),
+        ("gsm8k test file: a 20,000-character problem", with_data((json.dumps(ROW).encode() + b"\n") * 8,
+                                                                   json.dumps(ROW).encode() + b"\n" + long_problem)),
+        ("`collect.samples_per_problem=1`", cli(*SMOKE, "collect.samples_per_problem=1")),
+        ("sweep `-m algo.eta=0,0.1,1 algo=cd,qsharp`", sweep(*SMOKE, "algo.eta=0,0.1,1", "algo=cd,qsharp")),
     ]
     return second_round if second else [
         ("`algo.eta=-1`", cli("algo.eta=-1")),
@@ -276,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
                 message = message[:297] + "..."
             rows.append(f"| {name} | {result['rc']} | {'yes' if result['traceback'] else 'no'} | {message} |")
             print(rows[-1], flush=True)
-            for scratch in ("c", "r", "again"):
+            for scratch in ("c", "r", "again", "sweep"):
                 shutil.rmtree(work / scratch, ignore_errors=True)
     if args.out:
         args.out.write_text("\n".join(rows) + "\n")
