@@ -1,1 +1,5 @@
 """qsharp_exp: Q#, CD and pi_ref value-guided decoding experiments."""
+
+from qsharp_exp.sampling.logits_processor import GuidanceLogitsProcessor
+
+__all__ = ["GuidanceLogitsProcessor"]

@@ -1,0 +1,96 @@
+"""Value-guided sampling inside transformers' own `model.generate`: a `LogitsProcessor` that turns pi_ref's
+next-token logits into the guided distribution of a trained return model (Q#, CD, or any registered rule).
+
+    guide = qsharp_exp.load_guide("path/to/return_model")
+    processor = qsharp_exp.GuidanceLogitsProcessor(guide, rule="qsharp", eta=0.1, top_k=20,
+                                                   pad_token_id=tokenizer.pad_token_id,
+                                                   eos_token_id=tokenizer.eos_token_id)
+    out = pi_ref.generate(**batch, max_new_tokens=64, **processor.generate_kwargs())
+    processor.kl  # [B] KL(pi || pi_ref) of each response, nats
+
+It computes what the framework's sampler computes (docs/method.md, section 3): pi_ref's sampler
+distribution (temperature, then top-p: the processor's own `temperature` and `top_p`), its top-k candidates
+shifted by the rule's offsets, renormalised. `generate` must then sample from that as it is:
+`do_sample=True, temperature=1.0, top_k=0, top_p=1.0` (what `generate_kwargs()` returns); a temperature or
+top-p given to `generate` would be applied a second time, after guidance.
+
+The guide keeps its own KV cache across steps, one guide pass per step as in the framework's loop. Prompts are
+left-padded; the prompt mask is read from the leading `pad_token_id`s. Rows that emitted an `eos_token_id`
+stop adding KL. A call whose input is not the previous one plus one token starts afresh (a new `generate`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList
+
+from qsharp_exp import guidance as G
+from qsharp_exp.config import ETA_RANGE, TEMPERATURE_RANGE
+from qsharp_exp.guidance import RULES, Guidance
+from qsharp_exp.prompts import context_length
+from qsharp_exp.sampling.decoding import DecodeOptions, Guided
+
+if TYPE_CHECKING:
+    from qsharp_exp.models.return_model import ReturnModel
+
+
+class GuidanceLogitsProcessor(LogitsProcessor):
+    def __init__(self, guide: ReturnModel, rule: str = "qsharp", eta: float = 0.1, top_k: int = 20,
+                 non_candidates: str = "keep", temperature: float = 1.0, top_p: float = 1.0,
+                 pad_token_id: int | None = None, eos_token_id: int | Sequence[int] | None = None,
+                 max_new_tokens: int | None = None) -> None:
+        """`guide`: a return model (`load_guide`) on the device of pi_ref, sharing its tokenizer. `max_new_tokens`:
+        the most tokens one `generate` call samples (the guide's cache is sized by it; default: up to the guide's
+        context)."""
+        if not ETA_RANGE[0] <= eta <= ETA_RANGE[1]:
+            raise ValueError(f"eta={eta} must lie in [{ETA_RANGE[0]:g}, {ETA_RANGE[1]:g}]")
+        if not TEMPERATURE_RANGE[0] <= temperature <= TEMPERATURE_RANGE[1] or not 0 < top_p <= 1:
+            raise ValueError(f"temperature={temperature} must lie in [{TEMPERATURE_RANGE[0]:g}, "
+                             f"{TEMPERATURE_RANGE[1]:g}] and top_p={top_p} in (0, 1]")
+        if non_candidates not in ("keep", "mask") or top_k < 1:
+            raise ValueError(f"non_candidates={non_candidates!r} must be 'keep' or 'mask', top_k={top_k} >= 1")
+        self.guidance = Guidance(guide.eval(), RULES[rule], eta, top_k, non_candidates == "mask")
+        self.temperature, self.top_p = temperature, top_p
+        self.pad_token_id = pad_token_id
+        eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or [])
+        self.eos_ids = torch.tensor(eos, dtype=torch.long)
+        self.max_new_tokens = max_new_tokens
+        self._guided: Guided | None = None
+        self._length = 0
+        self._alive = torch.ones(0, dtype=torch.bool)
+        self.kl = torch.zeros(0)  # [B] KL(pi || pi_ref) of each response so far, nats
+
+    def generate_kwargs(self) -> dict:
+        """The `generate` arguments that sample from the guided distribution as it is."""
+        return {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0,
+                "logits_processor": LogitsProcessorList([self])}
+
+    @torch.no_grad()
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self._guided is None or input_ids.shape != (self._alive.shape[0], self._length + 1):
+            self._start(input_ids)
+        else:
+            token = input_ids[:, -1]
+            self._alive = self._alive & ~torch.isin(token, self.eos_ids.to(token.device))
+            self._guided.advance(token, self._alive)
+            self._length += 1
+        ref_logp = G.sampler_logprobs(scores, self.temperature, self.top_p)
+        logp, kl = self._guided.logprobs(scores, ref_logp)
+        self.kl += kl * self._alive
+        return logp
+
+    def _start(self, prompts: torch.Tensor) -> None:
+        """A new batch of left-padded prompts: the guide reads them into a fresh cache."""
+        if self.pad_token_id is None:
+            mask = torch.ones_like(prompts)
+        else:
+            mask = ((prompts != self.pad_token_id).long().cumsum(-1) > 0).long()  # leading pads only
+        context = context_length(self.guidance.model.trunk.config) or prompts.shape[1] + 1
+        capacity = prompts.shape[1] + (self.max_new_tokens or max(1, context - prompts.shape[1]))
+        self._guided = Guided(self.guidance, prompts, mask, capacity, DecodeOptions())
+        self._length = prompts.shape[1]
+        self._alive = torch.ones(prompts.shape[0], dtype=torch.bool, device=prompts.device)
+        self.kl = torch.zeros(prompts.shape[0], device=prompts.device)

@@ -1,0 +1,78 @@
+"""GuidanceLogitsProcessor: transformers' own `generate`, guided, samples from the distribution the framework's
+sampler samples from (recomputed here from scratch, without caches), with left padding and early stops."""
+
+import pytest
+import torch
+
+from helpers import make_guide
+from qsharp_exp import GuidanceLogitsProcessor
+from qsharp_exp import guidance as G
+from qsharp_exp.padding import left_pad
+from qsharp_exp.sampling import SamplingSpec
+from test_decoding import ragged, uncached_guided_logprobs
+
+SPEC = SamplingSpec(temperature=0.9, top_p=0.95, max_new_tokens=6)
+
+
+def guided_generate(pi_ref, tokenizer, processor, rows, **kwargs):
+    ids, mask = left_pad(rows, tokenizer.pad_token_id)
+    kwargs = {**processor.generate_kwargs(), **kwargs}
+    return pi_ref.generate(input_ids=ids, attention_mask=mask, max_new_tokens=SPEC.max_new_tokens,
+                           pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                           output_scores=True, return_dict_in_generate=True, **kwargs)
+
+
+def processor_for(guide, tokenizer, rule, mask_non_candidates=False):
+    return GuidanceLogitsProcessor(guide, rule=rule, eta=0.5, top_k=5,
+                                   non_candidates="mask" if mask_non_candidates else "keep",
+                                   temperature=SPEC.temperature, top_p=SPEC.top_p,
+                                   pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                                   max_new_tokens=SPEC.max_new_tokens)
+
+
+@pytest.mark.parametrize("head", ["q", "v"])
+@pytest.mark.parametrize("rule", ["qsharp", "cd"])
+def test_generate_with_the_processor_samples_the_frameworks_guided_distribution(pi_ref, tokenizer, tiny_task,
+                                                                                 head, rule):
+    guide = make_guide(tokenizer, arch="gpt2", head=head)
+    processor = processor_for(guide, tokenizer, rule)
+    rows = ragged(tokenizer, tiny_task, 4)
+    torch.manual_seed(0)
+    out = guided_generate(pi_ref, tokenizer, processor, rows)
+    width = max(map(len, rows))
+    for i, prompt in enumerate(rows):
+        response = out.sequences[i, width:].tolist()
+        length = response.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in response else len(response)
+        expected = uncached_guided_logprobs(pi_ref, guide, prompt, response[:length], SPEC, 5, 0.5, rule, False)
+        for step, logp in enumerate(expected):
+            got = out.scores[step][i : i + 1]
+            assert torch.equal(torch.isinf(got), torch.isinf(logp)), (i, step)
+            finite = torch.isfinite(logp)
+            assert torch.allclose(got[finite], logp[finite], atol=1e-4), (i, step)
+        reference = uncached_guided_logprobs(pi_ref, None, prompt, response[:length], SPEC, 5, 0.5, rule, False)
+        kl = sum(G.kl_divergence(lp, rp).item() for lp, rp in zip(expected, reference, strict=True))
+        assert processor.kl[i].item() == pytest.approx(kl, rel=1e-4, abs=1e-5)
+
+
+@pytest.mark.parametrize("head", ["q", "v"])
+def test_a_left_padded_batch_generates_what_each_prompt_generates_alone(pi_ref, tokenizer, tiny_task, head):
+    """Greedy on the guided distribution: the same tokens and distributions with and without padding."""
+    guide = make_guide(tokenizer, arch="gpt2", head=head)
+    processor = processor_for(guide, tokenizer, "qsharp", mask_non_candidates=True)
+    rows = ragged(tokenizer, tiny_task, 3)
+    batch = guided_generate(pi_ref, tokenizer, processor, rows, do_sample=False)
+    width = max(map(len, rows))
+    for i, prompt in enumerate(rows):
+        alone = guided_generate(pi_ref, tokenizer, processor, [prompt], do_sample=False)
+        steps = alone.sequences.shape[1] - len(prompt)
+        assert batch.sequences[i, width : width + steps].tolist() == alone.sequences[0, len(prompt):].tolist()
+        for step in range(steps):
+            assert torch.allclose(batch.scores[step][i], alone.scores[step][0], atol=1e-4)
+
+
+def test_bad_settings_are_refused_naming_them(tokenizer):
+    guide = make_guide(tokenizer)
+    with pytest.raises(ValueError, match="eta=0"):
+        GuidanceLogitsProcessor(guide, eta=0)
+    with pytest.raises(ValueError, match="non_candidates='drop'"):
+        GuidanceLogitsProcessor(guide, non_candidates="drop")
