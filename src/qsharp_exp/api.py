@@ -1,0 +1,63 @@
+"""The Python API (docs/api.md): what the command line does, from a notebook or a script.
+
+    import qsharp_exp
+    cfg = qsharp_exp.compose("+experiment=smoke", "algo=qsharp", "algo.eta=0.1")
+    metrics = qsharp_exp.run(cfg, "outputs/notebook")
+    pi_ref, tokenizer = qsharp_exp.load_pi_ref(metrics)
+    guide = qsharp_exp.load_guide(metrics)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from qsharp_exp.compose import CONF_DIR, load_run_config, register_schema
+from qsharp_exp.config import RunConfig
+from qsharp_exp.models.return_model import ReturnModel
+
+
+def compose(*overrides: str) -> RunConfig:
+    """The checked config of `python -m qsharp_exp <overrides>` (a ConfigError names a bad key or value)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    register_schema()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return load_run_config(hydra_compose(config_name="config", overrides=list(overrides)))
+
+
+def run(cfg: RunConfig, out_dir: str | Path) -> dict:
+    """Run the pipeline of `cfg` (stages in cfg.cache_dir are reused) and return its metrics.json, also
+    written into `out_dir` with samples.jsonl and config.json."""
+    from qsharp_exp.pipeline import run as run_pipeline
+
+    return run_pipeline(cfg, Path(out_dir))
+
+
+def load_pi_ref(metrics: dict | str | Path, dtype: torch.dtype | None = None
+                ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """pi_ref and its tokenizer: from a run's metrics (its pi_ref, pretrained here or not), or a model folder."""
+    source = _pi_ref_source(metrics) if isinstance(metrics, dict) else str(metrics)
+    return AutoModelForCausalLM.from_pretrained(source, dtype=dtype).eval(), AutoTokenizer.from_pretrained(source)
+
+
+def load_guide(source: dict | str | Path, dtype: torch.dtype | None = None) -> ReturnModel:
+    """A trained return model (the guide): a run's metrics (its guiding round's model, the last one where it
+    ranks only), a return model folder, or a hub id."""
+    if isinstance(source, dict):
+        rounds = sorted(k for k in source if k.startswith("dir_return_model_round"))
+        if not rounds:
+            raise ValueError("these metrics name no return model: the run trained none (algo=pi_ref without "
+                             "ranking, or a policy baseline)")
+        chosen = f"dir_return_model_round{source['guide_round']}" if source.get("guide_round") else rounds[-1]
+        source = Path(source[chosen]) / "model"
+    return ReturnModel.from_pretrained(source, dtype=dtype).eval()
+
+
+def _pi_ref_source(metrics: dict) -> str:
+    if "dir_pi_ref" in metrics:
+        return str(Path(metrics["dir_pi_ref"]) / "model")
+    raise ValueError("these metrics name no pi_ref folder: pi_ref was pretrained elsewhere; pass its hub id or path")
