@@ -1,6 +1,8 @@
 """GuidanceLogitsProcessor: transformers' own `generate`, guided, samples from the distribution the framework's
 sampler samples from (recomputed here from scratch, without caches), with left padding and early stops."""
 
+import json
+
 import pytest
 import torch
 
@@ -76,3 +78,32 @@ def test_bad_settings_are_refused_naming_them(tokenizer):
         GuidanceLogitsProcessor(guide, eta=0)
     with pytest.raises(ValueError, match="non_candidates='drop'"):
         GuidanceLogitsProcessor(guide, non_candidates="drop")
+
+
+def test_the_generate_command_prints_each_guided_completion_with_its_kl(pi_ref, tokenizer, tiny_task, tmp_path,
+                                                                        capsys):
+    from qsharp_exp.generate import main
+
+    pi_ref.save_pretrained(tmp_path / "pi_ref")
+    tokenizer.save_pretrained(tmp_path / "pi_ref")
+    make_guide(tokenizer).save_pretrained(tmp_path / "guide")
+    prompts = [p.prompt for p in tiny_task.problems("test")[:2]]
+    args = ["--pi-ref", str(tmp_path / "pi_ref"), "--guide", str(tmp_path / "guide"), "--eta", "0.5",
+            "--top-k", "5", "--max-new-tokens", "6", "--samples", "2", *(a for p in prompts for a in ("--prompt", p))]
+    assert main(args) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["prompt"] for r in rows] == [prompts[0]] * 2 + [prompts[1]] * 2
+    assert all(r["kl"] >= 0 for r in rows) and any(r["kl"] > 0 for r in rows)
+
+
+def test_the_generate_command_refuses_a_guide_of_another_vocabulary(pi_ref, tokenizer, tmp_path, capsys):
+    from qsharp_exp.generate import main
+
+    pi_ref.save_pretrained(tmp_path / "pi_ref")
+    tokenizer.save_pretrained(tmp_path / "pi_ref")
+    from qsharp_exp.tasks.star_graph import StarGraphConfig, StarGraphTask
+
+    other = StarGraphTask(StarGraphConfig(num_nodes=20, num_pretrain=1, num_train=1, num_test=1)).build_tokenizer()
+    make_guide(other).save_pretrained(tmp_path / "guide")
+    assert main(["--pi-ref", str(tmp_path / "pi_ref"), "--guide", str(tmp_path / "guide"), "--prompt", "x"]) == 1
+    assert "use the guide trained with this pi_ref" in capsys.readouterr().err

@@ -12,10 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from qsharp_exp.compose import CONF_DIR, load_run_config, register_schema
 from qsharp_exp.config import RunConfig
+from qsharp_exp.models.lm import load_pretrained_lm, load_tokenizer
 from qsharp_exp.models.return_model import ReturnModel
 
 
@@ -41,7 +42,7 @@ def load_pi_ref(metrics: dict | str | Path, dtype: torch.dtype | None = None
                 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """pi_ref and its tokenizer: from a run's metrics (its pi_ref, pretrained here or not), or a model folder."""
     source = _pi_ref_source(metrics) if isinstance(metrics, dict) else str(metrics)
-    return AutoModelForCausalLM.from_pretrained(source, dtype=dtype).eval(), AutoTokenizer.from_pretrained(source)
+    return load_pretrained_lm(source, "pi_ref", dtype).eval(), load_tokenizer(source, "pi_ref")
 
 
 def load_guide(source: dict | str | Path, dtype: torch.dtype | None = None) -> ReturnModel:

@@ -50,8 +50,9 @@ class GuidanceLogitsProcessor(LogitsProcessor):
         if not TEMPERATURE_RANGE[0] <= temperature <= TEMPERATURE_RANGE[1] or not 0 < top_p <= 1:
             raise ValueError(f"temperature={temperature} must lie in [{TEMPERATURE_RANGE[0]:g}, "
                              f"{TEMPERATURE_RANGE[1]:g}] and top_p={top_p} in (0, 1]")
-        if non_candidates not in ("keep", "mask") or top_k < 1:
-            raise ValueError(f"non_candidates={non_candidates!r} must be 'keep' or 'mask', top_k={top_k} >= 1")
+        if non_candidates not in ("keep", "mask") or not 1 <= top_k <= guide.vocab_size:
+            raise ValueError(f"non_candidates={non_candidates!r} must be 'keep' or 'mask', top_k={top_k} within "
+                             f"1..{guide.vocab_size} (the guide's vocabulary)")
         self.guidance = Guidance(guide.eval(), RULES[rule], eta, top_k, non_candidates == "mask")
         self.temperature, self.top_p = temperature, top_p
         self.pad_token_id = pad_token_id

@@ -1,0 +1,96 @@
+"""`python -m qsharp_exp.generate --pi-ref MODEL --guide DIR --prompt "..."`: guide one's own prompts with a
+trained guide, through transformers' `generate` and the GuidanceLogitsProcessor, and print each guided
+completion with its KL to pi_ref.
+
+Prompts come from `--prompt` (repeatable) or `--prompts FILE.jsonl` (one object per line with a "prompt"),
+and are fed as they are (apply a chat template first if pi_ref expects one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from qsharp_exp.config import UserError
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m qsharp_exp.generate", description=__doc__.splitlines()[0])
+    parser.add_argument("--pi-ref", required=True, help="pi_ref: a hub id or a model folder (a run's pi_ref/model)")
+    parser.add_argument("--guide", required=True, help="a trained return model folder (a run's return_model/model)")
+    parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for several)")
+    parser.add_argument("--prompts", type=Path, help="a JSONL file with a 'prompt' per line")
+    parser.add_argument("--rule", default="qsharp", help="the guidance rule: qsharp, cd, or another registered one")
+    parser.add_argument("--eta", type=float, default=0.1, help="KL weight (smaller: stronger guidance)")
+    parser.add_argument("--top-k", type=int, default=20, help="pi_ref's candidates the guide rescores")
+    parser.add_argument("--non-candidates", default="keep", choices=["keep", "mask"])
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--samples", type=int, default=1, help="completions per prompt")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return parser.parse_args(argv)
+
+
+def read_prompts(args: argparse.Namespace) -> list[str]:
+    prompts = list(args.prompt)
+    if args.prompts is not None:
+        if not args.prompts.is_file():
+            raise UserError(f"--prompts {args.prompts}: no such file")
+        for number, line in enumerate(args.prompts.read_text().splitlines(), 1):
+            if line.strip():
+                try:
+                    prompts.append(json.loads(line)["prompt"])
+                except (ValueError, KeyError, TypeError):
+                    raise UserError(f"{args.prompts}, line {number}: not a JSON object with a 'prompt'") from None
+    if not prompts:
+        raise UserError("no prompts: give --prompt TEXT (repeatable) or --prompts FILE.jsonl")
+    return prompts
+
+
+def guided(args: argparse.Namespace, prompts: list[str]) -> list[dict]:
+    """Each prompt's completions, with their KL to pi_ref (nats)."""
+    from qsharp_exp.api import load_guide, load_pi_ref
+    from qsharp_exp.padding import left_pad
+    from qsharp_exp.sampling.logits_processor import GuidanceLogitsProcessor
+
+    pi_ref, tokenizer = load_pi_ref(args.pi_ref)
+    guide = load_guide(args.guide)
+    if guide.vocab_size != len(tokenizer):
+        raise UserError(f"--guide {args.guide} scores a vocabulary of {guide.vocab_size} tokens and pi_ref's "
+                        f"tokenizer has {len(tokenizer)}: use the guide trained with this pi_ref.")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    processor = GuidanceLogitsProcessor(
+        guide.to(args.device), rule=args.rule, eta=args.eta, top_k=args.top_k, non_candidates=args.non_candidates,
+        temperature=args.temperature, top_p=args.top_p, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
+        max_new_tokens=args.max_new_tokens)
+    jobs = [p for p in prompts for _ in range(args.samples)]
+    ids, mask = left_pad([tokenizer(p, add_special_tokens=False)["input_ids"] for p in jobs], pad)
+    torch.manual_seed(args.seed)
+    with torch.no_grad():
+        out = pi_ref.to(args.device).generate(input_ids=ids.to(args.device), attention_mask=mask.to(args.device),
+                                              max_new_tokens=args.max_new_tokens, pad_token_id=pad,
+                                              eos_token_id=tokenizer.eos_token_id, **processor.generate_kwargs())
+    texts = tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
+    return [{"prompt": p, "completion": t, "kl": round(k, 6)}
+            for p, t, k in zip(jobs, texts, processor.kl.tolist(), strict=True)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    try:
+        for row in guided(args, read_prompts(args)):
+            print(json.dumps(row))
+    except (UserError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
