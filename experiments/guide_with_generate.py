@@ -23,7 +23,7 @@ from qsharp_exp.tasks import build_task
 
 
 def main(overrides: list[str]) -> int:
-    cfg = qsharp_exp.compose("algo=qsharp", *overrides)
+    cfg = qsharp_exp.compose_config("algo=qsharp", *overrides)
     with tempfile.TemporaryDirectory() as out:
         metrics = qsharp_exp.run(cfg, out)
     pi_ref, tokenizer = qsharp_exp.load_pi_ref(metrics)

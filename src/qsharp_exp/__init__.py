@@ -7,13 +7,17 @@ import importlib
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+# transformers' Auto classes learn the return model and the conv-stem models (AutoModel.from_pretrained(folder)).
+from qsharp_exp.models import return_model as _return_model  # noqa: F401
+from qsharp_exp.models import stem as _stem  # noqa: F401
+
 try:
     __version__ = version("qsharp_exp")
 except PackageNotFoundError:  # run from a source tree that was never installed
     __version__ = "0+unknown"
 
-# Imported on first use, so that `python -m qsharp_exp` with a bad config answers before torch is loaded.
-_API = {"compose": "qsharp_exp.api", "run": "qsharp_exp.api", "load_pi_ref": "qsharp_exp.api",
+# Imported on first use.
+_API = {"compose_config": "qsharp_exp.api", "run": "qsharp_exp.api", "load_pi_ref": "qsharp_exp.api",
         "load_guide": "qsharp_exp.api", "GuidanceLogitsProcessor": "qsharp_exp.sampling.logits_processor"}
 __all__ = ["__version__", *_API]
 

@@ -1,7 +1,7 @@
 """The Python API (docs/api.md): what the command line does, from a notebook or a script.
 
     import qsharp_exp
-    cfg = qsharp_exp.compose("+experiment=smoke", "algo=qsharp", "algo.eta=0.1")
+    cfg = qsharp_exp.compose_config("+experiment=smoke", "algo=qsharp", "algo.eta=0.1")
     metrics = qsharp_exp.run(cfg, "outputs/notebook")
     pi_ref, tokenizer = qsharp_exp.load_pi_ref(metrics)
     guide = qsharp_exp.load_guide(metrics)
@@ -16,11 +16,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from qsharp_exp.compose import CONF_DIR, load_run_config, register_schema
 from qsharp_exp.config import RunConfig
+from qsharp_exp.export_guide import guide_folder
 from qsharp_exp.models.lm import load_pretrained_lm, load_tokenizer
 from qsharp_exp.models.return_model import ReturnModel
 
 
-def compose(*overrides: str) -> RunConfig:
+def compose_config(*overrides: str) -> RunConfig:
     """The checked config of `python -m qsharp_exp <overrides>` (a ConfigError names a bad key or value)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -49,12 +50,7 @@ def load_guide(source: dict | str | Path, dtype: torch.dtype | None = None) -> R
     """A trained return model (the guide): a run's metrics (its guiding round's model, the last one where it
     ranks only), a return model folder, or a hub id."""
     if isinstance(source, dict):
-        rounds = sorted(k for k in source if k.startswith("dir_return_model_round"))
-        if not rounds:
-            raise ValueError("these metrics name no return model: the run trained none (algo=pi_ref without "
-                             "ranking, or a policy baseline)")
-        chosen = f"dir_return_model_round{source['guide_round']}" if source.get("guide_round") else rounds[-1]
-        source = Path(source[chosen]) / "model"
+        source = guide_folder(source) / "model"
     return ReturnModel.from_pretrained(source, dtype=dtype).eval()
 
 

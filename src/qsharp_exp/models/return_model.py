@@ -7,8 +7,10 @@ The head's outputs parameterise the distribution of the return Z of pi_ref after
 into offsets is a guidance rule's choice (guidance.py); the same model also ranks finished responses
 (Q# as a reward model).
 
-`save_pretrained` / `from_pretrained` store it like a Hugging Face model: `config.json` (the guide's
-settings), `model.safetensors` (head and stem) and the trunk as a standard HF model in `trunk/`.
+`save_pretrained` / `from_pretrained` store it like a Hugging Face model: `config.json` (its `model_type`
+and the guide's settings), `model.safetensors` (head and stem) and the trunk as a standard HF model in
+`trunk/`. Importing qsharp_exp registers it with transformers' Auto classes: after `import qsharp_exp`,
+`transformers.AutoModel.from_pretrained(folder)` loads it (docs/api.md).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from qsharp_exp.config import GuideConfig, as_dict
 from qsharp_exp.models.distributions import return_distribution
@@ -33,7 +35,20 @@ from qsharp_exp.padding import right_pad
 FORMAT = "qsharp_exp.return_model"
 
 
+class ReturnModelConfig(PretrainedConfig):
+    """A saved return model's config.json as transformers' Auto classes read it: its `model_type`, and the
+    guide's settings under `guide`."""
+
+    model_type = "qsharp_return_model"
+
+    def __init__(self, guide: dict | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.guide = guide or {}
+
+
 class ReturnModel(nn.Module):
+    config_class = ReturnModelConfig  # what AutoModel finds it by
+
     def __init__(self, cfg: GuideConfig, trunk: PreTrainedModel) -> None:
         super().__init__()
         self.cfg = cfg
@@ -86,11 +101,13 @@ class ReturnModel(nn.Module):
         self.trunk.save_pretrained(path / "trunk")
         extra = {k: v.contiguous() for k, v in self.state_dict().items() if not k.startswith("trunk.")}
         save_file(extra, path / "model.safetensors")
-        (path / "config.json").write_text(json.dumps({"format": FORMAT, "guide": as_dict(self.cfg)}, indent=2))
+        (path / "config.json").write_text(json.dumps({"model_type": ReturnModelConfig.model_type, "format": FORMAT,
+                                                      "guide": as_dict(self.cfg)}, indent=2))
 
     @classmethod
-    def from_pretrained(cls, source: str | Path, dtype: torch.dtype | None = None) -> ReturnModel:
-        """Load a saved return model from a local directory or a hub repository id."""
+    def from_pretrained(cls, source: str | Path, *args, dtype: torch.dtype | None = None, **kwargs) -> ReturnModel:
+        """Load a saved return model from a local directory or a hub repository id (also what
+        `AutoModel.from_pretrained` calls: its other arguments are not used)."""
         path = Path(source)
         if not path.is_dir():
             from huggingface_hub import snapshot_download
@@ -159,3 +176,7 @@ def return_model_from_lm(cfg: GuideConfig, lm: PreTrainedModel, source: str, see
     if stem is not None:
         model.stem.load_state_dict(stem.state_dict())
     return model
+
+
+AutoConfig.register(ReturnModelConfig.model_type, ReturnModelConfig)
+AutoModel.register(ReturnModelConfig, ReturnModel)

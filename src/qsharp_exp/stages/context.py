@@ -27,7 +27,8 @@ from qsharp_exp.tasks import Task, build_task
 # filled by older code is never taken for this code's results. 5: checksums; roll-outs within the budget.
 # 6: the base model stage (its lookup corpus), GPT-2 with a conv stem, pair-mode data. 7: base-model corpora
 # (lookup, arithmetic) and their settings in the base model's inputs; standard errors in evaluation metrics.
-PIPELINE_VERSION = 7
+# 8: a return model's folder holds its model_type and pi_ref's tokenizer.
+PIPELINE_VERSION = 8
 
 
 def numerics(cfg: RunConfig) -> dict[str, Any]:

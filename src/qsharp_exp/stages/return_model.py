@@ -79,6 +79,7 @@ def _train(ctx: RunContext, pi_ref: PiRef, round_: int, data: list[StageResult],
         except NoSignalError as err:
             raise NoSignalError(f"round {round_}: {err}") from None
         trained.save(out / "model")
+        pi_ref.codec.tokenizer.save_pretrained(out / "model")  # a standard model folder: the tokenizer beside it
         write_jsonl(out / "curve.jsonl", trained.curve)
         plot_guide_curve(trained.curve, out / "curve.png")
 

@@ -1,0 +1,85 @@
+"""`python -m qsharp_exp.export_guide RUN_DIR --out DIR`: a run's guide as a standard model folder to share or
+upload: the return model (config.json with its model_type, safetensors weights), pi_ref's tokenizer beside
+it, and a model card (README.md) saying what pi_ref, task and rounds made it, for which rule, its validation
+metrics, the eta and result of the run's evaluation, and the command that made it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import yaml
+
+from qsharp_exp.config import UserError
+
+
+def guide_folder(metrics: dict) -> Path:
+    """The return model that guided the run (its guide_round), else the last round's (a ranking run)."""
+    rounds = sorted(k for k in metrics if k.startswith("dir_return_model_round"))
+    if not rounds:
+        raise UserError("this run trained no return model (algo=pi_ref without ranking, or a policy baseline)")
+    chosen = f"dir_return_model_round{metrics['guide_round']}" if metrics.get("guide_round") else rounds[-1]
+    return Path(metrics[chosen])
+
+
+def model_card(run_dir: Path, metrics: dict, settings: dict, stage: Path) -> str:
+    curve = [json.loads(line) for line in (stage / "curve.jsonl").read_text().splitlines() if line]
+    validated = [p for p in curve if "val_acc" in p]
+    last = validated[-1] if validated else {}
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else None
+    command = "python -m qsharp_exp " + " ".join(overrides) if overrides is not None else "(not recorded)"
+    pi_ref = settings.get("model.pi_ref.pretrained") or f"pretrained by qsharp_exp ({metrics.get('dir_pi_ref')})"
+    guide = {k[len("model.guide."):]: v for k, v in settings.items() if k.startswith("model.guide.")}
+    return "\n".join([
+        "---", "library_name: transformers", "tags: [qsharp_exp, value-guided-decoding, return-model]", "---", "",
+        f"# Return model (guide) for {metrics['task']}", "",
+        "A value model of pi_ref's returns, trained by qsharp_exp; it guides pi_ref's sampling (Q#, CD) through",
+        "`qsharp_exp.GuidanceLogitsProcessor` or ranks finished responses.", "",
+        f"- pi_ref: {pi_ref}",
+        f"- task: {metrics['task']} {metrics.get('graph') or ''}".rstrip(),
+        f"- round: {stage.parent.name.removeprefix('return_model_round')} of {settings.get('collect.rounds')}"
+        f" (collection: {settings.get('collect.mode')}, {settings.get('collect.samples_per_problem')} samples per "
+        "problem)",
+        f"- head and return distribution: {guide.get('head')}, {guide.get('distribution')}",
+        f"- used with: {metrics['algo']} at eta={metrics.get('eta')}, top_k={metrics.get('top_k')}: test "
+        f"{metrics.get('reward_metric', 'accuracy')} {metrics.get(metrics.get('reward_metric', 'accuracy'))}, "
+        f"KL {metrics.get('kl_mean')} nats",
+        f"- validation at step {last.get('step')}: accuracy {last.get('val_acc')}, loss {last.get('val_loss')}",
+        f"- made by: `{command}`", "",
+        "```python", "import transformers, qsharp_exp  # importing qsharp_exp registers the model type",
+        "guide = transformers.AutoModel.from_pretrained(folder)  # or qsharp_exp.load_guide(folder)", "```", ""])
+
+
+def export(run_dir: Path, out: Path) -> Path:
+    metrics_file, settings_file = run_dir / "metrics.json", run_dir / "config.json"
+    if not metrics_file.exists() or not settings_file.exists():
+        raise UserError(f"{run_dir} is not a finished run's directory (no metrics.json and config.json)")
+    metrics, settings = json.loads(metrics_file.read_text()), json.loads(settings_file.read_text())
+    stage = guide_folder(metrics)
+    if out.exists():
+        raise UserError(f"--out {out} exists: choose a new folder")
+    shutil.copytree(stage / "model", out)
+    (out / "README.md").write_text(model_card(run_dir, metrics, settings, stage))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m qsharp_exp.export_guide", description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path, help="a run's directory (outputs/... or one job of multirun/...)")
+    parser.add_argument("--out", type=Path, required=True, help="the new model folder")
+    args = parser.parse_args(argv)
+    try:
+        print(f"wrote {export(args.run_dir, args.out)}")
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""The Python API in a fresh interpreter, and a run's guide as a standard model folder: exported with its tokenizer
+and a model card, loaded through transformers' AutoModel with the scores the framework computes."""
+
+import json
+import subprocess
+import sys
+
+import torch
+from transformers import AutoTokenizer
+
+from qsharp_exp import compose_config
+from qsharp_exp.export_guide import main as export_main
+from qsharp_exp.models.return_model import ReturnModel
+from qsharp_exp.tasks import build_task
+from test_cli import cli
+
+FRESH = """
+import json, sys, torch, transformers, qsharp_exp
+guide = transformers.AutoModel.from_pretrained(sys.argv[1])
+tokenizer = transformers.AutoTokenizer.from_pretrained(sys.argv[1])
+scores = []
+with torch.no_grad():
+    for prefix in json.loads(sys.argv[2]):
+        ids = torch.tensor([tokenizer(prefix, add_special_tokens=False)["input_ids"]])
+        scores.append(guide.distribution.mean(guide(ids, torch.ones_like(ids)))[0, -1].tolist())
+print(json.dumps(scores))
+"""
+
+
+def test_an_exported_guide_loads_in_a_fresh_interpreter_with_the_frameworks_scores(tmp_path):
+    cli("+experiment=smoke", "progress=false", "eval.num_samples=2", f"cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert export_main([str(tmp_path / "run"), "--out", str(tmp_path / "guide")]) == 0
+    folder = tmp_path / "guide"
+    assert json.loads((folder / "config.json").read_text())["model_type"] == "qsharp_return_model"
+    card = (folder / "README.md").read_text()
+    assert "- made by: `python -m qsharp_exp +experiment=smoke" in card and "used with: qsharp at eta=0.1" in card
+    samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()][:5]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    prompts = {p.id: p.prompt for p in build_task(compose_config("+experiment=smoke").task).problems("test")}
+    prefixes = [prompts[s["problem_id"]] + s["response"][: len(s["response"]) // 2] for s in samples]
+    fresh = subprocess.run([sys.executable, "-c", FRESH, str(folder), json.dumps(prefixes)], capture_output=True,
+                           text=True, cwd=tmp_path, timeout=300)
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    ours = ReturnModel.from_pretrained(f"{metrics['dir_return_model_round2']}/model")
+    tokenizer = AutoTokenizer.from_pretrained(f"{metrics['dir_pi_ref']}/model")
+    with torch.no_grad():
+        expected = [ours.distribution.mean(ours(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long)))[0, -1]
+                    for ids in (tokenizer(p, add_special_tokens=False)["input_ids"] for p in prefixes)]
+    got = json.loads(fresh.stdout.strip().splitlines()[-1])
+    assert len(got) == 5
+    for mine, theirs in zip(expected, got, strict=True):
+        assert torch.allclose(mine, torch.tensor(theirs), atol=1e-6)
+
+
+API = """
+import qsharp_exp
+print(qsharp_exp.__version__)
+for eta in ("0.5", "2"):  # twice: an internal import must not shadow a name of the API
+    print(qsharp_exp.compose_config("+experiment=smoke", f"algo.eta={eta}").algo.eta)
+print(sorted(name for name in qsharp_exp.__all__ if callable(getattr(qsharp_exp, name))))
+"""
+
+
+def test_the_api_works_in_a_fresh_interpreter_without_import_order_tricks(tmp_path):
+    result = subprocess.run([sys.executable, "-c", API], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    version, first, second, names = result.stdout.strip().splitlines()[-4:]
+    assert version[0].isdigit() and (first, second) == ("0.5", "2.0")
+    assert names == str(["GuidanceLogitsProcessor", "compose_config", "load_guide", "load_pi_ref", "run"])
