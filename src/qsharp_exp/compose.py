@@ -6,6 +6,8 @@ registries (tasks, guidance rules, policy trainers), so that config.py, which th
 from __future__ import annotations
 
 import json
+import site
+import sys
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,21 @@ from qsharp_exp.algos import algo_kind
 from qsharp_exp.config import ConfigError, FieldError, RunConfig, TaskConfig, as_dict
 from qsharp_exp.tasks import task_config_class
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")  # the config tree beside src/
+
+def _conf_dir() -> str:
+    """conf/ at the top of the source tree (a checkout, an editable install), else the copy that installing
+    the package (not editable) puts under <prefix>/share/qsharp_exp/conf (pyproject.toml's data-files)."""
+    source = Path(__file__).resolve().parents[2] / "conf"
+    if (source / "config.yaml").is_file():
+        return str(source)
+    for prefix in (sys.prefix, site.USER_BASE or ""):
+        installed = Path(prefix, "share", "qsharp_exp", "conf")
+        if (installed / "config.yaml").is_file():
+            return str(installed)
+    return str(source)  # Hydra's error names it
+
+
+CONF_DIR = _conf_dir()
 
 
 def validate(cfg: RunConfig) -> None:
