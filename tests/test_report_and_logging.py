@@ -107,3 +107,55 @@ def test_runs_that_differ_in_an_unshown_setting_get_their_own_rows_and_curves(sw
     assert "guide_round" not in table  # CD's own default, not a difference between runs of one method
     rows = next(iter(report.groups(report.find_metrics([runs])).values()))
     assert {key for key in report.series(rows) if key[0] == "qsharp"} == {("qsharp", "seed=0"), ("qsharp", "seed=1")}
+
+
+class RecordedRun:
+    """What a wandb run was sent, in order."""
+
+    def __init__(self):
+        self.logged, self.summary, self.exit_code = [], {}, None
+
+    def log(self, row):
+        assert self.exit_code is None, "logged after the run finished"
+        self.logged.append(row)
+
+    def define_metric(self, *args, **kwargs):
+        pass
+
+    def finish(self, exit_code=0):
+        self.exit_code = exit_code
+
+
+def test_training_curves_and_sampling_progress_are_logged_while_stages_are_built(tmp_path, monkeypatch):
+    from qsharp_exp import compose_config, pipeline, tracking
+    from qsharp_exp.failures import BUILDING
+
+    recorded = RecordedRun()
+    stages_when_logged = []
+    original_log = recorded.log
+    recorded.log = lambda row: (stages_when_logged.append(list(BUILDING)), original_log(row))
+    monkeypatch.setattr(tracking, "_init", lambda *args: recorded)
+    cfg = compose_config(*TINY, "logger=wandb", "logger.mode=offline", f"cache_dir={tmp_path / 'cache'}")
+    pipeline.run(cfg, tmp_path / "run")
+    keys = [set(row) for row in recorded.logged]
+    during = [stage for stage, row in zip(stages_when_logged, keys, strict=True) if stage]
+    assert any("return_model_round1/train_loss" in k and "return_model_round1/step" in k for k in keys)
+    assert any(any(key.startswith("return_model_round1/val_acc_by_pos/") for key in k) for k in keys)
+    assert any("rollouts_round1/sampled_batches" in k for k in keys) and any("pi_ref/loss" in k for k in keys)
+    assert ["return_model_round1"] in during  # sent while that stage was being built, not at the end
+    assert recorded.exit_code == 0 and "eval/accuracy" in set().union(*keys)
+    # A rerun reuses every stage: their curves are sent from the cache, once, at the end.
+    again = RecordedRun()
+    monkeypatch.setattr(tracking, "_init", lambda *args: again)
+    pipeline.run(cfg, tmp_path / "rerun")
+    assert any("return_model_round1/train_loss" in row for row in again.logged) and again.exit_code == 0
+
+
+def test_a_rerun_of_the_same_job_resumes_its_wandb_run(tmp_path):
+    def offline_ids(run: str, *extra: str) -> list[str]:
+        cli(*TINY, "logger=wandb", "logger.mode=offline", *extra, f"cache_dir={tmp_path / 'cache'}",
+            f"hydra.run.dir={tmp_path / run}", cwd=tmp_path)
+        return [p.name.rsplit("-", 1)[1] for p in (tmp_path / run / "wandb").glob("offline-run-*")]
+
+    first, rerun, other = offline_ids("first"), offline_ids("rerun"), offline_ids("other", "algo.eta=1")
+    assert len(first) == 1 and first == rerun and other != first

@@ -13,13 +13,13 @@ from pathlib import Path
 import torch
 from transformers.utils import logging as hf_logging
 
+from qsharp_exp import tracking
 from qsharp_exp.config import CollectMode, ConfigError, RunConfig, UserError
 from qsharp_exp.files import write_json, write_text
 from qsharp_exp.report import print_summary
 from qsharp_exp.stages import base_model, evaluation, pi_ref, policy, return_model
 from qsharp_exp.stages.context import RunContext
 from qsharp_exp.stages.inputs import settings
-from qsharp_exp.tracking import log_run
 
 
 def run(cfg: RunConfig, out_dir: Path, tracker_group: str | None = None) -> dict:
@@ -28,7 +28,25 @@ def run(cfg: RunConfig, out_dir: Path, tracker_group: str | None = None) -> dict
     ctx = RunContext.create(cfg)
     out_dir = ctx.hw.dist.broadcast(out_dir)  # every rank resolved Hydra's ${now}; rank 0's dir is the run's
     check_before_work(ctx)
+    if ctx.hw.dist.is_main:  # rank 0 owns the run directory and the tracker
+        tracking.start(cfg, out_dir, tracker_group)
+    metrics = finished = None
+    try:
+        metrics = _stages(ctx)
+        if ctx.hw.dist.is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            write_json(out_dir / "metrics.json", metrics)
+            write_json(out_dir / "config.json", settings(cfg))  # what the report tells runs apart by
+            write_text(out_dir / "samples.jsonl", (Path(metrics["dir_evaluation"]) / "samples.jsonl").read_text())
+            print_summary(metrics)
+        finished = metrics
+    finally:
+        if ctx.hw.dist.is_main:
+            tracking.finish(finished)  # a job that failed or was interrupted is marked so
+    return metrics
 
+
+def _stages(ctx: RunContext) -> dict:
     base = base_model.load(ctx) if ctx.uses_base_model else None
     reference = pi_ref.load(ctx, base)
     models = return_model.train_rounds(ctx, reference, ctx.rounds_needed, base)
@@ -36,17 +54,7 @@ def run(cfg: RunConfig, out_dir: Path, tracker_group: str | None = None) -> dict
     ranker = models[-1] if ctx.ranks_with_return_model else None
     fine_tuned = policy.train(ctx, reference) if ctx.fine_tunes_policy else None
     evaluated = evaluation.evaluate(ctx, reference, guide, ranker, fine_tuned)
-
-    metrics = run_metrics(ctx, base, reference, evaluated.path / "metrics.json")
-    if not ctx.hw.dist.is_main:
-        return metrics  # rank 0 owns the run directory and the tracker
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "metrics.json", metrics)
-    write_json(out_dir / "config.json", settings(cfg))  # what the report tells runs apart by
-    write_text(out_dir / "samples.jsonl", (evaluated.path / "samples.jsonl").read_text())
-    print_summary(metrics)
-    log_run(cfg, metrics, out_dir, tracker_group)
-    return metrics
+    return run_metrics(ctx, base, reference, evaluated.path / "metrics.json")
 
 
 def check_before_work(ctx: RunContext) -> None:

@@ -1,17 +1,24 @@
-"""Experiment tracking (wandb), fed from what the run wrote: the stages' curves and the evaluation.
+"""Experiment tracking (wandb): training curves and sampling progress live, while each stage is built
+(`live`), then the evaluation and the curves of stages reused from the cache when the job ends.
 
-One wandb run per job, finished at its end; the jobs of a sweep share a group. Without an API key or
+One wandb run per job; the jobs of a sweep share a group. The run's id is a digest of the job's settings,
+so a rerun of the same job (after a crash, or Ctrl-C) resumes the same wandb run. Without an API key or
 network an online run falls back to offline, so tracking never hangs or fails a run.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from qsharp_exp.config import LoggerConfig, RunConfig, as_dict
+from qsharp_exp.failures import BUILDING
 from qsharp_exp.files import read_jsonl
+from qsharp_exp.stages.inputs import NON_SEMANTIC, settings
 
 log = logging.getLogger(__name__)
 SAMPLE_ROWS = 100  # generations shown in the samples table
@@ -33,6 +40,13 @@ def _read_jsonl(path: Path) -> list[dict]:
     return read_jsonl(path) if path.exists() else []
 
 
+def run_id(run_cfg: RunConfig) -> str:
+    """The wandb run id of a job: a digest of its settings (where files go and how it is logged left out)."""
+    kept = {k: v for k, v in settings(run_cfg).items()
+            if not any(k == n or k.startswith(f"{n}.") for n in NON_SEMANTIC)}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def _init(cfg: LoggerConfig, run_cfg: RunConfig, name: str, group: str | None, out_dir: Path):
     import wandb
 
@@ -41,8 +55,8 @@ def _init(cfg: LoggerConfig, run_cfg: RunConfig, name: str, group: str | None, o
         log.warning("logger=wandb: no API key (WANDB_API_KEY or `wandb login`), logging offline to %s/wandb", out_dir)
         mode = "offline"
     kwargs = dict(project=cfg.project, entity=cfg.entity, group=cfg.group or group, name=name, tags=cfg.tags,
-                  config=as_dict(run_cfg), dir=str(out_dir), reinit="finish_previous",
-                  settings=wandb.Settings(init_timeout=60, silent=True, x_disable_stats=True))
+                  config=as_dict(run_cfg), dir=str(out_dir), reinit="finish_previous", id=run_id(run_cfg),
+                  resume="allow", settings=wandb.Settings(init_timeout=60, silent=True, x_disable_stats=True))
     try:
         return wandb.init(mode=mode, **kwargs)
     except Exception as err:  # no network, server down: keep the run's results, log offline instead
@@ -52,32 +66,76 @@ def _init(cfg: LoggerConfig, run_cfg: RunConfig, name: str, group: str | None, o
         return wandb.init(mode="offline", **kwargs)
 
 
-def log_run(run_cfg: RunConfig, metrics: dict, out_dir: Path, group: str | None) -> None:
-    """Log a finished job: config, training curves of every stage it used, evaluation metrics, samples."""
-    cfg = run_cfg.logger
-    if cfg.name == "none":
+_RUN: Any = None  # the job's wandb run while its stages are built (rank 0, logger=wandb)
+_STAGES_LOGGED: set[str] = set()  # stages whose curves went out live
+
+
+def start(run_cfg: RunConfig, out_dir: Path, group: str | None) -> None:
+    """Open the job's wandb run before its first stage, so that `live` points go out as they are made."""
+    global _RUN
+    if run_cfg.logger.name == "none":
         return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _RUN = _init(run_cfg.logger, run_cfg, out_dir.name, group, out_dir)
+    _STAGES_LOGGED.clear()
+
+
+def live(point: dict) -> None:
+    """Log one point of the stage being built (a training step's loss and validation accuracy by position, a
+    sampled batch) now; nothing without an open run. Points without a `step` go to the run's summary."""
+    if _RUN is None or not BUILDING:
+        return
+    stage = BUILDING[-1]
+    if "step" not in point:
+        _RUN.summary.update({f"{stage}/{k}": v for k, v in _numbers(point).items()})
+        return
+    if stage not in _STAGES_LOGGED:
+        _RUN.define_metric(f"{stage}/*", step_metric=f"{stage}/step")
+        _STAGES_LOGGED.add(stage)
+    _RUN.log({f"{stage}/{k}": v for k, v in _numbers(point).items()})
+
+
+def _numbers(point: dict, prefix: str = "") -> dict[str, float]:
+    """The numbers of a point, nested ones (accuracy by position) as `name/key`."""
+    out = {}
+    for key, value in point.items():
+        if isinstance(value, dict):
+            out.update(_numbers(value, f"{prefix}{key}/"))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def finish(metrics: dict | None) -> None:
+    """Close the job's run: with `metrics` (a finished job), the curves of stages reused from the cache, the
+    evaluation's metrics and samples; without (a failed job), as failed."""
+    global _RUN
+    if _RUN is None:
+        return
+    run, _RUN = _RUN, None
+    try:
+        if metrics is not None:
+            _log_results(run, metrics)
+    finally:
+        run.finish(exit_code=0 if metrics is not None else 1)
+
+
+def _log_results(run: Any, metrics: dict) -> None:
     import wandb
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    run = _init(cfg, run_cfg, out_dir.name, group, out_dir)
-    try:
-        for key, value in metrics.items():
-            if not key.startswith("dir_") or key == "dir_evaluation":
-                continue
-            stage = key[len("dir_"):]
-            curve = [p for p in _read_jsonl(Path(value) / "curve.jsonl") if "step" in p]
-            if not curve:
-                continue
+    for key, value in metrics.items():
+        stage = key[len("dir_"):]
+        if not key.startswith("dir_") or key == "dir_evaluation" or stage in _STAGES_LOGGED:
+            continue
+        curve = [p for p in _read_jsonl(Path(value) / "curve.jsonl") if "step" in p]
+        if curve:
             run.define_metric(f"{stage}/*", step_metric=f"{stage}/step")
             for point in curve:
-                run.log({f"{stage}/{k}": v for k, v in point.items() if isinstance(v, int | float)})
-        numbers = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-        run.log({f"eval/{k}": v for k, v in numbers.items()})
-        run.summary.update(numbers)
-        samples = _read_jsonl(Path(metrics["dir_evaluation"]) / "samples.jsonl")[:SAMPLE_ROWS]
-        if samples:
-            columns = list(samples[0])
-            run.log({"eval/samples": wandb.Table(columns=columns, data=[[s.get(c) for c in columns] for s in samples])})
-    finally:
-        run.finish()
+                run.log({f"{stage}/{k}": v for k, v in _numbers(point).items()})
+    numbers = _numbers({k: v for k, v in metrics.items() if not k.startswith("dir_")})
+    run.log({f"eval/{k}": v for k, v in numbers.items()})
+    run.summary.update(numbers)
+    samples = _read_jsonl(Path(metrics["dir_evaluation"]) / "samples.jsonl")[:SAMPLE_ROWS]
+    if samples:
+        columns = list(samples[0])
+        run.log({"eval/samples": wandb.Table(columns=columns, data=[[s.get(c) for c in columns] for s in samples])})

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel
 
+from qsharp_exp import tracking
 from qsharp_exp.distributed import Dist
 from qsharp_exp.hardware import Hardware
 from qsharp_exp.padding import left_pad
@@ -146,6 +147,7 @@ class Sampler:
             if saved is not None:
                 _save_batch(saved, batch)
             done[index] = batch
+            tracking.live({"step": slot + 1, "sampled_batches": slot + 1, "of_batches": len(slots)})
         for part in dist.gather(done) if dist.active else []:
             done.update(part)
         by_prompt: list[Sampled] = [None] * len(prompts)  # type: ignore[list-item]  (all filled below)

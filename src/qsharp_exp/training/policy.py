@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
+from qsharp_exp import tracking
 from qsharp_exp.config import PolicyConfig, UserError
 from qsharp_exp.hardware import Hardware
 from qsharp_exp.padding import right_pad
@@ -111,6 +112,7 @@ def reinforce(policy: PreTrainedModel, task: Task, problems: list[Problem], samp
         trainer.update(loss)
         if step % 10 == 0 or step == cfg.steps - 1:
             curve.append({"step": step, "loss": round(loss.item(), 5), "accuracy": correct.float().mean().item()})
+            tracking.live(curve[-1])
     return curve
 
 
@@ -167,6 +169,7 @@ def _preference(algo: str, policy: PreTrainedModel, task: Task, problems: list[P
         if step % 10 == 0 or step == cfg.steps - 1:
             margin = dpo_margin(pol_c, pol_r, ref_c, ref_r, cfg.beta).mean().item()
             curve.append({"step": step, "loss": round(loss.item(), 5), "margin": round(margin, 5)})
+            tracking.live(curve[-1])
     return curve
 
 

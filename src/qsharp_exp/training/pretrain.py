@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
+from qsharp_exp import tracking
 from qsharp_exp.config import BasePretrainConfig, PretrainConfig, UserError
 from qsharp_exp.hardware import Hardware
 from qsharp_exp.padding import right_pad
@@ -44,6 +45,7 @@ def pretrain(
         trainer.update(loss)
         if step % 50 == 0 or step == cfg.steps - 1:
             curve.append({"step": step, "loss": round(loss.item(), 5)})
+            tracking.live(curve[-1])
             bar.set_postfix(loss=f"{loss.item():.4f}")
     model.eval()
     return curve

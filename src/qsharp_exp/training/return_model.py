@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from qsharp_exp import tracking
 from qsharp_exp.config import GuideTrainConfig, UserError
 from qsharp_exp.hardware import Hardware
 from qsharp_exp.models.return_model import Examples, ReturnModel
@@ -254,6 +255,7 @@ def _train(trainer: Trainer, plan: BatchPlan, cfg: GuideTrainConfig, pad_id: int
             point = {"step": step + 1, "train_loss": round(running, 5),
                      **(evaluate_guide(model, plan.val, pad_id, hw) if plan.val else {})}
             curve.append(point)
+            tracking.live(point)
             if dist.is_main:
                 log.info("return model step %d: %s", step + 1, point)
             bar.set_postfix(loss=f"{running:.4f}", **({"val_acc": point["val_acc"]} if plan.val else {}))
