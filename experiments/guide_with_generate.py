@@ -29,10 +29,10 @@ def main(overrides: list[str]) -> int:
     pi_ref, tokenizer = qsharp_exp.load_pi_ref(metrics)
     guide = qsharp_exp.load_guide(metrics)
     task, ev = build_task(cfg.task), cfg.eval
-    processor = qsharp_exp.GuidanceLogitsProcessor(
-        guide, rule="qsharp", eta=cfg.algo.eta, top_k=cfg.algo.top_k, non_candidates=str(cfg.algo.non_candidates),
-        temperature=ev.temperature, top_p=ev.top_p, pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id, max_new_tokens=ev.max_new_tokens)
+    spec = qsharp_exp.SamplingSpec(temperature=ev.temperature, top_p=ev.top_p, max_new_tokens=ev.max_new_tokens)
+    processor = qsharp_exp.GuidanceLogitsProcessor(guide, rule="qsharp", eta=cfg.algo.eta, top_k=cfg.algo.top_k,
+                                                   non_candidates=str(cfg.algo.non_candidates), tokenizer=tokenizer,
+                                                   spec=spec)
     problems = task.problems("test")
     jobs = [p for p in problems for _ in range(ev.num_samples)]
     torch.manual_seed(cfg.seed)

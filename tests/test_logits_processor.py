@@ -26,10 +26,8 @@ def guided_generate(pi_ref, tokenizer, processor, rows, **kwargs):
 
 def processor_for(guide, tokenizer, rule, mask_non_candidates=False):
     return GuidanceLogitsProcessor(guide, rule=rule, eta=0.5, top_k=5,
-                                   non_candidates="mask" if mask_non_candidates else "keep",
-                                   temperature=SPEC.temperature, top_p=SPEC.top_p,
-                                   pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                                   max_new_tokens=SPEC.max_new_tokens)
+                                   non_candidates="mask" if mask_non_candidates else "keep", tokenizer=tokenizer,
+                                   spec=SPEC)
 
 
 @pytest.mark.parametrize("head", ["q", "v"])

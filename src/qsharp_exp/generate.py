@@ -57,6 +57,7 @@ def guided(args: argparse.Namespace, prompts: list[str]) -> list[dict]:
     """Each prompt's completions, with their KL to pi_ref (nats)."""
     from qsharp_exp.api import load_guide, load_pi_ref
     from qsharp_exp.padding import left_pad
+    from qsharp_exp.sampling.decoding import SamplingSpec
     from qsharp_exp.sampling.logits_processor import GuidanceLogitsProcessor
 
     pi_ref, tokenizer = load_pi_ref(args.pi_ref)
@@ -64,11 +65,12 @@ def guided(args: argparse.Namespace, prompts: list[str]) -> list[dict]:
     if guide.vocab_size != len(tokenizer):
         raise UserError(f"--guide {args.guide} scores a vocabulary of {guide.vocab_size} tokens and pi_ref's "
                         f"tokenizer has {len(tokenizer)}: use the guide trained with this pi_ref.")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    processor = GuidanceLogitsProcessor(
-        guide.to(args.device), rule=args.rule, eta=args.eta, top_k=args.top_k, non_candidates=args.non_candidates,
-        temperature=args.temperature, top_p=args.top_p, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
-        max_new_tokens=args.max_new_tokens)
+    if tokenizer.pad_token_id is None:  # prompts of several lengths are left-padded with EOS
+        tokenizer.pad_token = tokenizer.eos_token
+    pad = tokenizer.pad_token_id
+    spec = SamplingSpec(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens)
+    processor = GuidanceLogitsProcessor(guide.to(args.device), rule=args.rule, eta=args.eta, top_k=args.top_k,
+                                        non_candidates=args.non_candidates, tokenizer=tokenizer, spec=spec)
     jobs = [p for p in prompts for _ in range(args.samples)]
     ids, mask = left_pad([tokenizer(p, add_special_tokens=False)["input_ids"] for p in jobs], pad)
     torch.manual_seed(args.seed)

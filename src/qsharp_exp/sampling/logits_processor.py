@@ -2,36 +2,35 @@
 next-token logits into the guided distribution of a trained return model (Q#, CD, or any registered rule).
 
     guide = qsharp_exp.load_guide("path/to/return_model")
-    processor = qsharp_exp.GuidanceLogitsProcessor(guide, rule="qsharp", eta=0.1, top_k=20,
-                                                   pad_token_id=tokenizer.pad_token_id,
-                                                   eos_token_id=tokenizer.eos_token_id)
+    spec = qsharp_exp.SamplingSpec(temperature=1.0, top_p=1.0, max_new_tokens=64)
+    processor = qsharp_exp.GuidanceLogitsProcessor(guide, rule="qsharp", eta=0.1, top_k=20, tokenizer=tokenizer,
+                                                   spec=spec)
     out = pi_ref.generate(**batch, max_new_tokens=64, **processor.generate_kwargs())
     processor.kl  # [B] KL(pi || pi_ref) of each response, nats
 
 It computes what the framework's sampler computes (docs/method.md, section 3): pi_ref's sampler
-distribution (temperature, then top-p: the processor's own `temperature` and `top_p`), its top-k candidates
+distribution (temperature, then top-p: those of the processor's `spec`), its top-k candidates
 shifted by the rule's offsets, renormalised. `generate` must then sample from that as it is:
 `do_sample=True, temperature=1.0, top_k=0, top_p=1.0` (what `generate_kwargs()` returns); a temperature or
 top-p given to `generate` would be applied a second time, after guidance.
 
 The guide keeps its own KV cache across steps, one guide pass per step as in the framework's loop. Prompts are
-left-padded; the prompt mask is read from the leading `pad_token_id`s. Rows that emitted an `eos_token_id`
-stop adding KL. A call whose input is not the previous one plus one token starts afresh (a new `generate`).
+left-padded; the prompt mask is read from the tokenizer's leading pad tokens. Rows that emitted its EOS stop
+adding KL. A call whose input is not the previous one plus one token starts afresh (a new `generate`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedTokenizerBase
 
 from qsharp_exp import guidance as G
 from qsharp_exp.config import ETA_RANGE, TEMPERATURE_RANGE
 from qsharp_exp.guidance import RULES, Guidance
 from qsharp_exp.prompts import context_length
-from qsharp_exp.sampling.decoding import DecodeOptions, Guided
+from qsharp_exp.sampling.decoding import DecodeOptions, Guided, SamplingSpec
 
 if TYPE_CHECKING:
     from qsharp_exp.models.return_model import ReturnModel
@@ -39,26 +38,29 @@ if TYPE_CHECKING:
 
 class GuidanceLogitsProcessor(LogitsProcessor):
     def __init__(self, guide: ReturnModel, rule: str = "qsharp", eta: float = 0.1, top_k: int = 20,
-                 non_candidates: str = "keep", temperature: float = 1.0, top_p: float = 1.0,
-                 pad_token_id: int | None = None, eos_token_id: int | Sequence[int] | None = None,
-                 max_new_tokens: int | None = None) -> None:
-        """`guide`: a return model (`load_guide`) on the device of pi_ref, sharing its tokenizer. `max_new_tokens`:
-        the most tokens one `generate` call samples (the guide's cache is sized by it; default: up to the guide's
-        context)."""
+                 non_candidates: str = "keep", *, tokenizer: PreTrainedTokenizerBase | None = None,
+                 spec: SamplingSpec | None = None) -> None:
+        """`guide`: a return model (`load_guide`) on pi_ref's device, sharing its tokenizer. `tokenizer`: pi_ref's,
+        for its pad token (the prompt mask) and EOS (where a response's KL stops). `spec`: pi_ref's sampler (its
+        temperature and top_p) and the most tokens one `generate` call samples, which sizes the guide's cache
+        (default: temperature 1, no top-p, up to the guide's context)."""
+        spec = spec or SamplingSpec(max_new_tokens=0)
         if not ETA_RANGE[0] <= eta <= ETA_RANGE[1]:
             raise ValueError(f"eta={eta} must lie in [{ETA_RANGE[0]:g}, {ETA_RANGE[1]:g}]")
-        if not TEMPERATURE_RANGE[0] <= temperature <= TEMPERATURE_RANGE[1] or not 0 < top_p <= 1:
-            raise ValueError(f"temperature={temperature} must lie in [{TEMPERATURE_RANGE[0]:g}, "
-                             f"{TEMPERATURE_RANGE[1]:g}] and top_p={top_p} in (0, 1]")
+        if not TEMPERATURE_RANGE[0] <= spec.temperature <= TEMPERATURE_RANGE[1] or not 0 < spec.top_p <= 1:
+            raise ValueError(f"temperature={spec.temperature} must lie in [{TEMPERATURE_RANGE[0]:g}, "
+                             f"{TEMPERATURE_RANGE[1]:g}] and top_p={spec.top_p} in (0, 1]")
+        if spec.paper_compat:
+            raise ValueError("paper_compat orders guidance as the published code does; the processor follows the "
+                             "framework's order only: use SamplingSpec(paper_compat=False)")
         if non_candidates not in ("keep", "mask") or not 1 <= top_k <= guide.vocab_size:
             raise ValueError(f"non_candidates={non_candidates!r} must be 'keep' or 'mask', top_k={top_k} within "
                              f"1..{guide.vocab_size} (the guide's vocabulary)")
         self.guidance = Guidance(guide.eval(), RULES[rule], eta, top_k, non_candidates == "mask")
-        self.temperature, self.top_p = temperature, top_p
-        self.pad_token_id = pad_token_id
-        eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or [])
-        self.eos_ids = torch.tensor(eos, dtype=torch.long)
-        self.max_new_tokens = max_new_tokens
+        self.spec = spec
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer is not None else None
+        eos = tokenizer.eos_token_id if tokenizer is not None else None
+        self.eos_ids = torch.tensor([eos] if eos is not None else [], dtype=torch.long)
         self._guided: Guided | None = None
         self._length = 0
         self._alive = torch.ones(0, dtype=torch.bool)
@@ -78,7 +80,7 @@ class GuidanceLogitsProcessor(LogitsProcessor):
             self._alive = self._alive & ~torch.isin(token, self.eos_ids.to(token.device))
             self._guided.advance(token, self._alive)
             self._length += 1
-        ref_logp = G.sampler_logprobs(scores, self.temperature, self.top_p)
+        ref_logp = G.sampler_logprobs(scores, self.spec.temperature, self.spec.top_p)
         logp, kl = self._guided.logprobs(scores, ref_logp)
         self.kl += kl * self._alive
         return logp
@@ -90,7 +92,7 @@ class GuidanceLogitsProcessor(LogitsProcessor):
         else:
             mask = ((prompts != self.pad_token_id).long().cumsum(-1) > 0).long()  # leading pads only
         context = context_length(self.guidance.model.trunk.config) or prompts.shape[1] + 1
-        capacity = prompts.shape[1] + (self.max_new_tokens or max(1, context - prompts.shape[1]))
+        capacity = prompts.shape[1] + (self.spec.max_new_tokens or max(1, context - prompts.shape[1]))
         self._guided = Guided(self.guidance, prompts, mask, capacity, DecodeOptions())
         self._length = prompts.shape[1]
         self._alive = torch.ones(prompts.shape[0], dtype=torch.bool, device=prompts.device)
