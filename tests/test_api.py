@@ -18,6 +18,8 @@ FRESH = """
 import json, sys, torch, transformers, qsharp_exp
 guide = transformers.AutoModel.from_pretrained(sys.argv[1])
 tokenizer = transformers.AutoTokenizer.from_pretrained(sys.argv[1])
+lm = transformers.AutoModelForCausalLM.from_pretrained(sys.argv[3])  # pi_ref, a GPT-2 with a conv stem
+print(lm.config.model_type)
 scores = []
 with torch.no_grad():
     for prefix in json.loads(sys.argv[2]):
@@ -39,15 +41,18 @@ def test_an_exported_guide_loads_in_a_fresh_interpreter_with_the_frameworks_scor
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     prompts = {p.id: p.prompt for p in build_task(compose_config("+experiment=smoke").task).problems("test")}
     prefixes = [prompts[s["problem_id"]] + s["response"][: len(s["response"]) // 2] for s in samples]
-    fresh = subprocess.run([sys.executable, "-c", FRESH, str(folder), json.dumps(prefixes)], capture_output=True,
-                           text=True, cwd=tmp_path, timeout=300)
+    fresh = subprocess.run([sys.executable, "-c", FRESH, str(folder), json.dumps(prefixes),
+                            f"{metrics['dir_pi_ref']}/model"], capture_output=True, text=True, cwd=tmp_path,
+                           timeout=300)
     assert fresh.returncode == 0, fresh.stderr[-2000:]
     ours = ReturnModel.from_pretrained(f"{metrics['dir_return_model_round2']}/model")
     tokenizer = AutoTokenizer.from_pretrained(f"{metrics['dir_pi_ref']}/model")
     with torch.no_grad():
         expected = [ours.distribution.mean(ours(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long)))[0, -1]
                     for ids in (tokenizer(p, add_special_tokens=False)["input_ids"] for p in prefixes)]
-    got = json.loads(fresh.stdout.strip().splitlines()[-1])
+    *_, model_type, scores = fresh.stdout.strip().splitlines()
+    assert model_type == "qsharp_conv_gpt2"
+    got = json.loads(scores)
     assert len(got) == 5
     for mine, theirs in zip(expected, got, strict=True):
         assert torch.allclose(mine, torch.tensor(theirs), atol=1e-6)
