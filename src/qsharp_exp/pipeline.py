@@ -59,7 +59,7 @@ def _stages(ctx: RunContext) -> dict:
 
 def check_before_work(ctx: RunContext) -> None:
     """What can be checked before hours of work: ZeRO has its ranks, the cache can be written, roll-outs can
-    vary, pi_ref's tokenizer and context fit the task (stages/pi_ref.py), and top-k fits the vocabulary."""
+    vary, and pi_ref's tokenizer and context fit the task and top-k (stages/pi_ref.py)."""
     zero = ctx.cfg.hardware.zero_stage
     if zero and "WORLD_SIZE" not in os.environ:  # DeepSpeed would look for MPI after the first stages
         raise UserError(f"hardware.zero_stage={zero} shards work across the processes that torchrun starts: launch "
@@ -82,12 +82,6 @@ def check_before_work(ctx: RunContext) -> None:
                           "problems whose samples got different rewards, and one sample per problem never does: "
                           "set collect.samples_per_problem>=2.")
     pi_ref.check_before_work(ctx)
-    if ctx.uses_return_model:
-        vocabulary = pi_ref.vocabulary_size(ctx)
-        for key, top_k in (("algo.top_k", ctx.cfg.algo.top_k), ("collect.top_k", ctx.cfg.collect.top_k)):
-            if top_k > vocabulary:
-                raise ConfigError(f"{key}={top_k} is more than pi_ref's vocabulary of {vocabulary} tokens: set "
-                                  f"{key}<={vocabulary}.")
 
 
 def run_metrics(ctx: RunContext, base: base_model.BaseModel | None, reference: pi_ref.PiRef,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from qsharp_exp.config import Init, RunConfig
+from qsharp_exp.config import ConfigError, Init, RunConfig
 from qsharp_exp.evaluation import evaluate
 from qsharp_exp.files import write_json, write_jsonl
 from qsharp_exp.models.identity import model_identity
@@ -65,15 +65,17 @@ def load(ctx: RunContext, base: BaseModel | None) -> PiRef:
     return PiRef(model, _codec(ctx, tokenizer, model), stage.key, str(path), metrics)
 
 
-def vocabulary_size(ctx: RunContext) -> int:
-    """The size of pi_ref's vocabulary, known before pi_ref is built or loaded."""
-    return len(_planned_tokenizer(ctx))
-
-
 def check_before_work(ctx: RunContext) -> None:
     """What pi_ref's tokenizer and context decide, checked before anything is built: the tokenizer represents
-    the task's text, and every prompt a stage samples after leaves room for the tokens it samples."""
-    codec = PromptCodec.planned(_planned_tokenizer(ctx), ctx.cfg.task.chat_template, _planned_context(ctx))
+    the task's text, every prompt a stage samples after leaves room for the tokens it samples, and the guide's
+    top-k fits the vocabulary."""
+    tokenizer = _planned_tokenizer(ctx)  # loaded once (a hub tokenizer may be fetched)
+    if ctx.uses_return_model:
+        for key, top_k in (("algo.top_k", ctx.cfg.algo.top_k), ("collect.top_k", ctx.cfg.collect.top_k)):
+            if top_k > len(tokenizer):
+                raise ConfigError(f"{key}={top_k} is more than pi_ref's vocabulary of {len(tokenizer)} tokens: set "
+                                  f"{key}<={len(tokenizer)}.")
+    codec = PromptCodec.planned(tokenizer, ctx.cfg.task.chat_template, _planned_context(ctx))
     problems = [p for split in ("train", "test") for p in ctx.task.problems(split)[:COVERAGE_SAMPLE]]
     codec.check_covers([text for p in problems for text in (p.prompt, ctx.task.target(p))], _tokenizer_key(ctx))
     sampled = [("test", "eval.max_new_tokens", ctx.spec.max_new_tokens)]
