@@ -14,21 +14,13 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from qsharp_exp.compose import CONF_DIR, load_run_config, register_schema
+from qsharp_exp.compose import compose_config
 from qsharp_exp.config import RunConfig
 from qsharp_exp.export_guide import guide_folder
 from qsharp_exp.models.lm import load_pretrained_lm, load_tokenizer
 from qsharp_exp.models.return_model import ReturnModel
 
-
-def compose_config(*overrides: str) -> RunConfig:
-    """The checked config of `python -m qsharp_exp <overrides>` (a ConfigError names a bad key or value)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    register_schema()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return load_run_config(hydra_compose(config_name="config", overrides=list(overrides)))
+__all__ = ["compose_config", "load_guide", "load_pi_ref", "run"]
 
 
 def run(cfg: RunConfig, out_dir: str | Path) -> dict:

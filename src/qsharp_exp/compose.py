@@ -94,3 +94,13 @@ def register_schema() -> None:
     (`eval.reward_model=false`) works for each, not only for keys a YAML file sets. Values are checked by
     `load_run_config`, not by Hydra. A task's own keys are declared by its YAML file."""
     ConfigStore.instance().store(name="schema", node=json.loads(json.dumps(as_dict(RunConfig()))))
+
+
+def compose_config(*overrides: str) -> RunConfig:
+    """The checked config of `python -m qsharp_exp <overrides>`, composed from conf/ (a ConfigError names a bad
+    key or value; Hydra's errors name a missing group option)."""
+    from hydra import compose, initialize_config_dir
+
+    register_schema()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return load_run_config(compose(config_name="config", overrides=list(overrides)))

@@ -62,9 +62,6 @@ def guided(args: argparse.Namespace, prompts: list[str]) -> list[dict]:
 
     pi_ref, tokenizer = load_pi_ref(args.pi_ref)
     guide = load_guide(args.guide)
-    if guide.vocab_size != len(tokenizer):
-        raise UserError(f"--guide {args.guide} scores a vocabulary of {guide.vocab_size} tokens and pi_ref's "
-                        f"tokenizer has {len(tokenizer)}: use the guide trained with this pi_ref.")
     if tokenizer.pad_token_id is None:  # prompts of several lengths are left-padded with EOS
         tokenizer.pad_token = tokenizer.eos_token
     pad = tokenizer.pad_token_id

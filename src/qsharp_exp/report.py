@@ -18,7 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from qsharp_exp.guidance import RULES
-from qsharp_exp.stages.inputs import NON_SEMANTIC
+from qsharp_exp.stages.inputs import non_semantic
 from qsharp_exp.training.policy import TRAINERS
 
 
@@ -94,7 +94,7 @@ def differing(rows: list[dict]) -> list[str]:
     configs = [r["_config"] for r in rows if r.get("_config")]
     keys = []
     for key in sorted({k for c in configs for k in c}):
-        if key in SHOWN or any(key == n or key.startswith(f"{n}.") for n in NON_SEMANTIC):
+        if key in SHOWN or non_semantic(key):
             continue
         values = defaultdict(set)
         for c in configs:

@@ -4,13 +4,12 @@ after four finished runs, and name only the first of its errors."""
 
 from __future__ import annotations
 
-from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from qsharp_exp.compose import CONF_DIR, load_run_config
+from qsharp_exp.compose import compose_config
 from qsharp_exp.config import ConfigError
 
 MULTIRUN = ("-m", "--multirun")
@@ -32,11 +31,10 @@ def sweep_errors(argv: list[str]) -> list[str]:
         return []  # bad override syntax: Hydra's own message says where
     swept = {o.get_key_element() for o in overrides if o.is_sweep_override()}
     errors = []
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        for number, job in enumerate(jobs):
-            try:
-                load_run_config(compose("config", overrides=[o for o in job if not o.startswith("hydra")]))
-            except (ConfigError, HydraException, OmegaConfBaseException) as err:
-                name = " ".join(o for o in job if o.split("=")[0] in swept) or "every job"
-                errors.append(f"job {number} ({name}): {str(err).strip().splitlines()[0]}")
+    for number, job in enumerate(jobs):
+        try:
+            compose_config(*(o for o in job if not o.startswith("hydra")))
+        except (ConfigError, HydraException, OmegaConfBaseException) as err:
+            name = " ".join(o for o in job if o.split("=")[0] in swept) or "every job"
+            errors.append(f"job {number} ({name}): {str(err).strip().splitlines()[0]}")
     return errors

@@ -18,7 +18,7 @@ from typing import Any
 from qsharp_exp.config import LoggerConfig, RunConfig, as_dict
 from qsharp_exp.failures import BUILDING
 from qsharp_exp.files import read_jsonl
-from qsharp_exp.stages.inputs import NON_SEMANTIC, settings
+from qsharp_exp.stages.inputs import non_semantic, settings
 
 log = logging.getLogger(__name__)
 SAMPLE_ROWS = 100  # generations shown in the samples table
@@ -42,8 +42,7 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 def run_id(run_cfg: RunConfig) -> str:
     """The wandb run id of a job: a digest of its settings (where files go and how it is logged left out)."""
-    kept = {k: v for k, v in settings(run_cfg).items()
-            if not any(k == n or k.startswith(f"{n}.") for n in NON_SEMANTIC)}
+    kept = {k: v for k, v in settings(run_cfg).items() if not non_semantic(k)}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -56,6 +56,9 @@ class GuidanceLogitsProcessor(LogitsProcessor):
         if non_candidates not in ("keep", "mask") or not 1 <= top_k <= guide.vocab_size:
             raise ValueError(f"non_candidates={non_candidates!r} must be 'keep' or 'mask', top_k={top_k} within "
                              f"1..{guide.vocab_size} (the guide's vocabulary)")
+        if tokenizer is not None and len(tokenizer) != guide.vocab_size:
+            raise ValueError(f"the guide scores a vocabulary of {guide.vocab_size} tokens and pi_ref's tokenizer has "
+                             f"{len(tokenizer)}: use the guide trained with this pi_ref.")
         self.guidance = Guidance(guide.eval(), RULES[rule], eta, top_k, non_candidates == "mask")
         self.spec = spec
         self.pad_token_id = tokenizer.pad_token_id if tokenizer is not None else None
@@ -77,7 +80,7 @@ class GuidanceLogitsProcessor(LogitsProcessor):
             self._start(input_ids)
         else:
             token = input_ids[:, -1]
-            self._alive = self._alive & ~torch.isin(token, self.eos_ids.to(token.device))
+            self._alive = self._alive & ~torch.isin(token, self.eos_ids)
             self._guided.advance(token, self._alive)
             self._length += 1
         ref_logp = G.sampler_logprobs(scores, self.spec.temperature, self.spec.top_p)
@@ -96,4 +99,5 @@ class GuidanceLogitsProcessor(LogitsProcessor):
         self._guided = Guided(self.guidance, prompts, mask, capacity, DecodeOptions())
         self._length = prompts.shape[1]
         self._alive = torch.ones(prompts.shape[0], dtype=torch.bool, device=prompts.device)
+        self.eos_ids = self.eos_ids.to(prompts.device)
         self.kl = torch.zeros(prompts.shape[0], device=prompts.device)

@@ -96,6 +96,11 @@ def section(cfg: Any, name: str, without: Iterable[str] = ()) -> list[str]:
     return [f"{name}.{f.name}" for f in fields(node) if f.name not in skip]
 
 
+def non_semantic(path: str) -> bool:
+    """A setting in NON_SEMANTIC, or a leaf under one: it changes no result (which runs compare and ids ignore)."""
+    return any(path == name or path.startswith(f"{name}.") for name in NON_SEMANTIC)
+
+
 def settings(cfg: Any) -> dict[str, Any]:
     """Every leaf's value by dotted path: a run's config.json, which the report compares runs by."""
     return {path: value_at(cfg, path) for path in leaf_paths(cfg)}
