@@ -20,8 +20,10 @@ SMOKE = ["+experiment=smoke", "progress=false"]
 
 def test_ctrl_c_during_a_stage_prints_one_line_naming_it_and_exits_130(tmp_path):
     log, err = tmp_path / "out.log", tmp_path / "err.log"
+    # pi_ref trains for minutes here, so the signal lands inside it even on a loaded machine.
     with log.open("w") as out, err.open("w") as errors:
-        job = subprocess.Popen([sys.executable, "-m", "qsharp_exp", *SMOKE, f"cache_dir={tmp_path / 'c'}",
+        job = subprocess.Popen([sys.executable, "-m", "qsharp_exp", *SMOKE, "pretrain.steps=100000",
+                                f"cache_dir={tmp_path / 'c'}",
                                 f"hydra.run.dir={tmp_path / 'r'}"], cwd=tmp_path, stdout=out, stderr=errors)
     deadline = time.time() + 300
     while "pi_ref: building" not in log.read_text():

@@ -136,6 +136,7 @@ def test_training_curves_and_sampling_progress_are_logged_while_stages_are_built
     recorded.log = lambda row: (stages_when_logged.append(list(BUILDING)), original_log(row))
     monkeypatch.setattr(tracking, "_init", lambda *args: recorded)
     cfg = compose_config(*TINY, "logger=wandb", "logger.mode=offline", f"cache_dir={tmp_path / 'cache'}")
+    BUILDING.append("a_stage_an_earlier_run_in_this_process_ended_in")  # the run starts afresh all the same
     pipeline.run(cfg, tmp_path / "run")
     keys = [set(row) for row in recorded.logged]
     during = [stage for stage, row in zip(stages_when_logged, keys, strict=True) if stage]

@@ -4,6 +4,8 @@ instead of a traceback (docs/reliability.md). Config and data errors say theirs 
 from __future__ import annotations
 
 import errno
+import logging
+import os
 import sys
 from pathlib import Path
 
@@ -56,4 +58,11 @@ def blocked_output_dir(args: list[str]) -> str | None:
 
 def exit_with(message: str, code: int = 1) -> None:
     print(f"error: {message}" if code != 130 else message, file=sys.stderr)
+    if code == 130:
+        # Interrupted inside torch, the interpreter's own shutdown can abort (SIGABRT) on a thread torch still
+        # holds; everything worth keeping is on disk already, so flush the logs and leave without it.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     sys.exit(code)

@@ -15,6 +15,7 @@ from transformers.utils import logging as hf_logging
 
 from qsharp_exp import tracking
 from qsharp_exp.config import CollectMode, ConfigError, RunConfig, UserError
+from qsharp_exp.failures import BUILDING
 from qsharp_exp.files import write_json, write_text
 from qsharp_exp.report import print_summary
 from qsharp_exp.stages import base_model, evaluation, pi_ref, policy, return_model
@@ -25,6 +26,7 @@ from qsharp_exp.stages.inputs import settings
 def run(cfg: RunConfig, out_dir: Path, tracker_group: str | None = None) -> dict:
     hf_logging.disable_progress_bar()  # our own bars cover the long stages
     torch.manual_seed(cfg.seed)
+    BUILDING.clear()  # a run before this one in the same process may have ended inside a stage
     ctx = RunContext.create(cfg)
     out_dir = ctx.hw.dist.broadcast(out_dir)  # every rank resolved Hydra's ${now}; rank 0's dir is the run's
     check_before_work(ctx)
