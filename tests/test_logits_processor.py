@@ -2,18 +2,28 @@
 sampler samples from (recomputed here from scratch, without caches), with left padding and early stops."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 
-from helpers import make_guide
+from helpers import make_guide, tiny_arch
 from qsharp_exp import GuidanceLogitsProcessor
 from qsharp_exp import guidance as G
+from qsharp_exp.models.lm import build_causal_lm
 from qsharp_exp.padding import left_pad
 from qsharp_exp.sampling import SamplingSpec
 from test_decoding import ragged, uncached_guided_logprobs
 
 SPEC = SamplingSpec(temperature=0.9, top_p=0.95, max_new_tokens=6)
+
+
+@pytest.fixture(params=["gpt2", "llama", "gpt2_conv_stem"])
+def lm(request, tokenizer):
+    """pi_ref as `generate` runs it: its own KV cache, one new token per step (the conv stem needs the tokens
+    before it, models/stem.py)."""
+    arch, _, stem = request.param.partition("_conv_")
+    return build_causal_lm(replace(tiny_arch(arch), conv_width=4 if stem else 0), tokenizer, seed=0).eval()
 
 
 def guided_generate(pi_ref, tokenizer, processor, rows, **kwargs):
@@ -32,8 +42,9 @@ def processor_for(guide, tokenizer, rule, mask_non_candidates=False):
 
 @pytest.mark.parametrize("head", ["q", "v"])
 @pytest.mark.parametrize("rule", ["qsharp", "cd"])
-def test_generate_with_the_processor_samples_the_frameworks_guided_distribution(pi_ref, tokenizer, tiny_task,
-                                                                                 head, rule):
+def test_generate_with_the_processor_samples_the_frameworks_guided_distribution(lm, tokenizer, tiny_task, head,
+                                                                                 rule):
+    pi_ref = lm
     guide = make_guide(tokenizer, arch="gpt2", head=head)
     processor = processor_for(guide, tokenizer, rule)
     rows = ragged(tokenizer, tiny_task, 4)
@@ -55,8 +66,9 @@ def test_generate_with_the_processor_samples_the_frameworks_guided_distribution(
 
 
 @pytest.mark.parametrize("head", ["q", "v"])
-def test_a_left_padded_batch_generates_what_each_prompt_generates_alone(pi_ref, tokenizer, tiny_task, head):
+def test_a_left_padded_batch_generates_what_each_prompt_generates_alone(lm, tokenizer, tiny_task, head):
     """Greedy on the guided distribution: the same tokens and distributions with and without padding."""
+    pi_ref = lm
     guide = make_guide(tokenizer, arch="gpt2", head=head)
     processor = processor_for(guide, tokenizer, "qsharp", mask_non_candidates=True)
     rows = ragged(tokenizer, tiny_task, 3)

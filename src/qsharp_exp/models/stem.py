@@ -9,6 +9,7 @@ the start of a sequence look the same to the convolution.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, GPT2Model
 
@@ -53,9 +54,9 @@ class ConvGPT2Config(GPT2Config):
 
 
 class ConvGPT2LMHeadModel(GPT2LMHeadModel):
-    """GPT-2 with a causal convolution stem: a plain HF causal LM for training and full-sequence calls
-    (`model(input_ids=..., attention_mask=...)`); cached decoding passes `inputs_embeds` from `embed`
-    with the previous tokens as context (sampling/decoding.py)."""
+    """GPT-2 with a causal convolution stem: a plain HF causal LM for training, full-sequence calls
+    (`model(input_ids=..., attention_mask=...)`) and transformers' cached `generate`; the framework's own
+    decoding passes `inputs_embeds` from `embed` with the previous tokens as context (sampling/decoding.py)."""
 
     config_class = ConvGPT2Config
 
@@ -71,12 +72,30 @@ class ConvGPT2LMHeadModel(GPT2LMHeadModel):
               context_mask: torch.Tensor | None = None) -> torch.Tensor:
         return embed_tokens(self.get_input_embeddings(), self.stem, ids, mask, context_ids, context_mask)
 
-    def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, **kwargs):
+    def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, position_ids=None, **kwargs):
+        # `position_ids` named here: `generate` passes them (left padding) only to a forward that names them.
         if inputs_embeds is None:
             # A whole sequence from its start: the 2-D mask says which tokens are padding.
             plain = attention_mask is not None and attention_mask.dim() == 2
             inputs_embeds = self.embed(input_ids, attention_mask if plain else torch.ones_like(input_ids))
-        return super().forward(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+        return super().forward(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+                               **kwargs)
+
+    def prepare_inputs_for_generation(self, input_ids: torch.Tensor, *args, **kwargs) -> dict:
+        """A cached step of `generate` feeds only the new tokens; their embeddings also need the `width - 1`
+        tokens before them, which only the full `input_ids` here still has."""
+        inputs = super().prepare_inputs_for_generation(input_ids, *args, **kwargs)
+        step_ids = inputs.get("input_ids")
+        if step_ids is None or step_ids.shape[1] == input_ids.shape[1]:
+            return inputs  # the whole sequence: forward embeds it from its start
+        mask = kwargs.get("attention_mask")
+        mask = torch.ones_like(input_ids) if mask is None or mask.dim() != 2 else mask
+        new, width = step_ids.shape[1], self.context_width
+        earlier_ids = F.pad(input_ids[:, :-new], (width, 0))[:, -width:]  # zeros before the start: padding
+        earlier_mask = F.pad(mask[:, :-new], (width, 0))[:, -width:]
+        inputs["inputs_embeds"] = self.embed(step_ids, mask[:, -new:], earlier_ids, earlier_mask)
+        inputs["input_ids"] = None
+        return inputs
 
 
 AutoConfig.register(ConvGPT2Config.model_type, ConvGPT2Config)
