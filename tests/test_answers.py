@@ -55,6 +55,13 @@ def test_different_answers_are_rejected(gold, pred):
     assert not equivalent(gold, pred)
 
 
+def test_a_fractional_time_limit_still_checks_equivalence_and_a_useless_one_is_refused():
+    assert equivalent("1/2", "0.5", 2.5) and equivalent("1/2", "0.5", 0.1)
+    assert not equivalent("1/2", "0.6", 2.5)
+    with pytest.raises(ValueError, match="timeout_s=0"):
+        equivalent("1/2", "0.5", 0)
+
+
 @pytest.mark.parametrize(
     "text,expected",
     [

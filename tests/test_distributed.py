@@ -142,6 +142,18 @@ def test_slurm_tasks_become_ranks_of_one_process_group():
     assert slurm_environment({"SLURM_NTASKS": "1"}, ["node07"]) == {}
 
 
+def test_a_one_task_slurm_job_runs_as_one_process_without_submitit(monkeypatch):
+    from qsharp_exp import distributed
+
+    monkeypatch.setitem(sys.modules, "submitit", None)  # not installed: importing it raises ImportError
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert distributed.init_distributed("cpu") is distributed.SINGLE
+    monkeypatch.setenv("SLURM_NTASKS", "2")  # several tasks do need it to find their hosts
+    with pytest.raises(ImportError):
+        distributed.init_distributed("cpu")
+
+
 def test_slurm_launcher_config_composes_for_a_sweep():
     from hydra import compose, initialize_config_dir
 

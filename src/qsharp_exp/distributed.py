@@ -88,7 +88,8 @@ def _submitit_hostnames() -> list[str]:
 
 def init_distributed(device: str) -> Dist:
     """Join the process group that torchrun (or a SLURM job step) describes, through DeepSpeed."""
-    if "SLURM_NTASKS" in os.environ and "WORLD_SIZE" not in os.environ:
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "WORLD_SIZE" not in os.environ:
+        # submitit (the `slurm` extra) only where a job step has several tasks: `sbatch -n1` needs none
         os.environ.update(slurm_environment(dict(os.environ), _submitit_hostnames()))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:

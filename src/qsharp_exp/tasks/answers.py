@@ -6,6 +6,7 @@ gold first. A response without a box is wrong, never an error.
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 from collections.abc import Callable, Sequence
@@ -42,12 +43,15 @@ def _normalise(answer: str) -> str:
     return _PERCENT.sub("", answer).strip()
 
 
-def equivalent(gold: str, predicted: str | None, timeout_s: int = 5) -> bool:
-    """math-verify equivalence, gold first, with a time limit per check (none off the main thread,
-    where math-verify's signal-based timeout cannot run)."""
+def equivalent(gold: str, predicted: str | None, timeout_s: float = 5) -> bool:
+    """math-verify equivalence, gold first, with a time limit per check in whole seconds, rounded up (none off
+    the main thread, where math-verify's signal-based timeout cannot run). math-verify's `parse` finds
+    nothing under a float limit, which would score every answer not spelled like the gold as wrong."""
+    if timeout_s <= 0:
+        raise ValueError(f"timeout_s={timeout_s}: give a positive number of seconds")
     if predicted is None or not predicted.strip():
         return False
-    limit = timeout_s if threading.current_thread() is threading.main_thread() else None
+    limit = math.ceil(timeout_s) if threading.current_thread() is threading.main_thread() else None
     gold_parsed = parse(f"\\boxed{{{_normalise(gold)}}}", parsing_timeout=limit)
     pred_parsed = parse(f"\\boxed{{{_normalise(predicted)}}}", parsing_timeout=limit)
     if not gold_parsed or not pred_parsed:
