@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install run test test-slow lint report reproduce-table2 reproduce-star-graph bench clean-cache
+.PHONY: install run test test-slow lint report reproduce-table2 reproduce-qwen reproduce-star-graph bench clean-cache
 
 $(VENV)/installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ report: install
 # The paper's Table 2 on a GPU machine with hub access; DRY_RUN=1 lists and checks the 12 jobs offline.
 reproduce-table2: install
 	$(PY) experiments/reproduce.py table2 $(if $(filter 1,$(DRY_RUN)),--dry-run) $(ARGS)
+
+# The paper's Qwen 2.5 rows (7B guided by 1.5B on GSM8K, MATH-500, AIME 2024); DRY_RUN=1 checks the 9 jobs offline.
+reproduce-qwen: install
+	$(PY) experiments/reproduce.py qwen $(if $(filter 1,$(DRY_RUN)),--dry-run) $(ARGS)
 
 # pi_ref, REINFORCE, DPO, RPO, CD, Q# on star-graph: CPU-sized by default, SCALE=paper for G(2,5), G(5,5), G(3,8) on a GPU.
 reproduce-star-graph: install

@@ -1,6 +1,7 @@
-"""Reproduce the paper's main table (Table 2) or the star-graph comparison with one command.
+"""Reproduce the paper's main table (Table 2), its Qwen 2.5 rows or the star-graph comparison with one command.
 
     python experiments/reproduce.py table2 [--dry-run] [override ...]
+    python experiments/reproduce.py qwen [--dry-run] [override ...]
     python experiments/reproduce.py star-graph [--paper-scale] [--dry-run] [override ...]
 
 Each job is a preset of conf/experiment/ times an algo. `--dry-run` composes every job's config
@@ -69,6 +70,16 @@ def table2_presets() -> list[Preset]:
     return out
 
 
+def qwen_presets() -> list[Preset]:
+    """Qwen 2.5 7B Instruct guided by Qwen 2.5 1.5B Instruct on GSM8K, MATH-500 and AIME 2024; the AIME guide
+    trains on MATH's training problems."""
+    qwen = {**MATH_PROTOCOL, "model.pi_ref.pretrained": "Qwen/Qwen2.5-7B-Instruct",
+            "model.guide.arch.pretrained": "Qwen/Qwen2.5-1.5B-Instruct"}
+    return [Preset("qwen25_7b_gsm8k", {**qwen, "task.name": "gsm8k"}),
+            Preset("qwen25_7b_math", {**qwen, "task.name": "math"}),
+            Preset("qwen25_7b_aime24", {**qwen, "task.name": "aime24", "task.train_from": "math"})]
+
+
 def star_graph_presets(paper_scale: bool) -> list[Preset]:
     if not paper_scale:
         return [Preset("", {**STAR_GRAPH_PROTOCOL, "task.degree": 2, "task.path_length": 3})]
@@ -104,7 +115,9 @@ def dry_run(presets: list[Preset], algos: tuple[str, ...], overrides: list[str])
             base = cfg.model.base.pretrained or "base model"
             pi_ref = cfg.model.pi_ref.pretrained or (f"{base} fine-tuned" if cfg.model.pi_ref_init == "base"
                                                      else f"{cfg.model.name} from random init")
-            print(f"[{jobs:2d}] {preset.name or 'defaults'} algo={algo}: task={cfg.task.name} "
+            train_from = getattr(cfg.task, "train_from", None)
+            task = cfg.task.name + (f" (trains on {train_from})" if train_from else "")
+            print(f"[{jobs:2d}] {preset.name or 'defaults'} algo={algo}: task={task} "
                   f"pi_ref={pi_ref} guide={guide} eta={cfg.algo.eta} top_k={cfg.algo.top_k} "
                   f"data={cfg.collect.mode} rounds={cfg.collect.rounds} samples={cfg.collect.samples_per_problem} "
                   f"T={cfg.eval.temperature} top_p={cfg.eval.top_p} eval_samples={cfg.eval.num_samples} "
@@ -140,13 +153,15 @@ def _experiment_of(overrides: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("table2", "star-graph"))
+    parser.add_argument("what", choices=("table2", "qwen", "star-graph"))
     parser.add_argument("--dry-run", action="store_true", help="print and check every job; load nothing")
     parser.add_argument("--paper-scale", action="store_true", help="star-graph: the paper's G(2,5), G(5,5), G(3,8)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every job")
     args = parser.parse_intermixed_args(argv)
     if args.what == "table2":
         presets, algos = table2_presets(), MATH_ALGOS
+    elif args.what == "qwen":
+        presets, algos = qwen_presets(), MATH_ALGOS
     else:
         presets, algos = star_graph_presets(args.paper_scale), STAR_GRAPH_ALGOS
     if args.dry_run:

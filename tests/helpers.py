@@ -1,11 +1,29 @@
 """Tiny models built from configs for tests (random init, no hub)."""
 
+import os
 from dataclasses import replace
+from pathlib import Path
 
+import pytest
 import torch
 
 from qsharp_exp.config import ArchConfig, GuideConfig
 from qsharp_exp.models.return_model import build_return_model
+
+# Real test sets (gsm8k_test.jsonl, math500_test.jsonl, aime24_test.jsonl; fields problem, solution, answer and
+# the ready `prompt`) for the tests that load real data: QSHARP_TEST_DATA=<their directory> make test.
+# They are not part of the repository; without the variable those tests are skipped.
+REAL_DATA = Path(os.environ["QSHARP_TEST_DATA"]) if os.environ.get("QSHARP_TEST_DATA") else None
+
+
+def real_data(*names: str) -> Path:
+    """The real data directory, or a skip when it (or one of `names`) is not there."""
+    if REAL_DATA is None:
+        pytest.skip("QSHARP_TEST_DATA is not set: real GSM8K/MATH-500/AIME files are not available")
+    missing = [name for name in names if not (REAL_DATA / name).exists()]
+    if missing:
+        pytest.skip(f"QSHARP_TEST_DATA={REAL_DATA} lacks {', '.join(missing)}")
+    return REAL_DATA
 
 
 def stops(tokenizer):

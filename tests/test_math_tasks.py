@@ -6,16 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from qsharp_exp.config import UserError
+from helpers import real_data
+from qsharp_exp.config import ConfigError, UserError
 from qsharp_exp.models.lm import build_causal_lm, load_pretrained_lm
 from qsharp_exp.prompts import PromptCodec
 from qsharp_exp.tasks import build_task
 from qsharp_exp.tasks.arithmetic import ArithmeticConfig, generate_records
-from qsharp_exp.tasks.math import PROMPT, MathDatasetConfig
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_shared_data = pytest.mark.skipif(not (SHARED_DATA / "gsm8k_test.jsonl").exists(),
-                                       reason="../shared/data is not present")
+from qsharp_exp.tasks.math import PROMPT, EvalOnlyDatasetConfig, MathDatasetConfig
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -73,22 +70,71 @@ def test_offline_hub_model_id_is_one_clear_error(monkeypatch):
         load_pretrained_lm("meta-llama/Meta-Llama-3-8B-Instruct", "model.pi_ref.pretrained", None)
 
 
-@needs_shared_data
-def test_shared_gsm8k_and_math500_test_sets_load_with_their_gold_answers(tmp_path):
+def test_real_gsm8k_and_math500_test_sets_load_with_their_gold_answers(tmp_path):
+    data = real_data("gsm8k_test.jsonl", "math500_test.jsonl")
     for name in ("gsm8k_test.jsonl", "math500_test.jsonl"):
-        (tmp_path / name).symlink_to(SHARED_DATA / name)
-        # Training files are not shared: the test set stands in, to check loading only.
-        (tmp_path / name.replace("500_test", "_train").replace("_test", "_train")).symlink_to(SHARED_DATA / name)
+        (tmp_path / name).symlink_to(data / name)
+        # No real training files: the test set stands in, to check loading only.
+        (tmp_path / name.replace("500_test", "_train").replace("_test", "_train")).symlink_to(data / name)
     gsm8k = build_task(MathDatasetConfig(name="gsm8k", data_dir=str(tmp_path), num_test=None))
     test = gsm8k.problems("test")
     assert len(test) == 1319 and test[0].answer == "18"
-    rows = [json.loads(line) for line in (SHARED_DATA / "gsm8k_test.jsonl").read_text().splitlines()[:3]]
+    rows = [json.loads(line) for line in (data / "gsm8k_test.jsonl").read_text().splitlines()[:3]]
     assert [p.prompt for p in test[:3]] == [r["prompt"] for r in rows]  # the paper's prompt, verbatim
     math = build_task(MathDatasetConfig(name="math", data_dir=str(tmp_path), num_test=None))
     test = math.problems("test")
     assert len(test) == 500 and test[0].answer == "\\left( 3, \\frac{\\pi}{2} \\right)"
     assert math.reward(test[0], "so $(r, \\theta) = \\boxed{(3, \\frac{\\pi}{2})}$") == 1.0
     assert len(math.problems("train")) == 450  # the seed-47 90% of 500
+
+
+def aime_dir(path: Path, answers=("204", "25", "809")) -> Path:
+    rows = [{"id": f"2024-I-{i + 1}", "problem": f"Find the number {a}.", "solution": f"\\boxed{{{a}}}", "answer": a}
+            for i, a in enumerate(answers)]
+    write_jsonl(path / "aime24_test.jsonl", rows)
+    write_jsonl(path / "math_train.jsonl", [{"problem": f"What is {i} + 1?", "solution": f"$\\boxed{{{i + 1}}}$"}
+                                            for i in range(20)])
+    return path
+
+
+def test_aime24_has_test_problems_only_and_says_that_it_trains_on_maths(tmp_path, caplog):
+    cfg = EvalOnlyDatasetConfig(name="aime24", data_dir=str(aime_dir(tmp_path)), num_pretrain=None, num_train=None,
+                                num_test=None)
+    with caplog.at_level("INFO"):
+        task = build_task(cfg)
+    assert "training problems come from task.train_from=math" in caplog.text
+    test, train = task.problems("test"), task.problems("train")
+    assert [p.answer for p in test] == ["204", "25", "809"]
+    assert test[0].prompt == PROMPT.format(question="Find the number 204.")
+    assert len(train) == 18 and len(task.problems("validation")) == 2 and "+ 1?" in train[0].prompt
+    assert task.reward(test[0], "so $t$ is \\boxed{204}") == 1.0 and task.reward(test[0], "\\boxed{205}") == 0.0
+    assert task.same_answer("204", "204.0")
+
+
+def test_aime24_data_and_settings_errors_name_the_fix(tmp_path):
+    with pytest.raises(ConfigError, match=r"train_from=aime24: .* one of \['gsm8k', 'math'\]"):
+        EvalOnlyDatasetConfig(name="aime24", train_from="aime24")
+    (tmp_path / "no_train").mkdir()
+    aime_dir(tmp_path / "no_train")
+    (tmp_path / "no_train" / "math_train.jsonl").unlink()
+    with pytest.raises(UserError, match=r"has no math_train.jsonl \(math train\)"):
+        build_task(EvalOnlyDatasetConfig(name="aime24", data_dir=str(tmp_path / "no_train")))
+    (tmp_path / "fraction").mkdir()
+    with pytest.raises(UserError, match="aime24_test.jsonl, line 2: the answer '1/2' is not a whole number"):
+        build_task(EvalOnlyDatasetConfig(name="aime24", data_dir=str(aime_dir(tmp_path / "fraction", ("3", "1/2")))))
+
+
+def test_real_aime24_file_loads_its_30_problems_with_the_papers_prompt(tmp_path):
+    data = real_data("aime24_test.jsonl", "math500_test.jsonl")
+    (tmp_path / "aime24_test.jsonl").symlink_to(data / "aime24_test.jsonl")
+    (tmp_path / "math_train.jsonl").symlink_to(data / "math500_test.jsonl")  # no real MATH train file: stands in
+    task = build_task(EvalOnlyDatasetConfig(name="aime24", data_dir=str(tmp_path), num_test=None))
+    test = task.problems("test")
+    rows = [json.loads(line) for line in (data / "aime24_test.jsonl").read_text().splitlines()]
+    assert len(test) == 30 and [p.answer for p in test] == [r["answer"] for r in rows]
+    assert [p.prompt for p in test] == [r["prompt"] for r in rows]  # the paper's prompt, verbatim
+    assert all(p.answer.isdigit() for p in test) and test[0].answer == "204"
+    assert task.reward(test[0], "The walk takes \\boxed{204} minutes.") == 1.0
 
 
 def test_arithmetic_problems_are_deterministic_disjoint_and_their_solutions_are_right():
@@ -133,17 +179,17 @@ def test_prompt_longer_than_the_context_is_one_clear_error(tokenizer, pi_ref, ti
         codec.encode(problems, 200)
 
 
-@needs_shared_data
 def test_math_tiny_fits_the_longest_math_problems_with_their_solutions_and_the_answer_budget(tmp_path):
     """model=math_tiny runs task=math: every pretraining example (problem + solution) and every test prompt
-    with eval.max_new_tokens fit its context. MATH-500 stands in for MATH train (not shared here)."""
+    with eval.max_new_tokens fit its context. MATH-500 stands in for MATH train (not among the real files)."""
     from hydra import compose, initialize_config_dir
 
     from qsharp_exp.__main__ import CONF_DIR
     from qsharp_exp.compose import load_run_config
 
-    (tmp_path / "math_train.jsonl").symlink_to(SHARED_DATA / "math500_test.jsonl")
-    (tmp_path / "math500_test.jsonl").symlink_to(SHARED_DATA / "math500_test.jsonl")
+    data = real_data("math500_test.jsonl")
+    (tmp_path / "math_train.jsonl").symlink_to(data / "math500_test.jsonl")
+    (tmp_path / "math500_test.jsonl").symlink_to(data / "math500_test.jsonl")
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = load_run_config(compose(config_name="config", overrides=[
             "task=math", "model=math_tiny", f"task.data_dir={tmp_path}"]))

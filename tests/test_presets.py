@@ -54,6 +54,19 @@ def test_reproduce_table2_dry_run_lists_the_twelve_jobs_and_checks_them(capsys):
     assert "all checked settings match the paper's" in out
 
 
+def test_reproduce_qwen_dry_run_lists_the_aime_job_with_its_guide_trained_on_math(capsys):
+    assert reproduce.main(["qwen", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    jobs = [line for line in out.splitlines() if line.startswith("[")]
+    assert len(jobs) == 9 and all("pi_ref=Qwen/Qwen2.5-7B-Instruct guide=Qwen/Qwen2.5-1.5B-Instruct" in j for j in jobs)
+    aime = [j for j in jobs if "task=aime24 (trains on math)" in j]
+    assert len(aime) == 3 and all("eta=0.1 top_k=20" in j and "eval_samples=8" in j for j in aime)
+    assert "all checked settings match the paper's" in out
+    aime_preset = [preset for preset in reproduce.qwen_presets() if preset.name == "qwen25_7b_aime24"]
+    assert reproduce.dry_run(aime_preset, ("qsharp",), ["task.train_from=gsm8k"]) == 1
+    assert "MISMATCH task.train_from: 'gsm8k', the paper's is 'math'" in capsys.readouterr().out
+
+
 def test_reproduce_dry_run_flags_a_setting_that_differs_from_the_paper(capsys):
     assert reproduce.main(["table2", "--dry-run", "eval.top_p=1.0"]) == 1
     assert "MISMATCH eval.top_p: 1.0, the paper's is 0.9" in capsys.readouterr().out

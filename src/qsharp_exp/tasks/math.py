@@ -1,14 +1,17 @@
-"""Math word problems (GSM8K, MATH, and the synthetic `arithmetic` stand-in): docs/method.md, section 3.
+"""Math word problems (GSM8K, MATH, AIME 2024, and the synthetic `arithmetic` stand-in): docs/method.md,
+section 3.
 
-What the three share lives here: the paper's zero-shot prompt, the reward (last `\\boxed{}` of the
+What they share lives here: the paper's zero-shot prompt, the reward (last `\\boxed{}` of the
 response vs the gold answer under math-verify), answer extraction and equivalence for majority
 votes, and the reference response used when a small pi_ref is trained here. They differ only in
-where their records come from (`MathRecord` lists per split).
+where their records come from (`MathRecord` lists per split). AIME has test problems only: its training
+problems are another dataset's (`task.train_from`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -16,11 +19,13 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerFast
 
-from qsharp_exp.config import TaskConfig, UserError
+from qsharp_exp.config import FieldError, TaskConfig, UserError
 from qsharp_exp.tasks.answers import equivalent, gsm8k_gold, last_boxed
 from qsharp_exp.tasks.base import Problem, register_task
 from qsharp_exp.tasks.splits import reference_split
 from qsharp_exp.tasks.tokenizer import train_bpe_tokenizer
+
+logger = logging.getLogger(__name__)
 
 PROMPT = "Problem:\n\n{question} Write your answer inside \\boxed{{}}.\n\nSolution:"
 _CALCULATOR = re.compile(r"<<[^>]*>>")
@@ -38,8 +43,24 @@ class MathConfig(TaskConfig):
 
 @dataclass
 class MathDatasetConfig(MathConfig):
-    # A local directory of JSONL files (layout of ../shared/data) instead of the hub.
+    # A local directory of JSONL files instead of the hub.
     data_dir: str | None = None
+
+
+@dataclass
+class EvalOnlyDatasetConfig(MathDatasetConfig):
+    """A dataset with test problems only (AIME 2024): the guide's training problems, and a random-init pi_ref's,
+    are those of another dataset's train split."""
+
+    # The dataset whose train split stands in for this one's (gsm8k or math).
+    train_from: str = "math"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        trainable = sorted(name for name, source in SOURCES.items() if source.hub_train is not None)
+        if self.train_from not in trainable:
+            raise FieldError("train_from", f"{{key}}={self.train_from}: task={self.name} has no training problems "
+                                           f"of its own; take them from one of {trainable}, e.g. {{key}}=math.")
 
 
 @dataclass(frozen=True)
@@ -91,12 +112,13 @@ class MathTask:
 
 @dataclass(frozen=True)
 class DatasetSource:
-    """Where a dataset's splits live on the hub and in a local directory (layout of ../shared/data)."""
+    """Where a dataset's splits live on the hub and in a local directory."""
 
-    hub_train: tuple[str, str | None, str]  # (path, config name, split)
+    hub_train: tuple[str, str | None, str] | None  # (path, config name, split); None: test problems only
     hub_test: tuple[str, str | None, str]
-    local_train: str
+    local_train: str | None
     local_test: str
+    integer_answers: bool = False  # a gold answer that is not a whole number is a data error
 
 
 SOURCES = {
@@ -104,6 +126,9 @@ SOURCES = {
                            "gsm8k_train.jsonl", "gsm8k_test.jsonl"),
     "math": DatasetSource(("DigitalLearningGmbH/MATH-lighteval", "default", "train"),
                           ("HuggingFaceH4/MATH-500", None, "test"), "math_train.jsonl", "math500_test.jsonl"),
+    # The 30 problems of AIME 2024 I and II (fields id, problem, solution, answer, url, year), one split.
+    "aime24": DatasetSource(None, ("HuggingFaceH4/aime_2024", None, "train"), None, "aime24_test.jsonl",
+                            integer_answers=True),
 }
 
 
@@ -147,6 +172,8 @@ def _record(task: str, split: str, index: int, row: Row) -> MathRecord:
         gold = fields.get("answer") or last_boxed(solution)
         if gold is None:
             raise bad("no 'answer' and no \\boxed{} in its solution")
+        if SOURCES[task].integer_answers and not str(gold).strip().isdigit():
+            raise bad(f"the answer {gold!r} is not a whole number (task={task}'s answers are)")
     return MathRecord(f"{split}-{index}", question, solution, str(gold))
 
 
@@ -177,29 +204,31 @@ def _hub_offline() -> bool:
     return any(os.environ.get(k, "").lower() in ("1", "true", "yes") for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
-def _no_hub_message(task: str, source: DatasetSource, why: str) -> str:
+def _no_hub_message(task: str, local_file: str, why: str) -> str:
     return (f"task={task}: cannot load {why} from the Hugging Face hub; set task.data_dir=<dir> to a directory "
-            f"with {source.local_train} and {source.local_test} (fields problem, solution, answer).")
+            f"with {local_file} (fields problem, solution, answer).")
 
 
-def _load_rows(task: str, split: str, cfg: MathDatasetConfig) -> list[Row]:
-    source = SOURCES[task]
+def _load_rows(dataset: str, split: str, cfg: MathDatasetConfig) -> list[Row]:
+    """`dataset`'s train or test rows: from `task.data_dir` when set, else from the hub."""
+    source = SOURCES[dataset]
+    local_file = source.local_train if split == "train" else source.local_test
     if cfg.data_dir is not None:
-        path = Path(cfg.data_dir) / (source.local_train if split == "train" else source.local_test)
+        path = Path(cfg.data_dir) / local_file
         if not path.exists():
-            raise UserError(f"task.data_dir={cfg.data_dir} has no {path.name}: add it (JSONL with fields problem, "
-                            "solution, answer) or unset task.data_dir to use the hub.")
+            raise UserError(f"task.data_dir={cfg.data_dir} has no {path.name} ({dataset} {split}): add it (JSONL "
+                            "with fields problem, solution, answer) or unset task.data_dir to use the hub.")
         return read_jsonl_rows(path)
     hub_path, name, hub_split = source.hub_train if split == "train" else source.hub_test
     if _hub_offline():
-        raise UserError(_no_hub_message(task, source, f"{hub_path} (the hub is marked offline)"))
+        raise UserError(_no_hub_message(cfg.name, local_file, f"{hub_path} (the hub is marked offline)"))
     import datasets
 
     try:
         rows = datasets.load_dataset(hub_path, name, split=hub_split)
         return [Row(dict(fields), f"{hub_path} {hub_split} row {i}") for i, fields in enumerate(rows)]
     except Exception as err:  # no network, no such dataset, no access: all end the same way for the user
-        raise UserError(_no_hub_message(task, source, f"{hub_path} ({type(err).__name__})")) from None
+        raise UserError(_no_hub_message(cfg.name, local_file, f"{hub_path} ({type(err).__name__})")) from None
 
 
 def _first(rows: list, count: int | None) -> list:
@@ -207,20 +236,26 @@ def _first(rows: list, count: int | None) -> list:
 
 
 def dataset_records(cfg: MathDatasetConfig) -> dict[str, list[MathRecord]]:
-    """Train/validation by the published seed-47 split of the full training set; test as published."""
-    train_rows = _load_rows(cfg.name, "train", cfg)
+    """Train/validation by the published seed-47 split of the full training set (of `train_from`'s for a
+    test-only dataset); test as published."""
+    trains_on = getattr(cfg, "train_from", cfg.name)
+    if trains_on != cfg.name:
+        logger.info("task=%s has test problems only: training problems come from task.train_from=%s",
+                    cfg.name, trains_on)
+    train_rows = _load_rows(trains_on, "train", cfg)
     test_rows = _load_rows(cfg.name, "test", cfg)
     train_idx, val_idx = reference_split(len(train_rows))
-    train = [_record(cfg.name, "train", i, train_rows[i]) for i in train_idx]
+    train = [_record(trains_on, "train", i, train_rows[i]) for i in train_idx]
     return {
         "pretrain": _first(train, cfg.num_pretrain),
         "train": _first(train, cfg.num_train),
-        "validation": [_record(cfg.name, "train", i, train_rows[i]) for i in val_idx],
+        "validation": [_record(trains_on, "train", i, train_rows[i]) for i in val_idx],
         "test": _first([_record(cfg.name, "test", i, row) for i, row in enumerate(test_rows)], cfg.num_test),
     }
 
 
 @register_task("gsm8k", MathDatasetConfig)
 @register_task("math", MathDatasetConfig)
+@register_task("aime24", EvalOnlyDatasetConfig)
 def build_dataset_task(cfg: MathDatasetConfig) -> MathTask:
     return MathTask(cfg, dataset_records(cfg))
