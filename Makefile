@@ -1,9 +1,10 @@
-# Two commands on a fresh machine: `make run` (install + the default star-graph job on CPU), `make test`.
+# Two commands on a fresh machine: `make run` (install + the default star-graph job on CPU), `make test`;
+# `make smoke` checks an installation in seconds.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install run test test-slow lint report reproduce-table2 reproduce-qwen reproduce-star-graph bench clean-cache
+.PHONY: install run smoke test test-slow lint report reproduce-table2 reproduce-qwen reproduce-star-graph bench clean-cache
 
 $(VENV)/installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +16,10 @@ install: $(VENV)/installed
 
 run: install
 	$(PY) -m qsharp_exp $(ARGS)
+
+# Every stage with tiny models, in seconds: checks an installation.
+smoke: install
+	$(PY) -m qsharp_exp +experiment=smoke $(ARGS)
 
 test: install
 	$(PY) -m pytest -q
