@@ -11,9 +11,12 @@ from qsharp_exp.config import ArchConfig, GuideConfig
 from qsharp_exp.models.return_model import build_return_model
 
 # Real test sets (gsm8k_test.jsonl, math500_test.jsonl, aime24_test.jsonl; fields problem, solution, answer and
-# the ready `prompt`) for the tests that load real data: QSHARP_TEST_DATA=<their directory> make test.
-# They are not part of the repository; without the variable those tests are skipped.
-REAL_DATA = Path(os.environ["QSHARP_TEST_DATA"]) if os.environ.get("QSHARP_TEST_DATA") else None
+# the ready `prompt`) for the tests that load real data: QSHARP_TEST_DATA=<their directory> make test, else
+# shared/data beside the checkout when it is there. They are not part of the repository; without them those
+# tests are skipped.
+_BESIDE_CHECKOUT = Path(__file__).resolve().parents[2] / "shared" / "data"
+REAL_DATA = (Path(os.environ["QSHARP_TEST_DATA"]) if os.environ.get("QSHARP_TEST_DATA")
+             else _BESIDE_CHECKOUT if _BESIDE_CHECKOUT.is_dir() else None)
 
 
 def real_data(*names: str) -> Path:
