@@ -46,6 +46,11 @@ class MathDatasetConfig(MathConfig):
     # A local directory of JSONL files instead of the hub.
     data_dir: str | None = None
 
+    @property
+    def trains_on(self) -> str:
+        """The dataset whose train split gives this task's training problems: its own."""
+        return self.name
+
 
 @dataclass
 class EvalOnlyDatasetConfig(MathDatasetConfig):
@@ -61,6 +66,10 @@ class EvalOnlyDatasetConfig(MathDatasetConfig):
         if self.train_from not in trainable:
             raise FieldError("train_from", f"{{key}}={self.train_from}: task={self.name} has no training problems "
                                            f"of its own; take them from one of {trainable}, e.g. {{key}}=math.")
+
+    @property
+    def trains_on(self) -> str:
+        return self.train_from
 
 
 @dataclass(frozen=True)
@@ -238,7 +247,7 @@ def _first(rows: list, count: int | None) -> list:
 def dataset_records(cfg: MathDatasetConfig) -> dict[str, list[MathRecord]]:
     """Train/validation by the published seed-47 split of the full training set (of `train_from`'s for a
     test-only dataset); test as published."""
-    trains_on = getattr(cfg, "train_from", cfg.name)
+    trains_on = cfg.trains_on
     if trains_on != cfg.name:
         logger.info("task=%s has test problems only: training problems come from task.train_from=%s",
                     cfg.name, trains_on)
