@@ -22,7 +22,7 @@ REAL_DATA = (Path(os.environ["QSHARP_TEST_DATA"]) if os.environ.get("QSHARP_TEST
 def real_data(*names: str) -> Path:
     """The real data directory, or a skip when it (or one of `names`) is not there."""
     if REAL_DATA is None:
-        pytest.skip("QSHARP_TEST_DATA is not set: real GSM8K/MATH-500/AIME files are not available")
+        pytest.skip("no real GSM8K/MATH-500/AIME files: set QSHARP_TEST_DATA to their directory")
     missing = [name for name in names if not (REAL_DATA / name).exists()]
     if missing:
         pytest.skip(f"QSHARP_TEST_DATA={REAL_DATA} lacks {', '.join(missing)}")

@@ -63,7 +63,7 @@ def test_aime24_with_a_tiny_model_runs_on_the_real_aime_file_with_maths_training
     lines = (real / "math500_test.jsonl").read_text().splitlines()[:64]  # no real MATH train file: these stand in
     (data / "math_train.jsonl").write_text("\n".join(lines) + "\n")
     run_dir = tmp_path / "run"
-    # A few short steps: this checks that AIME's problems run through every stage, not what is learned.
+    # 64-token samples: this checks that AIME's problems run through every stage, not what is learned.
     tiny = [arg for arg in TINY_GSM8K if not arg.startswith(("task=", "task.num_test=", "eval.max_"))]
     result = cli("task=aime24", *tiny, "task.num_test=null", "eval.max_new_tokens=64", "eval.num_samples=2",
                  f"task.data_dir={data}", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run_dir}", cwd=tmp_path)
