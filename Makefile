@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install run smoke test test-slow lint report reproduce-table2 reproduce-qwen reproduce-star-graph bench clean-cache
+.PHONY: install run smoke test test-slow lint report reproduce-table2 reproduce-qwen reproduce-star-graph \
+	reproduce-arithmetic bench clean-cache
 
 $(VENV)/installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +44,14 @@ reproduce-qwen: install
 reproduce-star-graph: install
 	$(PY) experiments/reproduce.py star-graph $(if $(filter paper,$(SCALE)),--paper-scale) \
 		$(if $(filter 1,$(DRY_RUN)),--dry-run) $(ARGS)
+
+# The math protocol on CPU across seeds: pi_ref, CD and Q# (eta 0.1) on seeds 0, 1, 2, then the report with means
+# over seeds and paired differences (docs/math.md). SEEDS=0,1,2,3,4 for more.
+SEEDS ?= 0,1,2
+ARITHMETIC_DIR ?= multirun/arithmetic_seeds
+reproduce-arithmetic: install
+	$(PY) -m qsharp_exp -m task=arithmetic algo=pi_ref,cd,qsharp seed=$(SEEDS) hydra.sweep.dir=$(ARITHMETIC_DIR) $(ARGS)
+	$(PY) -m qsharp_exp.report $(ARITHMETIC_DIR)
 
 # Guided decoding against its one-pass floor on the default workload (docs/performance.md); ARGS for more.
 bench: install

@@ -1,6 +1,8 @@
 """The math tasks: data sources and their errors, the prompt and chat template, arithmetic generation."""
 
 import json
+import math
+import random
 import re
 from pathlib import Path
 
@@ -11,7 +13,8 @@ from qsharp_exp.config import ConfigError, UserError
 from qsharp_exp.models.lm import build_causal_lm, load_pretrained_lm
 from qsharp_exp.prompts import PromptCodec
 from qsharp_exp.tasks import build_task
-from qsharp_exp.tasks.arithmetic import ArithmeticConfig, generate_records
+from qsharp_exp.tasks.answers import last_boxed
+from qsharp_exp.tasks.arithmetic import ArithmeticConfig, generate_records, word_problem
 from qsharp_exp.tasks.math import PROMPT, EvalOnlyDatasetConfig, MathDatasetConfig
 
 
@@ -203,3 +206,62 @@ def test_math_tiny_fits_the_longest_math_problems_with_their_solutions_and_the_a
     assert longest > 1024  # the context math_tiny had before was too short
     assert longest <= cfg.model.pi_ref.max_positions
     codec.encode(task.problems("test"), cfg.eval.max_new_tokens)  # raises if a prompt leaves no room
+
+
+def test_the_demonstrators_slips_occur_at_their_set_rates_and_only_in_pi_refs_solutions():
+    """Measured on generated data: each kind of slip per step where it can occur, within 3 standard errors of
+    its setting; train and test solutions stay right; every slip ends in a wrong boxed answer."""
+    from collections import Counter
+
+    from qsharp_exp.tasks.arithmetic import SLIPS, demonstrate, error_kind
+
+    rates = {"multiplier": 0.3, "sign": 0.2, "carry": 0.1}
+    cfg = ArithmeticConfig(name="arithmetic", num_pretrain=6000, num_train=300, num_test=300,
+                           **{f"slip_{k}": v for k, v in rates.items()})
+    records = generate_records(cfg)
+    task = build_task(cfg)
+    slips, chances = Counter(), Counter()
+    rng = random.Random(1)
+    for _ in range(6000):
+        problem = word_problem(rng, cfg.min_ops, cfg.max_ops, cfg.max_number)
+        _, made = demonstrate(list(problem.steps), problem.start, rates, random.Random(problem.question))
+        slips.update(made)
+        chances.update(multiplier=sum(s.kind == "mul" for s in problem.steps),
+                       sign=sum(s.kind == "sub" for s in problem.steps), carry=len(problem.steps) - 1)
+    for kind in SLIPS:
+        n, p = chances[kind], rates[kind]
+        assert abs(slips[kind] / n - p) < 3 * math.sqrt(p * (1 - p) / n), kind
+    # The pretraining solutions: their first errors are the slips (a slip can land on the right number by chance).
+    kinds = Counter(error_kind(r.question, r.solution, r.answer) for r in records["pretrain"])
+    assert set(kinds) == {"right", *SLIPS} and kinds["right"] < 0.85 * len(records["pretrain"])
+    for r in records["pretrain"][:300]:
+        assert (error_kind(r.question, r.solution, r.answer) == "right") == (r.answer == last_boxed(r.solution))
+    for split in ("train", "test"):
+        assert all(error_kind(r.question, r.solution, r.answer) == "right" for r in records[split])
+        assert all(task.reward(p, task.target(p)) == 1.0 for p in task.problems(split))
+    # The problems do not depend on the demonstrator.
+    clean = generate_records(ArithmeticConfig(name="arithmetic", num_pretrain=6000, num_train=300, num_test=300))
+    assert [r.question for r in clean["pretrain"]] == [r.question for r in records["pretrain"]]
+    assert clean["test"] == records["test"]
+
+
+def test_error_kind_names_the_first_wrong_decision_of_a_response():
+    from qsharp_exp.tasks.arithmetic import error_kind
+
+    buying = "Mia has 16 books. She buys 13 more. How many books does Mia have now?"
+    assert error_kind(buying, "After buying 13 more: 16 - 13 = 3. \\boxed{3}", "29") == "sign"
+
+    question = "Tom has 12 apples. He gives 3 to a friend. Then the number doubles. How many apples does Tom have now?"
+    right = "Tom starts with 12 apples. After giving 3 away: 12 - 3 = 9. After it doubles: 9 * 2 = 18."
+    cases = {
+        right + " The answer is \\boxed{18}.": "right",
+        "After giving 3 away: 12 + 3 = 15. After it doubles: 15 * 2 = 30. \\boxed{30}": "sign",
+        "After giving 3 away: 12 - 3 = 9. After it doubles: 9 * 3 = 27. \\boxed{27}": "multiplier",
+        "After giving 3 away: 12 - 3 = 9. After it doubles: 12 * 2 = 24. \\boxed{24}": "carry",
+        "After giving 3 away: 12 - 3 = 8. After it doubles: 8 * 2 = 16. \\boxed{16}": "arithmetic",
+        "After giving 3 away: 12 - 3 = 9. After it doubles: 9 * 2 = 18. \\boxed{9}": "other",
+        "After giving 3 away: 12 - 3 = 9. \\boxed{9}": "other",
+        "After giving 2 away: 12 - 2 = 10. After it doubles: 10 * 2 = 20. \\boxed{20}": "other",
+    }
+    for response, kind in cases.items():
+        assert error_kind(question, response, "18") == kind, response

@@ -153,6 +153,13 @@ def test_one_sample_per_problem_stops_before_pretraining(tmp_path):
     assert not (tmp_path / "cache" / "pi_ref").exists()
 
 
+def test_calibrating_a_return_model_without_logits_stops_before_pretraining(tmp_path):
+    err = fails_cleanly(*SMOKE, "guide_train.calibrate=true", "model.guide.distribution=mse",
+                        f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert "set guide_train.calibrate=false, or use bernoulli or histogram" in err
+    assert not (tmp_path / "cache" / "pi_ref").exists()
+
+
 def test_a_test_prompt_longer_than_the_context_stops_before_pretraining(tmp_path):
     data = tmp_path / "data"
     data.mkdir()

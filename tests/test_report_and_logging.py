@@ -23,8 +23,10 @@ def sweep(tmp_path_factory):
 def test_report_writes_the_papers_table_and_both_plots_next_to_the_runs(sweep):
     assert report.main([str(sweep)]) == 0
     table = (sweep / "report.md").read_text()
-    assert "| method | eta | accuracy | kl_mean | rm_best_of_2 | rm_maj1@2 |" in table
-    methods = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    assert "| method | eta | accuracy | kl_mean | objective | rm_best_of_2 | rm_maj1@2 |" in table
+    results, paired = table.split("Paired differences")
+    methods = [line.split("|")[1].strip() for line in results.splitlines()
+               if line.startswith("| ") and "---" not in line]
     assert methods == ["method", "pi_ref", "CD", "CD", "Q#", "Q#"]
     # Every cell of a reward or KL column is `value ± standard error`; the CSV keeps the errors apart.
     pi_ref_row = next(line for line in table.splitlines() if line.startswith("| pi_ref"))
@@ -33,7 +35,11 @@ def test_report_writes_the_papers_table_and_both_plots_next_to_the_runs(sweep):
     assert all(r["accuracy_se"] not in ("", None) and float(r["accuracy_se"]) >= 0 for r in rows)
     assert {(r["method"], r["eta"]) for r in rows} == {("pi_ref", ""), ("CD", "0.1"), ("CD", "1.0"), ("Q#", "0.1"),
                                                       ("Q#", "1.0")}
-    for name in ("reward_vs_kl.png", "reward_vs_inverse_eta.png"):
+    # Each method against pi_ref, and Q# against CD at each eta, on the same problems.
+    assert [line.split("|")[1:3] for line in paired.splitlines() if line.startswith("| ") and " - " in line] == [
+        [" CD - pi_ref ", " 0.1 "], [" CD - pi_ref ", " 1.0 "], [" Q# - pi_ref ", " 0.1 "], [" Q# - pi_ref ", " 1.0 "],
+        [" Q# - CD ", " 0.1 "], [" Q# - CD ", " 1.0 "]]
+    for name in ("reward_vs_kl.png", "reward_vs_inverse_eta.png", "objective_vs_inverse_eta.png"):
         assert (sweep / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -93,20 +99,22 @@ def test_runs_that_differ_in_an_unshown_setting_get_their_own_rows_and_curves(sw
     shutil.copytree(sweep, runs, ignore=shutil.ignore_patterns("*.png", "report.*"))
     qsharp = next(p.parent for p in runs.rglob("config.json") if "qsharp_eta0.1" in str(p))
     assert json.loads((qsharp / "config.json").read_text())["seed"] == 0  # every run writes its settings
-    other = runs / "seed1"  # the same Q# point, as if run with another seed
+    other = runs / "lr"  # the same Q# point, as if its return model had trained at another learning rate
     shutil.copytree(qsharp, other)
     config, metrics = json.loads((other / "config.json").read_text()), json.loads((other / "metrics.json").read_text())
-    (other / "config.json").write_text(json.dumps({**config, "seed": 1}))
+    (other / "config.json").write_text(json.dumps({**config, "guide_train.lr": 0.5}))
     (other / "metrics.json").write_text(json.dumps({**metrics, "dir_evaluation": "elsewhere", "accuracy": 0.0}))
 
     assert report.main([str(runs)]) == 0
     table = (runs / "report.md").read_text()
     assert "| method | settings | eta |" in table
-    assert [line.split("|")[1:3] for line in table.splitlines() if line.startswith("| Q#")] == [
-        [" Q# ", " seed=0 "], [" Q# ", " seed=0 "], [" Q# ", " seed=1 "]]
+    lr = json.loads((qsharp / "config.json").read_text())["guide_train.lr"]
+    assert [line.split("|")[1:3] for line in table.splitlines() if line.startswith("| Q# |")] == [
+        [" Q# ", f" guide_train.lr={lr} "], [" Q# ", f" guide_train.lr={lr} "], [" Q# ", " guide_train.lr=0.5 "]]
     assert "guide_round" not in table  # CD's own default, not a difference between runs of one method
     rows = next(iter(report.groups(report.find_metrics([runs])).values()))
-    assert {key for key in report.series(rows) if key[0] == "qsharp"} == {("qsharp", "seed=0"), ("qsharp", "seed=1")}
+    assert {key for key in report.series(rows) if key[0] == "qsharp"} == {
+        ("qsharp", f"guide_train.lr={lr}"), ("qsharp", "guide_train.lr=0.5")}
 
 
 class RecordedRun:

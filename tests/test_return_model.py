@@ -208,3 +208,44 @@ def test_val_fraction_zero_holds_out_no_problem_and_the_curve_has_training_loss_
     curve = train_return_model(make_guide(tokenizer, head="v"), data, cfg, tokenizer.pad_token_id,
                                Hardware(HardwareConfig()), 0, show_progress=False).curve
     assert [sorted(p) for p in curve if "step" in p] == [["step", "train_loss"]] * 2
+
+
+def test_calibration_fits_a_temperature_that_lowers_the_validation_loss_and_travels_with_the_model(tokenizer,
+                                                                                                  tmp_path):
+    """Labels that are 1 for token 5 only 70% of the time: a model trained hard on them is overconfident;
+    the fitted temperature makes its held-out loss no worse, divides the head's outputs, and is saved."""
+    import random
+
+    rng = random.Random(0)
+    rollouts = [rollout(f"p{i // 4}", float(a == 5 and rng.random() < 0.7 or a == 9 and rng.random() < 0.1), 0,
+                        (a, 6, 2)) for i, a in enumerate([5, 9] * 64)]
+    hw = Hardware(HardwareConfig())
+    cfg = GuideTrainConfig(steps=80, batch_size=16, lr=1e-2, eval_every=80, val_fraction=0.5, calibrate=True)
+    trained = train_return_model(make_guide(tokenizer, head="v"), rollouts, cfg, tokenizer.pad_token_id, hw, 0,
+                                 show_progress=False)
+    calibration = trained.calibration
+    assert calibration["temperature"] == pytest.approx(calibration["fitted_temperature"]) != 1.0
+    assert trained.model.temperature.item() == pytest.approx(calibration["temperature"])
+    assert calibration["after"]["examples"] == calibration["before"]["examples"] > 0
+    ids = torch.tensor([[7, 8, 9, 5, 6]])
+    scaled = trained.model.eval()(ids, torch.ones_like(ids))
+    trained.model.save_pretrained(tmp_path / "guide")
+    loaded = ReturnModel.from_pretrained(tmp_path / "guide").eval()
+    torch.testing.assert_close(loaded(ids, torch.ones_like(ids)), scaled)
+    with torch.no_grad():
+        trained.model.temperature.fill_(1.0)
+    torch.testing.assert_close(trained.model(ids, torch.ones_like(ids)), scaled * calibration["temperature"])
+    # Without the setting nothing is fitted, and the figures before it are still measured.
+    plain = train_return_model(make_guide(tokenizer, head="v"), rollouts, GuideTrainConfig(
+        steps=10, batch_size=16, eval_every=10, val_fraction=0.5), tokenizer.pad_token_id, hw, 0, show_progress=False)
+    assert set(plain.calibration) == {"before", "temperature"} and plain.calibration["temperature"] == 1.0
+
+
+def test_a_return_model_saved_before_temperature_scaling_loads_with_temperature_one(tokenizer, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = make_guide(tokenizer, head="v")
+    model.save_pretrained(tmp_path / "old")
+    weights = load_file(tmp_path / "old" / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if k != "temperature"}, tmp_path / "old" / "model.safetensors")
+    assert ReturnModel.from_pretrained(tmp_path / "old").temperature.item() == 1.0

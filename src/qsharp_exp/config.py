@@ -340,6 +340,9 @@ class BasePretrainConfig:
     max_operand: int = 99  # arithmetic: operands of sums and differences go up to this
     max_steps: int = 3  # arithmetic: a line chains 1..max_steps equations
     eval_lines: int = 1_000  # held-out lines on which the base model's accuracy is measured
+    # The base model's own seed (its init and corpus); null: the run's `seed`. Set, one base model serves every
+    # run seed, as one pretrained LM serves every experiment of the paper.
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         optimiser_checks(self)
@@ -434,6 +437,9 @@ class GuideTrainConfig:
     val_fraction: float = 0.05
     # Save a resumable checkpoint (model, optimizer, schedule, step, RNG) every N steps; 0 = never.
     checkpoint_every: int = 0
+    # Temperature scaling after training: the head's outputs are divided by the T that fits the validation
+    # split best (calibration.py), so that values mean the success rates they claim (Q# relies on it).
+    calibrate: bool = False
 
     def __post_init__(self) -> None:
         optimiser_checks(self)

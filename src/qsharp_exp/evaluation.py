@@ -42,6 +42,41 @@ def mean_and_se(values: Sequence[float]) -> tuple[float, float | None]:
     return mean, math.sqrt(variance / n)
 
 
+def per_problem_means(samples: Sequence[dict], key: str) -> dict[str, float]:
+    """{problem_id: mean of `key` over the problem's samples} (samples.jsonl rows)."""
+    by: dict[str, list[float]] = defaultdict(list)
+    for row in samples:
+        by[row["problem_id"]].append(float(row[key]))
+    return {pid: sum(v) / len(v) for pid, v in by.items()}
+
+
+def objective_per_problem(samples: Sequence[dict], eta: float) -> dict[str, float]:
+    """J_eta = reward - eta * KL(pi || pi_ref) per problem: the KL-regularised objective that Q# maximises when
+    its values are exact (docs/method.md, section 1)."""
+    reward, kl = per_problem_means(samples, "correct"), per_problem_means(samples, "kl")
+    return {pid: reward[pid] - eta * kl[pid] for pid in reward}
+
+
+def objective(samples: Sequence[dict], eta: float | None) -> tuple[float | None, float | None]:
+    """(J_eta, its standard error over problems). With no eta (pi_ref, a fine-tuned policy) it is the reward
+    where the KL is 0 (pi_ref), and undefined (None) otherwise."""
+    if eta is None:
+        if any(row["kl"] for row in samples):
+            return None, None
+        eta = 0.0
+    return mean_and_se(list(objective_per_problem(samples, eta).values()))
+
+
+def paired_difference(a: dict[str, float], b: dict[str, float]) -> tuple[float, float | None, int]:
+    """(mean of a - b over the problems both hold, its paired standard error, how many problems): the
+    comparison of two methods on the same test problems, where each problem's own difficulty cancels."""
+    shared = sorted(a.keys() & b.keys())
+    if not shared:
+        raise ValueError("the two runs share no test problem: a paired difference needs the same problems")
+    mean, se = mean_and_se([a[pid] - b[pid] for pid in shared])
+    return mean, se, len(shared)
+
+
 def with_standard_errors(per_problem: dict[str, Sequence[float]]) -> dict[str, float | None]:
     """{name: mean, name_se: its standard error} for each metric's per-problem values."""
     out: dict[str, float | None] = {}

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
 from transformers.utils import logging as hf_logging
 
 from qsharp_exp import tracking
-from qsharp_exp.config import CollectMode, ConfigError, RunConfig, UserError
+from qsharp_exp.config import CollectMode, ConfigError, Distribution, RunConfig, UserError
+from qsharp_exp.evaluation import objective
 from qsharp_exp.failures import BUILDING
-from qsharp_exp.files import write_json, write_text
+from qsharp_exp.files import read_jsonl, write_json, write_text
 from qsharp_exp.report import print_summary
 from qsharp_exp.stages import base_model, evaluation, pi_ref, policy, return_model
 from qsharp_exp.stages.context import RunContext
@@ -40,6 +42,10 @@ def run(cfg: RunConfig, out_dir: Path, tracker_group: str | None = None) -> dict
             write_json(out_dir / "metrics.json", metrics)
             write_json(out_dir / "config.json", settings(cfg))  # what the report tells runs apart by
             write_text(out_dir / "samples.jsonl", (Path(metrics["dir_evaluation"]) / "samples.jsonl").read_text())
+            if ctx.guided:  # the guide's reliability diagram beside the run's results
+                reliability = Path(metrics[f"dir_return_model_round{ctx.guide_round}"]) / "reliability.png"
+                if reliability.exists():
+                    shutil.copyfile(reliability, out_dir / "guide_reliability.png")
             print_summary(metrics)
         finished = metrics
     finally:
@@ -83,25 +89,37 @@ def check_before_work(ctx: RunContext) -> None:
         raise ConfigError(f"collect.samples_per_problem={collect.samples_per_problem}: a return model learns from "
                           "problems whose samples got different rewards, and one sample per problem never does: "
                           "set collect.samples_per_problem>=2.")
+    guide = ctx.cfg.model.guide
+    if ctx.rounds_needed and ctx.cfg.guide_train.calibrate and guide.distribution == Distribution.mse:
+        raise ConfigError("guide_train.calibrate=true scales the head's logits, and model.guide.distribution=mse has "
+                          "none (it outputs the mean itself): set guide_train.calibrate=false, or use bernoulli or "
+                          "histogram.")
     pi_ref.check_before_work(ctx)
 
 
 def run_metrics(ctx: RunContext, base: base_model.BaseModel | None, reference: pi_ref.PiRef,
                 evaluation_metrics: Path) -> dict:
-    """metrics.json of the run: one flat object of what ran, the evaluation's metrics, the base model's and
-    pi_ref's accuracy when they were pretrained here, and each stage's time, directory and peak GPU memory."""
+    """metrics.json of the run: one flat object of what ran, the evaluation's metrics and the objective J_eta, the
+    base model's and pi_ref's accuracy when they were pretrained here, and each stage's time, directory and peak
+    GPU memory."""
     cfg = ctx.cfg
+    eta = cfg.algo.eta if ctx.guided else None
+    measured = json.loads(evaluation_metrics.read_text())
+    value, se = objective(read_jsonl(evaluation_metrics.parent / "samples.jsonl"), eta)
     result = {
         "task": cfg.task.name, "model": cfg.model.name, "algo": cfg.algo.name, **ctx.task.describe(),
-        "eta": cfg.algo.eta if ctx.guided else None,
+        "eta": eta,
         "top_k": cfg.algo.top_k if ctx.guided else None,
         "guide_round": ctx.guide_round if ctx.guided else None,
         "paper_compat": cfg.eval.paper_compat,
         "reward_metric": ctx.task.reward_metric,
-        **json.loads(evaluation_metrics.read_text()),
+        **measured,
+        "objective": value, "objective_se": se,  # J_eta = reward - eta * KL (pi_ref: its reward)
         **{f"base_{k}": v for k, v in (base.metrics if base else {}).items()},
         **{f"pi_ref_{k}": v for k, v in reference.metrics.items()},
     }
+    if ctx.guided:  # how well the guide's values match held-out returns (calibration.py)
+        result.update(_guide_calibration(ctx.stages[f"return_model_round{ctx.guide_round}"].path))
     for name, stage in ctx.stages.items():
         result[f"time_{name}_s"] = round(stage.seconds, 2)
         result[f"build_time_{name}_s"] = stage.build_seconds
@@ -109,3 +127,15 @@ def run_metrics(ctx: RunContext, base: base_model.BaseModel | None, reference: p
         if stage.peak_gpu_gib is not None:
             result[f"peak_gpu_gib_{name}"] = stage.peak_gpu_gib
     return result
+
+
+def _guide_calibration(stage_dir: Path) -> dict:
+    """The guide's calibration on its validation split: ECE and Brier score as guided decoding used it (after
+    temperature scaling when it was fitted), and the temperature."""
+    path = stage_dir / "calibration.json"
+    if not path.exists():
+        return {}
+    calibration = json.loads(path.read_text())
+    used = calibration.get("after", calibration["before"])
+    return {"guide_val_ece": used["ece"], "guide_val_brier": used["brier"],
+            "guide_temperature": calibration["temperature"]}

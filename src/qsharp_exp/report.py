@@ -13,10 +13,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import sys
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
+from qsharp_exp.evaluation import mean_and_se, objective_per_problem, paired_difference, per_problem_means
+from qsharp_exp.files import read_jsonl
 from qsharp_exp.guidance import RULES
 from qsharp_exp.stages.inputs import non_semantic
 from qsharp_exp.training.policy import TRAINERS
@@ -85,6 +89,8 @@ def _config(run_dir: Path) -> dict | None:
 # Settings a table shows as its headings and columns (model, task, method, eta), and those that never change
 # a result (where files go, progress bars, the tracker).
 SHOWN = frozenset({"model.name", "task.name", "algo.name", "algo.eta"})
+# Runs that differ only in these are repeats of one experiment: one row, their mean over seeds (seed_study).
+SEEDS = ("seed", "task.seed")
 
 
 def differing(rows: list[dict]) -> list[str]:
@@ -94,7 +100,7 @@ def differing(rows: list[dict]) -> list[str]:
     configs = [r["_config"] for r in rows if r.get("_config")]
     keys = []
     for key in sorted({k for c in configs for k in c}):
-        if key in SHOWN or non_semantic(key):
+        if key in SHOWN or key in SEEDS or non_semantic(key):
             continue
         values = defaultdict(set)
         for c in configs:
@@ -129,6 +135,8 @@ def columns(rows: list[dict]) -> list[str]:
     if names[0] == "pass@1":
         names += sorted({k for r in rows for k in r if k.startswith("maj1@") and not k.endswith("_se")})
     names.append("kl_mean")
+    if any(r.get("objective") is not None for r in rows):
+        names.append("objective")
     # Q# as a reward model ranks several samples; with one sample per problem it would repeat the reward.
     names += sorted({k for r in rows for k in r if k.startswith(("rm_best_of_", "rm_maj1@"))
                      and not k.endswith("_se") and r.get("num_samples", 1) > 1})
@@ -174,32 +182,148 @@ def _fmt(metrics: dict, name: str) -> str:
 
 
 def write_tables(runs: list[dict], out: Path) -> None:
-    lines = ["# Results", "", "Rewards in %, KL in nats per response (mean over samples), each ± its standard "
-             "error over problems. "
-             "Source: the metrics.json files under the given directories.", ""]
+    lines = ["# Results", "", "Rewards in %, KL in nats per response (mean over samples), objective = reward - eta "
+             "* KL in %, each ± its standard error over problems; a row of several seeds shows their mean ± the "
+             "standard error across seeds. Source: the metrics.json files under the given directories.", ""]
     csv_rows = []
     for (model, task), rows in groups(runs).items():
         cols = columns(rows)
+        studies = seed_study(rows)
+        seeded = any(len(study.runs) > 1 for study in studies)
         labelled = any(m["_setting"] for m in rows)  # a column of the settings its runs differ in
         lines += [f"## {model} / {task}", "", "| method | " + ("settings | " if labelled else "") + "eta | "
-                  + " | ".join(cols) + " |", "|---|---|" + ("---|" if labelled else "") + "---|" * len(cols)]
-        for m in rows:
-            eta = f"{m['eta']:g}" if m.get("eta") is not None else "-"
-            lines.append(f"| {algo_label(m['algo'])} | " + (f"{m['_setting'] or '-'} | " if labelled else "")
-                         + f"{eta} | " + " | ".join(_fmt(m, c) for c in cols) + " |")
-            csv_rows.append({"model": model, "task": task, "method": algo_label(m["algo"]),
-                             "settings": m["_setting"], "eta": m.get("eta") if m.get("eta") is not None else "",
-                             **{c: m.get(c, "") for c in cols},
-                             **{f"{c}_se": m[f"{c}_se"] for c in cols if m.get(f"{c}_se") is not None},
-                             "run_dir": m["_path"]})
-        lines.append("")
+                  + ("seeds | " if seeded else "") + " | ".join(cols) + " |",
+                  "|---|---|" + ("---|" if labelled else "") + ("---|" if seeded else "") + "---|" * len(cols)]
+        for study in studies:
+            for m, seed in [(study.mean, "mean"), *((r, _seed_label(r)) for r in study.runs)] if seeded else [
+                    (r, _seed_label(r)) for r in study.runs]:
+                if seed == "mean" and len(study.runs) == 1:
+                    continue  # a single seed's row is the run itself
+                eta = f"{m['eta']:g}" if m.get("eta") is not None else "-"
+                name = algo_label(m["algo"]) if seed == "mean" or len(study.runs) == 1 else f"  seed {seed}"
+                lines.append(f"| {name} | " + (f"{m['_setting'] or '-'} | " if labelled else "") + f"{eta} | "
+                             + (f"{len(study.runs) if seed == 'mean' else seed} | " if seeded else "")
+                             + " | ".join(_fmt(m, c) for c in cols) + " |")
+                csv_rows.append({"model": model, "task": task, "method": algo_label(m["algo"]),
+                                 "settings": m["_setting"], "eta": m.get("eta") if m.get("eta") is not None else "",
+                                 "seed": seed, **{c: m.get(c, "") for c in cols},
+                                 **{f"{c}_se": m[f"{c}_se"] for c in cols if m.get(f"{c}_se") is not None},
+                                 "run_dir": m.get("_path", "")})
+        lines += ["", *paired_table(studies), ""]
     (out / "report.md").write_text("\n".join(lines))
-    fields = ["model", "task", "method", "settings", "eta"]
+    fields = ["model", "task", "method", "settings", "eta", "seed"]
     fields += sorted({k for r in csv_rows for k in r} - set(fields) - {"run_dir"}) + ["run_dir"]
     with (out / "report.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(csv_rows)
+
+
+# -- seeds: repeats of one experiment, and paired comparisons on the same test problems ---------------------
+
+
+def _seed_of(m: dict) -> tuple:
+    config = m.get("_config") or {}
+    return tuple(config.get(k) for k in SEEDS) if config else (m["_path"],)
+
+
+def _seed_label(m: dict) -> str:
+    config = m.get("_config") or {}
+    if not config:
+        return "?"
+    seed, task_seed = (config.get(k) for k in SEEDS)
+    return str(seed) if task_seed in (None, 0) else f"{seed} (task {task_seed})"
+
+
+@dataclass
+class SeedStudy:
+    """The runs of one method, setting and eta that differ only in their seeds, and their mean."""
+
+    runs: list[dict]
+    mean: dict
+
+
+def seed_study(rows: list[dict]) -> list[SeedStudy]:
+    """Rows (sorted) grouped by method, setting and eta: each group's runs by seed, and a row of their means with
+    the standard error across seeds (`<metric>_se`; none for one seed) and `seeds`, their number."""
+    by: dict[tuple, list[dict]] = defaultdict(list)
+    for m in rows:
+        by[(m["algo"], m["_setting"], m.get("eta"))].append(m)
+    studies = []
+    for runs in by.values():
+        runs = sorted(runs, key=lambda m: [str(v) for v in _seed_of(m)])
+        mean = {k: runs[0][k] for k in ("task", "algo", "eta", "_setting", "num_samples", "reward_metric", "model")
+                if k in runs[0]}
+        mean["seeds"] = len(runs)
+        for key in {k for m in runs for k, v in m.items() if _numeric(v) and not k.endswith("_se")}:
+            values = [m[key] for m in runs if _numeric(m.get(key))]
+            if len(values) < len(runs):
+                continue
+            mean[key], spread = mean_and_se(values)
+            mean[f"{key}_se"] = spread if len(runs) > 1 else runs[0].get(f"{key}_se")
+        studies.append(SeedStudy(runs, mean))
+    return studies
+
+
+def _numeric(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _per_problem(m: dict) -> tuple[dict[str, float], dict[str, float]] | None:
+    """(reward, objective) per test problem of a run, from its samples.jsonl; None where it has none."""
+    if "_per_problem" not in m:
+        path = Path(m["_path"]) / "samples.jsonl"
+        m["_per_problem"] = None
+        if path.exists():
+            samples = read_jsonl(path)
+            m["_per_problem"] = (per_problem_means(samples, "correct"),
+                                 objective_per_problem(samples, m.get("eta") or 0.0))
+    return m["_per_problem"]
+
+
+def comparisons(studies: list[SeedStudy]) -> list[tuple[SeedStudy, SeedStudy]]:
+    """(method, baseline) pairs: every method against pi_ref, and each guidance rule against the one listed
+    before it at the same eta and setting (Q# - CD)."""
+    base = [s for s in studies if s.mean["algo"] == "pi_ref"]
+    pairs = [(s, base[0]) for s in studies if s.mean["algo"] != "pi_ref" and len(base) == 1]
+    rules = [s for s in studies if s.mean["algo"] in RULES]
+    for s in rules:
+        pairs += [(s, o) for o in rules if algo_order(o.mean["algo"]) < algo_order(s.mean["algo"])
+                  and (o.mean.get("eta"), o.mean["_setting"]) == (s.mean.get("eta"), s.mean["_setting"])]
+    return pairs
+
+
+def paired_table(studies: list[SeedStudy]) -> list[str]:
+    """Differences between methods on the same test problems: per seed with the paired standard error over
+    problems, and their mean over seeds ± the standard error across seeds."""
+    lines = []
+    for study, baseline in comparisons(studies):
+        theirs = {_seed_of(m): m for m in baseline.runs}
+        label = f"{algo_label(study.mean['algo'])} - {algo_label(baseline.mean['algo'])}"
+        eta = study.mean.get("eta")
+        per_seed = []
+        for m in study.runs:
+            other = theirs.get(_seed_of(m))
+            ours, them = _per_problem(m), _per_problem(other) if other else None
+            if ours is None or them is None or not ours[0].keys() & them[0].keys():
+                continue
+            reward, objective = (paired_difference(ours[i], them[i]) for i in (0, 1))
+            per_seed.append((reward[0], objective[0]))
+            lines.append(f"| {label} | {eta if eta is not None else '-'} | {_seed_label(m)} | "
+                         f"{_signed(reward[0], reward[1])} | {_signed(objective[0], objective[1])} | {reward[2]} |")
+        if len(per_seed) > 1:
+            (r, r_se), (o, o_se) = (mean_and_se([d[i] for d in per_seed]) for i in (0, 1))
+            lines.append(f"| **{label}** | {eta if eta is not None else '-'} | mean of {len(per_seed)} | "
+                         f"**{_signed(r, r_se)}** | **{_signed(o, o_se)}** | across seeds |")
+    if not lines:
+        return []
+    return ["Paired differences on the same test problems (reward and objective in %; ± the paired standard error "
+            "over problems, or across seeds for a mean):", "",
+            "| comparison | eta | seed | reward | objective | problems |", "|---|---|---|---|---|---|", *lines]
+
+
+def _signed(value: float, se: float | None) -> str:
+    return f"{100 * value:+.1f}" + (f" ± {100 * se:.1f}" if se is not None else "")
 
 
 def write_plots(runs: list[dict], out: Path) -> list[Path]:
@@ -209,22 +333,26 @@ def write_plots(runs: list[dict], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     written = []
-    by_group = {k: v for k, v in groups(runs).items() if any(m["algo"] in RULES for m in v)}
+    # One point per method, setting and eta: the mean over seeds where a point was run with several.
+    by_group = {k: [study.mean for study in seed_study(v)] for k, v in groups(runs).items()
+                if any(m["algo"] in RULES for m in v)}
     if not by_group:
         return written
     several = len(by_group) > 1
-    for name, x_of, x_label, log_x in (
-        ("reward_vs_kl.png", lambda m: m["kl_mean"], "KL(pi || pi_ref), nats per response", False),
-        ("reward_vs_inverse_eta.png", lambda m: 1.0 / m["eta"], "1 / eta", True),
+    for name, x_of, x_label, log_x, y_key in (
+        ("reward_vs_kl.png", lambda m: m["kl_mean"], "KL(pi || pi_ref), nats per response", False, None),
+        ("reward_vs_inverse_eta.png", lambda m: 1.0 / m["eta"], "1 / eta", True, None),
+        # J_eta, what Q# maximises: each eta is its own objective, so a method is judged at its own eta.
+        ("objective_vs_inverse_eta.png", lambda m: 1.0 / m["eta"], "1 / eta", True, "objective"),
     ):
         fig, axes = plt.subplots(1, len(by_group), figsize=(5.5 * len(by_group), 4.2), squeeze=False)
         for ax, ((model, task), rows) in zip(axes[0], by_group.items(), strict=True):
-            metric = reward_name(rows)
+            metric = y_key or reward_name(rows)
             settings = sorted({m["_setting"] for m in rows})
             for (algo, setting), points in series(rows).items():
                 if algo not in RULES:
                     continue
-                points = sorted(points, key=x_of)
+                points = sorted((m for m in points if _numeric(m.get(metric))), key=x_of)
                 color, marker = _style(algo)
                 xs, ys = [x_of(m) for m in points], [m[metric] for m in points]
                 ax.plot(xs, ys, marker=marker, color=color, label=series_label(algo, setting),
@@ -236,14 +364,14 @@ def write_plots(runs: list[dict], out: Path) -> list[Path]:
                     ax.annotate("eta=" + ", ".join(etas), (x, y), textcoords="offset points", xytext=(4, 4),
                                 fontsize=7, color=color)
             for (algo, setting), points in series(rows).items():
-                if algo == "pi_ref":
+                if algo == "pi_ref" and _numeric(points[0].get(metric)):
                     ax.axhline(points[0][metric], color="gray", label=series_label(algo, setting),
                                linestyle=LINESTYLES[1 + settings.index(setting) % (len(LINESTYLES) - 1)])
             if log_x:
                 ax.set_xscale("log")
             ax.set_xlabel(x_label)
-            ax.set_ylabel(metric)
-            ax.set_title(f"{model} / {task}" if several else f"{task}: {metric} against "
+            ax.set_ylabel(f"{reward_name(rows)} - eta * KL" if y_key else metric)
+            ax.set_title(f"{model} / {task}" if several else f"{task}: {y_key or metric} against "
                          + ("KL" if not log_x else "1/eta"))
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
@@ -306,6 +434,8 @@ def print_summary(metrics: dict) -> None:
         *((key, with_se(metrics, key)) for key in metrics
           if key.startswith(("pass@", "maj1@", "rm_")) and not key.endswith("_se")),
         ("kl_mean (nats)", with_se(metrics, "kl_mean")),
+        *([("objective (reward - eta * KL)", with_se(metrics, "objective"))]
+          if metrics.get("objective") is not None else []),
         ("problems x samples", f"{metrics['num_problems']} x {metrics['num_samples']}"),
     ]
     if "pi_ref_test_accuracy" in metrics:

@@ -63,6 +63,8 @@ class ReturnModel(nn.Module):
         self.head = nn.Linear(hidden, out)
         nn.init.normal_(self.head.weight, std=init_std)
         nn.init.zeros_(self.head.bias)
+        # The head's outputs are divided by this (temperature scaling, calibration.py); 1 until it is fitted.
+        self.register_buffer("temperature", torch.ones(()))
 
     @property
     def context_width(self) -> int:
@@ -85,7 +87,7 @@ class ReturnModel(nn.Module):
 
     def head_outputs(self, hidden: torch.Tensor) -> torch.Tensor:
         """[..., V, D] for a Q-type head, [..., D] for a V-type head (D = distribution size)."""
-        out = self.head(hidden).float()
+        out = self.head(hidden).float() / self.temperature
         if self.cfg.head == "q":
             return out.view(*hidden.shape[:-1], self.vocab_size, self.distribution.size)
         return out
@@ -119,7 +121,8 @@ class ReturnModel(nn.Module):
         cfg: GuideConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(GuideConfig), meta["guide"]))
         model = cls(cfg, AutoModel.from_pretrained(path / "trunk", dtype=dtype))
         missing, unexpected = model.load_state_dict(load_file(path / "model.safetensors"), strict=False)
-        stray = unexpected + [k for k in missing if not k.startswith("trunk.")]
+        # A model saved before temperature scaling existed has none: it keeps the 1 it starts with.
+        stray = unexpected + [k for k in missing if not k.startswith("trunk.") and k != "temperature"]
         if stray:
             raise ValueError(f"{path}: head weights do not fit its config.json ({', '.join(stray)}).")
         return model

@@ -10,16 +10,20 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+
+from transformers import PreTrainedModel
 
 from qsharp_exp.config import BasePretrainConfig, RunConfig, UserError
 from qsharp_exp.files import write_json, write_jsonl
+from qsharp_exp.hardware import Hardware
 from qsharp_exp.models.identity import model_identity
 from qsharp_exp.models.lm import build_causal_lm
 from qsharp_exp.stages.cache import stage_key
 from qsharp_exp.stages.context import RunContext
 from qsharp_exp.stages.inputs import replaced
-from qsharp_exp.training.base_corpus import CORPORA, BaseCorpus, settings_of
+from qsharp_exp.training.base_corpus import CORPORA, BaseCorpus, CorpusLine, settings_of
 from qsharp_exp.training.pretrain import exact_matches, pretrain
 
 log = logging.getLogger(__name__)
@@ -39,7 +43,9 @@ def load(ctx: RunContext) -> BaseModel:
         source = cfg.model.base.pretrained
         return BaseModel(source, stage_key({"pretrained": model_identity(source, "model.base.pretrained")}), {})
     corpus = CORPORA[cfg.base_pretrain.corpus.value]
-    reads = ["seed", "model.base", *(f"base_pretrain.{name}" for name in settings_of(cfg.base_pretrain))]
+    own_seed = cfg.base_pretrain.seed is not None
+    reads = [*([] if own_seed else ["seed"]), "model.base",
+             *(f"base_pretrain.{name}" for name in settings_of(cfg.base_pretrain))]
     after = {"corpus_revision": corpus.revision, **corpus.task_inputs(ctx.task),
              "vocabulary": sorted(ctx.task_tokenizer.get_vocab().items())}
     stage = ctx.stage("base_model", reads, lambda cfg, out: _pretrain(ctx, cfg, corpus, out), after=after)
@@ -49,12 +55,13 @@ def load(ctx: RunContext) -> BaseModel:
 
 def _pretrain(ctx: RunContext, cfg: RunConfig, corpus: BaseCorpus, out: Path) -> None:
     tokenizer, pad = ctx.task_tokenizer, ctx.task_tokenizer.pad_token_id
-    model = build_causal_lm(cfg.model.base, tokenizer, cfg.seed)
+    seed = cfg.seed if cfg.base_pretrain.seed is None else cfg.base_pretrain.seed  # reads `seed` only when used
+    model = build_causal_lm(cfg.model.base, tokenizer, seed)
     log.info("base model: %d parameters", sum(p.numel() for p in model.parameters()))
     curve: list[dict] = []
     done = 0  # steps of the phases before
     for number, phase in enumerate(_phases(cfg.base_pretrain, corpus), 1):
-        lines = corpus.lines(ctx.task, tokenizer, phase, cfg.seed)
+        lines = corpus.lines(ctx.task, tokenizer, phase, seed)
         longest = max(len(x.prompt) + len(x.response) for x in lines)
         if longest > cfg.model.base.max_positions:
             raise UserError(f"a line of the {phase.corpus} corpus has {longest} tokens, more than "
@@ -62,20 +69,27 @@ def _pretrain(ctx: RunContext, cfg: RunConfig, corpus: BaseCorpus, out: Path) ->
                             "shorter (base_pretrain.max_pairs, max_steps, max_operand).")
         held_out, lines = lines[: phase.eval_lines], lines[phase.eval_lines :]
         log.info("base model phase %d: %d steps on %d %s lines", number, phase.steps, len(lines), phase.corpus)
+        measure = partial(_held_out_metrics, model, corpus, held_out, pad, ctx.hw)
         phase_curve = pretrain(model, [(x.prompt, x.response) for x in lines], phase, pad, ctx.hw,
-                               cfg.seed + number - 1, cfg.progress, desc=f"pretrain base model ({number})")
+                               seed + number - 1, cfg.progress, desc=f"pretrain base model ({number})",
+                               held_out=measure)
         curve += [{**point, "step": done + point["step"]} for point in phase_curve]
         done += phase.steps
     # Scored on the last phase's held-out lines: the corpus the model ends on, with every kind of question.
-    hits = exact_matches(model, [(x.prompt, x.response) for x in held_out], pad, ctx.hw,
-                         scored=[x.scored for x in held_out])
-    metrics = held_out_accuracy(corpus.metric, hits, [x.group for x in held_out])
+    metrics = measure()
     log.info("base model on %d held-out lines: %s", len(held_out),
              ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
     model.save_pretrained(out / "model")
     tokenizer.save_pretrained(out / "model")
     write_json(out / "metrics.json", metrics)
     write_jsonl(out / "curve.jsonl", curve)
+
+
+def _held_out_metrics(model: PreTrainedModel, corpus: BaseCorpus, held_out: list[CorpusLine], pad: int,
+                      hw: Hardware) -> dict[str, float]:
+    hits = exact_matches(model, [(x.prompt, x.response) for x in held_out], pad, hw,
+                         scored=[x.scored for x in held_out])
+    return held_out_accuracy(corpus.metric, hits, [x.group for x in held_out])
 
 
 def _phases(train: BasePretrainConfig, corpus: BaseCorpus) -> list[BasePretrainConfig]:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from qsharp_exp.calibration import plot_reliability
 from qsharp_exp.config import Init, RunConfig, UserError
-from qsharp_exp.files import read_jsonl, write_jsonl
+from qsharp_exp.files import read_jsonl, write_json, write_jsonl
 from qsharp_exp.models.identity import model_identity
 from qsharp_exp.models.lm import load_pretrained_lm, load_tokenizer
 from qsharp_exp.models.return_model import ReturnModel, build_return_model, return_model_from_lm
@@ -82,6 +83,11 @@ def _train(ctx: RunContext, pi_ref: PiRef, round_: int, data: list[StageResult],
         pi_ref.codec.tokenizer.save_pretrained(out / "model")  # a standard model folder: the tokenizer beside it
         write_jsonl(out / "curve.jsonl", trained.curve)
         plot_guide_curve(trained.curve, out / "curve.png")
+        if trained.calibration:
+            write_json(out / "calibration.json", trained.calibration)
+            plot_reliability({when: trained.calibration[when] for when in ("before", "after")
+                              if when in trained.calibration}, out / "reliability.png",
+                             f"Return model round {round_}: validation examples")
 
     return ctx.stage(f"return_model_round{round_}", reads, build, after=after, resumable=True)
 

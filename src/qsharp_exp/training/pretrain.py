@@ -4,6 +4,7 @@ task's problems, the base model on the lookup corpus."""
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,8 @@ from qsharp_exp.prompts import PromptCodec
 from qsharp_exp.tasks import Problem
 from qsharp_exp.training.engine import make_trainer
 
+HELD_OUT_EVERY = 250  # steps between held-out measurements of a pretraining run that has them
+
 
 def pretrain(
     model: PreTrainedModel,
@@ -28,8 +31,10 @@ def pretrain(
     seed: int,
     show_progress: bool = True,
     desc: str = "pretrain pi_ref",
+    held_out: Callable[[], dict[str, float]] | None = None,
 ) -> list[dict]:
-    """examples: (prompt ids, response ids ending in EOS). Returns the loss curve."""
+    """examples: (prompt ids, response ids ending in EOS). Returns the loss curve, with `held_out()`'s figures
+    every HELD_OUT_EVERY steps and at the end when it is given (how far from converged a model is)."""
     rng = random.Random(seed)
     torch.manual_seed(seed)
     model.to(hw.device).train()
@@ -45,6 +50,9 @@ def pretrain(
         trainer.update(loss)
         if step % 50 == 0 or step == cfg.steps - 1:
             curve.append({"step": step, "loss": round(loss.item(), 5)})
+            if held_out is not None and (step % HELD_OUT_EVERY == 0 or step == cfg.steps - 1):
+                curve[-1].update(held_out())
+                model.train()
             tracking.live(curve[-1])
             bar.set_postfix(loss=f"{loss.item():.4f}")
     model.eval()

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from qsharp_exp import tracking
+from qsharp_exp.calibration import calibration_summary, fit_temperature
 from qsharp_exp.config import GuideTrainConfig, UserError
 from qsharp_exp.hardware import Hardware
 from qsharp_exp.models.return_model import Examples, ReturnModel
@@ -194,11 +195,47 @@ class BatchPlan:
         return self._epochs[epoch]
 
 
+@torch.no_grad()
+def held_out_outputs(model: ReturnModel, rollouts: list[Rollout], pad_id: int, hw: Hardware, batch: int = 512
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The head's outputs at every example of `rollouts` and the returns they predict (float32, on the CPU)."""
+    model.eval()
+    outs, returns = [], []
+    for start in range(0, len(rollouts), batch):
+        _, out, ret = labelled(model, rollouts[start : start + batch], pad_id, hw)
+        outs.append(out.float().cpu())
+        returns.append(ret.float().cpu())
+    return torch.cat(outs), torch.cat(returns)
+
+
+def calibrate(model: ReturnModel, val: list[Rollout], pad_id: int, hw: Hardware, fit: bool) -> dict:
+    """Calibration of the model's values on the validation rollouts (ECE, Brier, reliability bins), and with
+    `fit` temperature scaling: the fitted T is folded into the model (`model.temperature`) and the figures after
+    it are added. Values and returns are read on [0, 1] (from [v_min, v_max])."""
+    dist = model.distribution
+    out, returns = held_out_outputs(model, val, pad_id, hw)
+    scale = dist.v_max - dist.v_min
+
+    def summary(outputs: torch.Tensor) -> dict:
+        predicted = ((dist.mean(outputs) - dist.v_min) / scale).clamp(0, 1).tolist()
+        return calibration_summary(predicted, ((returns - dist.v_min) / scale).tolist())
+
+    result = {"before": summary(out)}
+    if fit:
+        t = fit_temperature(lambda inverse: dist.loss(out * inverse, returns).mean())
+        model.temperature.mul_(t)
+        result.update(fitted_temperature=round(t, 5), after=summary(out / t))
+    result["temperature"] = round(model.temperature.item(), 5)
+    model.train()
+    return result
+
+
 @dataclass
 class TrainedReturnModel:
     model: ReturnModel
     curve: list[dict]  # the learning curve: kept/dropped counts first, then a point every eval_every steps
     trainer: Trainer
+    calibration: dict = field(default_factory=dict)  # on the validation split (calibrate); empty without one
 
     def full_parameters(self) -> AbstractContextManager:
         """A context in which the model's parameters are whole (gathered by every rank under ZeRO-3)."""
@@ -228,8 +265,14 @@ def train_return_model(
     trainer = make_trainer(model, hw, cfg.lr, cfg.weight_decay, warmup, plan.steps,
                            data_parallel_batch=plan.problems_per_batch // hw.dist.world * plan.per_problem)
     curve = _train(trainer, plan, cfg, pad_id, hw, show_progress, checkpoints)
+    calibration = calibrate(trainer.module, plan.val, pad_id, hw, cfg.calibrate) if plan.val else {}
+    if calibration:
+        log.info("return model calibration on %d validation examples: %s", calibration["before"]["examples"],
+                 ", ".join(f"{when} ECE {calibration[when]['ece']:.4f} Brier {calibration[when]['brier']:.4f}"
+                           for when in ("before", "after") if when in calibration)
+                 + (f" (temperature {calibration['fitted_temperature']:.3f})" if cfg.calibrate else ""))
     trainer.module.eval()
-    return TrainedReturnModel(trainer.module, curve, trainer)
+    return TrainedReturnModel(trainer.module, curve, trainer, calibration)
 
 
 def _train(trainer: Trainer, plan: BatchPlan, cfg: GuideTrainConfig, pad_id: int, hw: Hardware,
