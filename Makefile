@@ -50,7 +50,7 @@ reproduce-star-graph: install
 SEEDS ?= 0,1,2
 ARITHMETIC_DIR ?= multirun/arithmetic_seeds
 reproduce-arithmetic: install
-	$(PY) -m qsharp_exp -m task=arithmetic algo=pi_ref,cd,qsharp seed=$(SEEDS) hydra.sweep.dir=$(ARITHMETIC_DIR) $(ARGS)
+	$(PY) -m qsharp_exp -m task=arithmetic seed=$(SEEDS) algo=pi_ref,cd,qsharp hydra.sweep.dir=$(ARITHMETIC_DIR) $(ARGS)
 	$(PY) -m qsharp_exp.report $(ARITHMETIC_DIR)
 
 # Guided decoding against its one-pass floor on the default workload (docs/performance.md); ARGS for more.
