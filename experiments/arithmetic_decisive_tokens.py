@@ -89,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="pi_ref continuations per cut and candidate (0: values only)")
     parser.add_argument("--model", type=Path, default=None,
                         help="a saved return model to probe instead of the run's (same tokenizer)")
+    parser.add_argument("--uncalibrated", action="store_true",
+                        help="read the model without its fitted temperature (its values before calibration)")
     parser.add_argument("--out", type=Path, default=None, help="write every cut's figures to this JSON file")
     args = parser.parse_args(argv)
     metrics = json.loads((args.run / "metrics.json").read_text())
@@ -101,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = AutoTokenizer.from_pretrained(Path(metrics["dir_pi_ref"]) / "model")
     model = ReturnModel.from_pretrained(args.model or Path(metrics[f"dir_return_model_round{round_}"]) / "model")
     model.eval()
+    if args.uncalibrated:
+        model.temperature.fill_(1.0)
     codec = PromptCodec(tokenizer, cfg.task.chat_template, [tokenizer.eos_token_id], None)
 
     def one_token(text: str) -> int:
@@ -124,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.continuations:
         mc_rates(rows, args.continuations, cfg, task, tokenizer, metrics)
     summary = summarise(rows)
-    which = args.model or f"of round {round_}"
+    which = f"{args.model or f'of round {round_}'}" + (" without its temperature" if args.uncalibrated else "")
     print(f"return model {which}, {args.problems} test problems"
           + (f", {args.continuations} pi_ref continuations per candidate" if args.continuations else ""))
     for kind, s in summary.items():

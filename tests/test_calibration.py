@@ -84,3 +84,21 @@ def test_paired_difference_uses_the_problems_both_runs_hold():
     assert paired_difference(ours, theirs) == pytest.approx((mean, se, 3))
     with pytest.raises(ValueError, match="share no test problem"):
         paired_difference({"x": 1.0}, {"y": 1.0})
+
+
+def test_decisive_cuts_name_each_decision_its_wrong_candidates_and_where_they_start():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    from arithmetic_decisive_tokens import decisive_cuts, summarise
+
+    solution = "Tom starts with 12 apples. Giving 3 away leaves 12 - 3 = 9. When it doubles: 9 * 2 = 18."
+    cuts = {(c.kind, solution[c.offset : c.offset + len(c.right)], c.wrong) for c in decisive_cuts(solution)}
+    assert cuts == {("sign", " -", (" +",)), ("result", "9", ("0", "8")), ("carry", "9", ("1",)),
+                    ("multiplier", "2", ("3",)), ("result", "1", ("2", "0"))}
+    rows = [{"problem": "p", "kind": "sign", "candidate": t, "text": "x" + t, "value": v, "mc_rate": m}
+            for t, v, m in ((" -", 0.8, 0.9), (" +", 0.1, 0.0))]
+    summary = summarise(rows)["sign"]
+    assert summary["ranked_right"] == 1.0 and summary["abs_error"] == pytest.approx(0.1)
+    assert summary["value_wrong"] == pytest.approx(0.1) and summary["mc_right"] == pytest.approx(0.9)

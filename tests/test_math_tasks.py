@@ -265,3 +265,15 @@ def test_error_kind_names_the_first_wrong_decision_of_a_response():
     }
     for response, kind in cases.items():
         assert error_kind(question, response, "18") == kind, response
+
+
+def test_varied_wordings_change_the_words_and_never_the_equations():
+    from qsharp_exp.tasks.arithmetic import EQUATION_TEXT
+
+    plain = generate_records(ArithmeticConfig(name="arithmetic", num_pretrain=300, num_train=5, num_test=5))
+    varied = generate_records(ArithmeticConfig(name="arithmetic", num_pretrain=300, num_train=5, num_test=5,
+                                               vary_wording=True))
+    pairs = list(zip(plain["pretrain"], varied["pretrain"], strict=True))
+    assert all(EQUATION_TEXT.findall(a.solution) == EQUATION_TEXT.findall(b.solution) for a, b in pairs)
+    assert all(a.answer == b.answer and a.question == b.question for a, b in pairs)
+    assert sum(a.solution != b.solution for a, b in pairs) > 250

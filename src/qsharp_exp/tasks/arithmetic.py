@@ -41,6 +41,9 @@ class ArithmeticConfig(MathConfig):
     slip_multiplier: float = 0.0
     slip_sign: float = 0.0
     slip_carry: float = 0.0
+    # Each sentence of a worked solution in one of two or three wordings drawn uniformly (value-neutral choices);
+    # false: one wording. docs/math.md measures what it did to learning.
+    vary_wording: bool = False
     generates_problems: ClassVar[bool] = True
     draw_order: ClassVar[tuple[str, ...]] = ("test", "pretrain", "train")
 
@@ -114,8 +117,8 @@ def worked_step(step: Step, start: int, slip: str | None = None, wording: int = 
     return f"{lead}{start} {op} {k} = {end}.", end
 
 
-def demonstrate(steps: list[Step], start: int, rates: dict[str, float], rng: random.Random
-                ) -> tuple[list[str], list[str]]:
+def demonstrate(steps: list[Step], start: int, rates: dict[str, float], rng: random.Random,
+                vary_wording: bool = False) -> tuple[list[str], list[str]]:
     """A worked solution from the demonstrator: (sentences, the slips it made). With every rate 0 it is the
     right solution. After a slip it carries on correctly from the wrong number."""
     sentences, slips = [], []
@@ -132,7 +135,8 @@ def demonstrate(steps: list[Step], start: int, rates: dict[str, float], rng: ran
             slip = "sign"
         if slip:
             slips.append(slip)
-        sentence, value = worked_step(step, step_start, slip, rng.randrange(len(LEAD_INS[step.kind])))
+        wording = rng.randrange(len(LEAD_INS[step.kind])) if vary_wording else 0
+        sentence, value = worked_step(step, step_start, slip, wording)
         sentences.append(sentence)
         previous_start = step_start
     return sentences, slips
@@ -167,15 +171,18 @@ def word_problem(rng: random.Random, min_ops: int, max_ops: int, max_number: int
     return WordProblem(question, name, items, start, tuple(steps))
 
 
-def worked_solution(problem: WordProblem, rates: dict[str, float] | None = None, seed: str = "") -> str:
+def worked_solution(problem: WordProblem, rates: dict[str, float] | None = None, seed: str = "",
+                    vary_wording: bool = False) -> str:
     """The solution ending in \\boxed{...}: right, or the demonstrator's with `rates`, in wordings drawn
-    uniformly (slips and wordings come from a stream named by `seed` and the question, so they do not move the
-    problems drawn after)."""
+    uniformly with `vary_wording` (slips and wordings come from a stream named by `seed` and the question, so
+    they do not move the problems drawn after)."""
     rng = random.Random(f"slips-{seed}-{problem.question}")
-    opening = rng.choice(OPENINGS).format(name=problem.name, start=problem.start, items=problem.items)
-    sentences, _ = demonstrate(list(problem.steps), problem.start, rates or dict.fromkeys(SLIPS, 0.0), rng)
+    opening, closing = (rng.choice(OPENINGS), rng.choice(CLOSINGS)) if vary_wording else (OPENINGS[0], CLOSINGS[0])
+    sentences, _ = demonstrate(list(problem.steps), problem.start, rates or dict.fromkeys(SLIPS, 0.0), rng,
+                               vary_wording)
     written = sentences[-1].rsplit("= ", 1)[1].rstrip(".")
-    return " ".join([opening, *sentences, rng.choice(CLOSINGS).format(value=written)])
+    return " ".join([opening.format(name=problem.name, start=problem.start, items=problem.items), *sentences,
+                     closing.format(value=written)])
 
 
 def generate_records(cfg: ArithmeticConfig) -> dict[str, list[MathRecord]]:
@@ -189,7 +196,8 @@ def generate_records(cfg: ArithmeticConfig) -> dict[str, list[MathRecord]]:
         hint="raise task.max_number or task.max_ops, or lower the split sizes.",
     )
     records = {split: [MathRecord(f"{split}-{i}", p.question,
-                                  worked_solution(p, cfg.slip_rates if split == "pretrain" else None, str(cfg.seed)),
+                                  worked_solution(p, cfg.slip_rates if split == "pretrain" else None, str(cfg.seed),
+                                                  cfg.vary_wording),
                                   str(p.answer))
                        for i, p in enumerate(problems)]
                for split, problems in splits.items()}
@@ -205,7 +213,7 @@ def build_arithmetic_task(cfg: ArithmeticConfig) -> MathTask:
 # -- reading a response: which decision went wrong first ------------------------------------------------
 
 _ASKED = re.compile(r"has (\d+) \w+\.|buys (\d+) more\.|gives (\d+) to|the number (doubles|triples)\.")
-_EQUATION = re.compile(r"(-?\d+) ([-+*]) (-?\d+) = (-?\d+)")
+EQUATION_TEXT = re.compile(r"(-?\d+) ([-+*]) (-?\d+) = (-?\d+)")
 ERROR_KINDS = ("right", *SLIPS, "arithmetic", "other")
 
 
@@ -221,7 +229,7 @@ def error_kind(question: str, response: str, answer: str) -> str:
     start = int(asked[0][0])
     wanted = [("add", int(b)) if b else ("sub", int(g)) if g else ("mul", 2 if m == "doubles" else 3)
               for _, b, g, m in asked[1:]]
-    written = _EQUATION.findall(response)
+    written = EQUATION_TEXT.findall(response)
     previous: tuple[int, int] = (start, start)  # (start, result) of the step before
     for i, ((kind, operand), (a, op, b, c)) in enumerate(zip(wanted, written, strict=False)):
         a, b, c = int(a), int(b), int(c)
