@@ -58,6 +58,7 @@ def test_runs_of_several_seeds_make_one_row_with_their_mean_and_paired_differenc
     q_row = next(line for line in table.splitlines() if line.startswith("| Q# |"))
     assert f"| 0.1 | 2 | {100 * q_mean:.1f} ± {100 * q_se:.1f} |" in q_row
     assert sum(line.startswith("|   seed ") for line in table.splitlines()) == 6
+    assert "0.10000" not in table  # eta is the runs' own, not a mean of floats
 
     # Paired: Q# - pi_ref on seed 0, per problem (reward): p0 1 - 0.5, p1 0.5 - 0, p2 1 - 1.
     mean, se = _se([0.5, 0.5, 0.0])

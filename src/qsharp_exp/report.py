@@ -195,10 +195,7 @@ def write_tables(runs: list[dict], out: Path) -> None:
                   + ("seeds | " if seeded else "") + " | ".join(cols) + " |",
                   "|---|---|" + ("---|" if labelled else "") + ("---|" if seeded else "") + "---|" * len(cols)]
         for study in studies:
-            for m, seed in [(study.mean, "mean"), *((r, _seed_label(r)) for r in study.runs)] if seeded else [
-                    (r, _seed_label(r)) for r in study.runs]:
-                if seed == "mean" and len(study.runs) == 1:
-                    continue  # a single seed's row is the run itself
+            for m, seed in study.rows():
                 eta = f"{m['eta']:g}" if m.get("eta") is not None else "-"
                 name = algo_label(m["algo"]) if seed == "mean" or len(study.runs) == 1 else f"  seed {seed}"
                 lines.append(f"| {name} | " + (f"{m['_setting'] or '-'} | " if labelled else "") + f"{eta} | "
@@ -242,6 +239,12 @@ class SeedStudy:
     runs: list[dict]
     mean: dict
 
+    def rows(self) -> list[tuple[dict, str]]:
+        """(metrics, seed label) of the table's rows: the mean of several seeds ("mean") and each seed under
+        it; a single seed's run alone."""
+        each = [(r, _seed_label(r)) for r in self.runs]
+        return [(self.mean, "mean"), *each] if len(self.runs) > 1 else each
+
 
 def seed_study(rows: list[dict]) -> list[SeedStudy]:
     """Rows (sorted) grouped by method, setting and eta: each group's runs by seed, and a row of their means with
@@ -252,10 +255,10 @@ def seed_study(rows: list[dict]) -> list[SeedStudy]:
     studies = []
     for runs in by.values():
         runs = sorted(runs, key=lambda m: [str(v) for v in _seed_of(m)])
-        mean = {k: runs[0][k] for k in ("task", "algo", "eta", "_setting", "num_samples", "reward_metric", "model")
-                if k in runs[0]}
+        shared = ("task", "algo", "eta", "_setting", "num_samples", "reward_metric", "model")  # the same in each
+        mean = {k: runs[0][k] for k in shared if k in runs[0]}
         mean["seeds"] = len(runs)
-        for key in {k for m in runs for k, v in m.items() if _numeric(v) and not k.endswith("_se")}:
+        for key in {k for m in runs for k, v in m.items() if _numeric(v) and not k.endswith("_se")} - set(shared):
             values = [m[key] for m in runs if _numeric(m.get(key))]
             if len(values) < len(runs):
                 continue
@@ -300,7 +303,7 @@ def paired_table(studies: list[SeedStudy]) -> list[str]:
     for study, baseline in comparisons(studies):
         theirs = {_seed_of(m): m for m in baseline.runs}
         label = f"{algo_label(study.mean['algo'])} - {algo_label(baseline.mean['algo'])}"
-        eta = study.mean.get("eta")
+        eta = f"{study.mean['eta']:g}" if study.mean.get("eta") is not None else None
         per_seed = []
         for m in study.runs:
             other = theirs.get(_seed_of(m))
