@@ -37,8 +37,8 @@ def test_report_writes_the_papers_table_and_both_plots_next_to_the_runs(sweep):
                                                       ("Q#", "1.0")}
     # Each method against pi_ref, and Q# against CD at each eta, on the same problems.
     assert [line.split("|")[1:3] for line in paired.splitlines() if line.startswith("| ") and " - " in line] == [
-        [" CD - pi_ref ", " 0.1 "], [" CD - pi_ref ", " 1.0 "], [" Q# - pi_ref ", " 0.1 "], [" Q# - pi_ref ", " 1.0 "],
-        [" Q# - CD ", " 0.1 "], [" Q# - CD ", " 1.0 "]]
+        [" CD - pi_ref ", " 0.1 "], [" CD - pi_ref ", " 1 "], [" Q# - pi_ref ", " 0.1 "], [" Q# - pi_ref ", " 1 "],
+        [" Q# - CD ", " 0.1 "], [" Q# - CD ", " 1 "]]
     for name in ("reward_vs_kl.png", "reward_vs_inverse_eta.png", "objective_vs_inverse_eta.png"):
         assert (sweep / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
