@@ -31,6 +31,7 @@ def gsm8k_data(tmp_path_factory):
     return data
 
 
+@pytest.mark.slow  # minutes: `make test-slow`
 def test_gsm8k_with_a_tiny_model_runs_two_rounds_and_writes_metrics_and_samples(gsm8k_data, tmp_path):
     run_dir = tmp_path / "run"
     cli(*TINY_GSM8K, f"task.data_dir={gsm8k_data}", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run_dir}",
@@ -55,6 +56,7 @@ def test_aime24_composes_offline_for_a_hub_model(tmp_path):
     assert "pretrained: Qwen/Qwen2.5-7B-Instruct" in result.stdout
 
 
+@pytest.mark.slow  # minutes: `make test-slow`
 def test_aime24_with_a_tiny_model_runs_on_the_real_aime_file_with_maths_training_problems(tmp_path):
     real = real_data("aime24_test.jsonl", "math500_test.jsonl")
     data = tmp_path / "data"

@@ -107,6 +107,7 @@ def run_at(cfg: RunConfig, path: str, value: float, root: Path, baseline_root: P
     return "; ".join(bad) if bad else None
 
 
+@pytest.mark.slow  # minutes: `make test-slow`
 def test_every_numeric_setting_at_both_ends_of_its_accepted_range_runs_finite_or_is_rejected(baseline, tmp_path):
     cfg, root = baseline
     defects, tried = [], 0

@@ -103,7 +103,7 @@ def test_return_model_learns_a_deterministic_label_and_survives_save_and_load(to
     trained = train_return_model(model, rollouts, cfg, tokenizer.pad_token_id, Hardware(HardwareConfig()), 0,
                                  show_progress=False)
     model, curve = trained.model, trained.curve
-    assert curve[-1]["val_acc"] == 1.0
+    assert curve[-2]["val_acc"] == 1.0 and curve[-1] == {"stopped": "fixed", "trained_steps": 60, "budget_steps": 60}
     model.save_pretrained(tmp_path / "guide")
     loaded = ReturnModel.from_pretrained(tmp_path / "guide").eval()
     assert loaded.cfg == model.cfg
@@ -225,7 +225,7 @@ def test_calibration_fits_a_temperature_that_lowers_the_validation_loss_and_trav
                                  show_progress=False)
     calibration = trained.calibration
     assert calibration["temperature"] == pytest.approx(calibration["fitted_temperature"]) != 1.0
-    assert trained.model.temperature.item() == pytest.approx(calibration["temperature"])
+    assert trained.model.temperature.item() == pytest.approx(calibration["temperature"], abs=1e-5)  # kept to 5 places
     assert calibration["after"]["examples"] == calibration["before"]["examples"] > 0
     ids = torch.tensor([[7, 8, 9, 5, 6]])
     scaled = trained.model.eval()(ids, torch.ones_like(ids))

@@ -193,6 +193,7 @@ def test_the_tiny_pipeline_writes_the_same_files_from_an_empty_cache(baseline, t
     assert run_stages(cfg, tmp_path) == stages
 
 
+@pytest.mark.slow  # minutes: `make test-slow`
 def test_every_stage_whose_files_change_with_a_setting_changes_its_key(baseline, tmp_path):
     cfg, stages, root = baseline
     unsound, unvaried, varied = [], [], 0
