@@ -38,8 +38,11 @@ def test_default_pipeline_runs_end_to_end_and_writes_flat_metrics(workdir):
     assert 0.0 <= metrics["base_lookup_accuracy"] <= 1.0 and "base_lookup_accuracy_follow_hops_1" in metrics
     samples = (run_dir / "samples.jsonl").read_text().splitlines()
     assert len(samples) == 20
-    curve = (Path(metrics["dir_return_model_round2"]) / "curve.jsonl").read_text().splitlines()
-    assert "val_acc_by_pos" in curve[-1]
+    curve = [json.loads(line) for line in (Path(metrics["dir_return_model_round2"]) / "curve.jsonl").open()]
+    assert "val_acc_by_pos" in curve[-2]
+    # The curve ends with why training stopped, which the run's metrics repeat.
+    assert curve[-1] == {"stopped": metrics["guide_stopped"], "trained_steps": metrics["guide_trained_steps"],
+                         "budget_steps": metrics["guide_budget_steps"]}
 
 
 def test_multirun_over_algos_reuses_pi_ref_and_return_models(workdir):

@@ -421,7 +421,8 @@ class CollectConfig:
 
 @dataclass
 class GuideTrainConfig:
-    # Length of training: `epochs` over the kept rollouts when set (the paper: 5), else `steps`.
+    # Length of training: `epochs` over the kept rollouts when set (the paper: 5), else `steps`. With `patience`
+    # this is the budget, and training stops earlier once it has learned (training/stopping.py).
     steps: int = 3_000
     epochs: float | None = None
     # When set, round k >= 2 starts from round k-1's trained return model and trains this many epochs over
@@ -440,11 +441,21 @@ class GuideTrainConfig:
     # Temperature scaling after training: the head's outputs are divided by the T that fits the validation
     # split best (calibration.py), so that values mean the success rates they claim (Q# relies on it).
     calibrate: bool = False
+    # Stop once no response position's validation accuracy rose by `min_delta` for `patience` evaluations
+    # (positions with fewer than `min_position_examples` validation examples do not count); 0 = the whole budget.
+    patience: int = 0
+    min_delta: float = 0.005
+    min_position_examples: int = 100
 
     def __post_init__(self) -> None:
         optimiser_checks(self)
-        for name in ("steps", "batch_size", "eval_every"):
+        for name in ("steps", "batch_size", "eval_every", "min_position_examples"):
             at_least(self, name, 1)
+        at_least(self, "patience", 0)
+        in_unit_interval(self, "min_delta", closed_above=False)
+        if self.patience and not self.val_fraction:
+            raise FieldError("patience", f"{{key}}={self.patience} stops on the validation split, but "
+                             "guide_train.val_fraction=0 holds none out: set val_fraction (e.g. 0.05) or patience=0.")
         positive(self, "epochs")
         positive(self, "warm_start_epochs")
         in_unit_interval(self, "val_fraction", closed_above=False)

@@ -23,6 +23,7 @@ from qsharp_exp.report import print_summary
 from qsharp_exp.stages import base_model, evaluation, pi_ref, policy, return_model
 from qsharp_exp.stages.context import RunContext
 from qsharp_exp.stages.inputs import settings
+from qsharp_exp.training.stopping import stop_record
 
 
 def run(cfg: RunConfig, out_dir: Path, tracker_group: str | None = None) -> dict:
@@ -118,8 +119,9 @@ def run_metrics(ctx: RunContext, base: base_model.BaseModel | None, reference: p
         **{f"base_{k}": v for k, v in (base.metrics if base else {}).items()},
         **{f"pi_ref_{k}": v for k, v in reference.metrics.items()},
     }
-    if ctx.guided:  # how well the guide's values match held-out returns (calibration.py)
-        result.update(_guide_calibration(ctx.stages[f"return_model_round{ctx.guide_round}"].path))
+    if ctx.guided:  # how long the guide trained and how well its values match held-out returns
+        guide_dir = ctx.stages[f"return_model_round{ctx.guide_round}"].path
+        result.update(_guide_stop(guide_dir) | _guide_calibration(guide_dir))
     for name, stage in ctx.stages.items():
         result[f"time_{name}_s"] = round(stage.seconds, 2)
         result[f"build_time_{name}_s"] = stage.build_seconds
@@ -127,6 +129,15 @@ def run_metrics(ctx: RunContext, base: base_model.BaseModel | None, reference: p
         if stage.peak_gpu_gib is not None:
             result[f"peak_gpu_gib_{name}"] = stage.peak_gpu_gib
     return result
+
+
+def _guide_stop(stage_dir: Path) -> dict:
+    """Why the guide's training stopped (training/stopping.py: converged, budget or fixed) and after how many steps."""
+    record = stop_record(read_jsonl(stage_dir / "curve.jsonl"))
+    if record is None:
+        return {}
+    return {"guide_stopped": record["stopped"], "guide_trained_steps": record["trained_steps"],
+            "guide_budget_steps": record["budget_steps"]}
 
 
 def _guide_calibration(stage_dir: Path) -> dict:

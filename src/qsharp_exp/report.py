@@ -444,9 +444,16 @@ def print_summary(metrics: dict) -> None:
     if "pi_ref_test_accuracy" in metrics:
         rows.append(("pi_ref accuracy (pretrain / test problems)",
                      f"{metrics['pi_ref_pretrain_accuracy']:.4f} / {metrics['pi_ref_test_accuracy']:.4f}"))
+    if "guide_stopped" in metrics:
+        rows.append(("guide training", f"{metrics['guide_stopped']} after {metrics['guide_trained_steps']} of "
+                                       f"{metrics['guide_budget_steps']} steps"))
     rows += [(k[5:-2], f"{v:.1f} s") for k, v in metrics.items() if k.startswith("time_")]
     width = max(len(k) for k, _ in rows)
     print("\n" + "\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+    if metrics.get("guide_stopped") == "budget":
+        print(f"\nWARNING: the guide (return model round {metrics['guide_round']}) was still improving when its "
+              "budget ended; more epochs (guide_train.epochs, or warm_start_epochs when warm-started) may change "
+              "these results.")
 
 
 def plot_guide_curve(curve: list[dict], path) -> None:

@@ -26,6 +26,7 @@ from qsharp_exp.models.return_model import Examples, ReturnModel
 from qsharp_exp.progress import progress
 from qsharp_exp.training.collect import Rollout
 from qsharp_exp.training.engine import Trainer, latest_step, make_trainer
+from qsharp_exp.training.stopping import PlateauRule, StopReason
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,8 @@ def evaluate_guide(model: ReturnModel, rollouts: list[Rollout], pad_id: int, hw:
     model.train()
     loss, acc = torch.cat(losses).mean().item(), torch.cat(correct).mean().item()
     acc_by_pos = {s: round(sum(v) / len(v), 4) for s, v in sorted(by_step.items())}
-    return {"val_loss": round(loss, 5), "val_acc": round(acc, 4), "val_acc_by_pos": acc_by_pos}
+    return {"val_loss": round(loss, 5), "val_acc": round(acc, 4), "val_acc_by_pos": acc_by_pos,
+            "val_count_by_pos": {s: len(v) for s, v in sorted(by_step.items())}}
 
 
 @dataclass
@@ -277,8 +279,10 @@ def train_return_model(
 
 def _train(trainer: Trainer, plan: BatchPlan, cfg: GuideTrainConfig, pad_id: int, hw: Hardware,
            show_progress: bool, checkpoints: Path | None) -> list[dict]:
-    """The training loop, from the latest checkpoint if there is one; returns the learning curve."""
+    """The training loop, from the latest checkpoint if there is one, until the budget ends or the validation
+    accuracy has stopped improving (PlateauRule); returns the learning curve, closed by why it stopped."""
     model, dist = trainer.module, hw.dist
+    rule = PlateauRule(cfg.patience, cfg.min_delta, cfg.min_position_examples)
     curve: list[dict] = [{"kept_rollouts": plan.kept, "dropped_rollouts": plan.dropped, "steps": plan.steps}]
     first, running = 0, 0.0
     resume_step = latest_step(checkpoints) if checkpoints is not None else None
@@ -289,7 +293,11 @@ def _train(trainer: Trainer, plan: BatchPlan, cfg: GuideTrainConfig, pad_id: int
         log.info("return model: resuming from step %d (%s)", first, checkpoints)
     bar = progress(range(first, plan.steps), total=plan.steps, initial=first, desc="train return model",
                    enabled=show_progress and dist.is_main)
+    step = first - 1
     for step in bar:
+        if rule.converged(curve):  # only after a resume: an uninterrupted run stopped at that evaluation
+            step -= 1
+            break
         loss = batch_loss(model, plan.batch(step, dist.rank, dist.world), pad_id, hw)
         trainer.update(loss)
         value = _mean_over_ranks(loss.item(), dist)
@@ -305,6 +313,18 @@ def _train(trainer: Trainer, plan: BatchPlan, cfg: GuideTrainConfig, pad_id: int
         if checkpoints is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
             state = {"step": step + 1, "running": running, "curve": curve, "torch_rng": torch.get_rng_state().tolist()}
             trainer.save(checkpoints, step + 1, state)
+        if rule.converged(curve):
+            break
+    bar.close()
+    reason = rule.reason(curve)
+    curve.append({"stopped": reason.value, "trained_steps": step + 1, "budget_steps": plan.steps})
+    if dist.is_main:
+        log.log(logging.WARNING if reason == StopReason.budget else logging.INFO, "return model: %s", {
+            StopReason.converged: f"converged after {step + 1} of {plan.steps} steps (no position's validation "
+                                  f"accuracy rose by {cfg.min_delta} in {cfg.patience} evaluations)",
+            StopReason.budget: f"still improving when its budget of {plan.steps} steps ended: more epochs "
+                               "(guide_train.epochs, or warm_start_epochs for warm-started rounds) would help",
+            StopReason.fixed: f"trained its budget of {plan.steps} steps (guide_train.patience=0)"}[reason])
     return curve
 
 
