@@ -441,15 +441,14 @@ class GuideTrainConfig:
     # Temperature scaling after training: the head's outputs are divided by the T that fits the validation
     # split best (calibration.py), so that values mean the success rates they claim (Q# relies on it).
     calibrate: bool = False
-    # Stop once no response position's validation accuracy rose by `min_delta` for `patience` evaluations
-    # (positions with fewer than `min_position_examples` validation examples do not count); 0 = the whole budget.
+    # Stop once no response position's validation accuracy rose by `min_delta` (and beyond the noise of its
+    # number of examples) for `patience` evaluations (training/stopping.py); 0 = the whole budget.
     patience: int = 0
     min_delta: float = 0.005
-    min_position_examples: int = 100
 
     def __post_init__(self) -> None:
         optimiser_checks(self)
-        for name in ("steps", "batch_size", "eval_every", "min_position_examples"):
+        for name in ("steps", "batch_size", "eval_every"):
             at_least(self, name, 1)
         at_least(self, "patience", 0)
         in_unit_interval(self, "min_delta", closed_above=False)

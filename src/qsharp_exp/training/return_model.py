@@ -282,7 +282,7 @@ def _train(trainer: Trainer, plan: BatchPlan, cfg: GuideTrainConfig, pad_id: int
     """The training loop, from the latest checkpoint if there is one, until the budget ends or the validation
     accuracy has stopped improving (PlateauRule); returns the learning curve, closed by why it stopped."""
     model, dist = trainer.module, hw.dist
-    rule = PlateauRule(cfg.patience, cfg.min_delta, cfg.min_position_examples)
+    rule = PlateauRule(cfg.patience, cfg.min_delta)
     curve: list[dict] = [{"kept_rollouts": plan.kept, "dropped_rollouts": plan.dropped, "steps": plan.steps}]
     first, running = 0, 0.0
     resume_step = latest_step(checkpoints) if checkpoints is not None else None

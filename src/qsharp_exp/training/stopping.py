@@ -11,6 +11,7 @@ which resumable checkpoints carry, so a resumed run stops at the same step as an
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import Enum
 
@@ -21,15 +22,19 @@ class StopReason(str, Enum):
     fixed = "fixed"  # patience 0: the whole budget by design (the paper's fixed epochs)
 
 
+NOISE_SE = 2.0  # a gain smaller than this many standard errors of the accuracy is within the split's noise
+
+
 @dataclass(frozen=True)
 class PlateauRule:
-    """Stop after `patience` evaluations in which no response position's validation accuracy rose by at least
-    `min_delta` above its best so far; positions with fewer than `min_examples` validation examples are too
-    noisy to count (unless no position has that many). patience 0 disables the rule."""
+    """Stop after `patience` evaluations in which no response position's validation accuracy rose above its best
+    so far by at least `min_delta` and by more than NOISE_SE standard errors of an accuracy on that position's
+    number of validation examples. The second bar keeps positions that cannot be predicted (whose accuracy
+    swings as the model's value there crosses 0.5) and positions with few examples from holding training
+    back. patience 0 disables the rule."""
 
     patience: int
     min_delta: float
-    min_examples: int
 
     def evaluations_without_improvement(self, curve: list[dict]) -> int:
         best: dict[str, float] = {}
@@ -37,16 +42,24 @@ class PlateauRule:
         for point in curve:
             if "val_acc_by_pos" not in point:
                 continue
-            accuracies = {str(k): v for k, v in point["val_acc_by_pos"].items()}  # str keys after JSON
-            counts = {str(k): v for k, v in point.get("val_count_by_pos", {}).items()}
-            counted = {p: a for p, a in accuracies.items() if counts.get(p, self.min_examples) >= self.min_examples}
+            counts = {str(k): v for k, v in point.get("val_count_by_pos", {}).items()}  # str keys after JSON
             improved = False
-            for position, accuracy in (counted or accuracies).items():  # a tiny split: every position counts
-                if position not in best or accuracy >= best[position] + self.min_delta:
+            for position, accuracy in point["val_acc_by_pos"].items():
+                position = str(position)
+                if position not in best or accuracy >= best[position] + self.needed_gain(best[position],
+                                                                                        counts.get(position)):
                     best[position] = accuracy
                     improved = True
             since = 0 if improved else since + 1
         return since
+
+    def needed_gain(self, best: float, examples: int | None) -> float:
+        """The gain over `best` that counts as an improvement when measured on `examples` validation examples
+        (the accuracy's variance is floored at that of a single miss, so that a perfect score is not noise-free)."""
+        if not examples:
+            return self.min_delta
+        variance = max(best * (1 - best), 1 / examples) / examples
+        return max(self.min_delta, NOISE_SE * math.sqrt(variance))
 
     def converged(self, curve: list[dict]) -> bool:
         return self.patience > 0 and self.evaluations_without_improvement(curve) >= self.patience
