@@ -95,6 +95,16 @@ def test_more_evaluation_samples_rebuild_only_the_evaluation(workdir):
     assert metrics["num_samples"] == 2 and "pass@2" in metrics
 
 
+def test_the_stopping_rules_settings_key_the_return_models_and_nothing_before_them(workdir):
+    result = cli("+experiment=smoke", "guide_train.patience=1", "guide_train.min_delta=0.2",
+                 f"cache_dir={workdir / 'cache'}", f"hydra.run.dir={workdir / 'patience'}", cwd=workdir)
+    log = result.stderr + result.stdout
+    assert "return_model_round1: building" in log and "return_model_round2: building" in log
+    assert "pi_ref: building" not in log and "rollouts_round1: building" not in log
+    metrics = json.loads((workdir / "patience" / "metrics.json").read_text())
+    assert metrics["guide_stopped"] in ("converged", "budget") and "guide training" in result.stdout
+
+
 def test_collection_is_keyed_by_its_own_guide_settings_not_the_evaluated_ones(workdir):
     """Evaluating at another top-k or with masked non-candidates reuses the rollouts; a roll-in guide that
     masks its non-candidates collects round 2 anew (round 1 has no roll-in guide and is reused)."""
