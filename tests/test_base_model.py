@@ -409,7 +409,8 @@ def test_a_warm_started_round_begins_with_the_last_rounds_model_and_leaves_round
 
     monkeypatch.setattr(return_model, "train_return_model", recording)
     rounds = {}
-    for name, extra in (("fresh", []), ("warm", ["guide_train.warm_start_epochs=1"])):
+    for name, epochs in (("fresh", "null"), ("warm", "1")):  # star-graph's default warm-starts: fresh is set
+        extra = [f"guide_train.warm_start_epochs={epochs}"]
         ctx = context(tmp_path, "collect.rounds=2", *extra)
         base = base_model.load(ctx)
         rounds[name] = return_model.train_rounds(ctx, pi_ref.load(ctx, base), 2, base)
