@@ -293,10 +293,9 @@ def _train(trainer: Trainer, plan: BatchPlan, cfg: GuideTrainConfig, pad_id: int
         log.info("return model: resuming from step %d (%s)", first, checkpoints)
     bar = progress(range(first, plan.steps), total=plan.steps, initial=first, desc="train return model",
                    enabled=show_progress and dist.is_main)
-    step = first - 1
+    trained = first
     for step in bar:
-        if rule.converged(curve):  # only after a resume: an uninterrupted run stopped at that evaluation
-            step -= 1
+        if rule.converged(curve):  # after the last evaluation, or on resuming from the checkpoint written there
             break
         loss = batch_loss(model, plan.batch(step, dist.rank, dist.world), pad_id, hw)
         trainer.update(loss)
@@ -313,14 +312,13 @@ def _train(trainer: Trainer, plan: BatchPlan, cfg: GuideTrainConfig, pad_id: int
         if checkpoints is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
             state = {"step": step + 1, "running": running, "curve": curve, "torch_rng": torch.get_rng_state().tolist()}
             trainer.save(checkpoints, step + 1, state)
-        if rule.converged(curve):
-            break
+        trained = step + 1
     bar.close()
     reason = rule.reason(curve)
-    curve.append({"stopped": reason.value, "trained_steps": step + 1, "budget_steps": plan.steps})
+    curve.append({"stopped": reason.value, "trained_steps": trained, "budget_steps": plan.steps})
     if dist.is_main:
         log.log(logging.WARNING if reason == StopReason.budget else logging.INFO, "return model: %s", {
-            StopReason.converged: f"converged after {step + 1} of {plan.steps} steps (no position's validation "
+            StopReason.converged: f"converged after {trained} of {plan.steps} steps (no position's validation "
                                   f"accuracy rose by {cfg.min_delta} in {cfg.patience} evaluations)",
             StopReason.budget: f"still improving when its budget of {plan.steps} steps ended: more epochs "
                                "(guide_train.epochs, or warm_start_epochs for warm-started rounds) would help",
