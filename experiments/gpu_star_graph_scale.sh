@@ -4,7 +4,7 @@
 # rank), then a table of time and peak GPU memory per stage for both.
 #
 #   bash experiments/gpu_star_graph_scale.sh            # the paper's sizes (roughly an hour per setting)
-#   QUICK=1 bash experiments/gpu_star_graph_scale.sh    # 1/8 of the steps and graphs, to fit a short lease
+#   QUICK=1 bash experiments/gpu_star_graph_scale.sh    # 1/8 of the steps and graphs, for a run of minutes
 #   bash experiments/gpu_star_graph_scale.sh algo=cd    # extra overrides go to both runs
 set -euo pipefail
 cd "$(dirname "$0")/.."
