@@ -1,10 +1,19 @@
 """Shared fixtures: tiny random models and a star-graph tokenizer (no hub)."""
 
+import os
+import tempfile
+
 import pytest
 
 from helpers import tiny_arch
 from qsharp_exp.models.lm import build_causal_lm
 from qsharp_exp.tasks.star_graph import StarGraphConfig, StarGraphTask
+
+
+def pytest_configure(config):
+    # The cache secret (sealing.py) of the tests' jobs, CLI subprocesses included, lives in a scratch directory
+    # rather than the user's ~/.config.
+    os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="qsharp_exp_tests_config_")
 
 
 @pytest.fixture(scope="session")

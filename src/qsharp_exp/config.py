@@ -438,6 +438,8 @@ class GuideTrainConfig:
     val_fraction: float = 0.05
     # Save a resumable checkpoint (model, optimizer, schedule, step, RNG) every N steps; 0 = never.
     checkpoint_every: int = 0
+    # How many of those checkpoints stay on disk (the newest); a 1B guide's is about 16 GB.
+    keep_checkpoints: int = 2
     # Temperature scaling after training: the head's outputs are divided by the T that fits the validation
     # split best (calibration.py), so that values mean the success rates they claim (Q# relies on it).
     calibrate: bool = False
@@ -460,6 +462,7 @@ class GuideTrainConfig:
         in_unit_interval(self, "val_fraction", closed_above=False)
         in_unit_interval(self, "warmup_fraction", closed_above=False)
         at_least(self, "checkpoint_every", 0)
+        at_least(self, "keep_checkpoints", 1)
 
 
 @dataclass

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 from transformers import PreTrainedModel
 
-from qsharp_exp import tracking
+from qsharp_exp import sealing, tracking
 from qsharp_exp.distributed import Dist
+from qsharp_exp.files import write_json
 from qsharp_exp.hardware import Hardware
 from qsharp_exp.padding import left_pad
 from qsharp_exp.progress import progress
@@ -64,25 +64,35 @@ def batch_seed(seed: int, index: int) -> int:
 
 
 def _load_batch(path: Path, size: int) -> list[Sampled] | None:
-    """A finished batch of `size` samples kept by an earlier, interrupted call; None if there is none. A
-    damaged one (cut short, edited, of another size) is deleted, so that the batch is sampled again."""
-    if not path.exists():
+    """A finished batch of `size` samples kept by an earlier, interrupted call; None if there is none. One that
+    is damaged (cut short, of another size) or whose seal does not verify (planted or edited: sealing.py) is
+    deleted, so that the batch is sampled again."""
+    if not path.exists() and not path.is_symlink():
         return None
+    why = "it is damaged"
     try:
-        batch = [Sampled(**row) for row in json.loads(path.read_text())]
-        if len(batch) == size and all(isinstance(s.response, list) and isinstance(s.kl, float) for s in batch):
-            return batch
-    except (ValueError, TypeError):  # not JSON (ValueError covers UnicodeDecodeError), or rows of another shape
+        kept = json.loads(path.read_text()) if not path.is_symlink() else None
+        rows = kept["samples"]
+        if not sealing.verifies(path, _canonical(rows), kept["seal"]):
+            why = "its seal does not verify (not written by this user's jobs, or changed since)"
+        else:
+            batch = [Sampled(**row) for row in rows]
+            if len(batch) == size and all(isinstance(s.response, list) and isinstance(s.kl, float) for s in batch):
+                return batch
+    except (ValueError, TypeError, KeyError):  # not JSON (ValueError covers UnicodeDecodeError), or of another shape
         pass
-    log.warning("discarding the damaged resume batch %s: it is sampled again", path)
+    log.warning("discarding the resume batch %s: %s; it is sampled again", path, why)
     path.unlink(missing_ok=True)
     return None
 
 
+def _canonical(rows: list[dict]) -> bytes:
+    return json.dumps(rows, sort_keys=True).encode()
+
+
 def _save_batch(path: Path, batch: list[Sampled]) -> None:
-    tmp = path.with_suffix(f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps([asdict(s) for s in batch]))
-    os.replace(tmp, path)
+    rows = [asdict(s) for s in batch]
+    write_json(path, {"seal": sealing.seal(path, _canonical(rows)), "samples": rows})
 
 
 @dataclass(frozen=True)

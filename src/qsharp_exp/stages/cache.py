@@ -21,6 +21,7 @@ instead of being trusted.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -39,6 +40,7 @@ import torch
 from qsharp_exp.config import UserError
 from qsharp_exp.distributed import SINGLE, Dist
 from qsharp_exp.failures import BUILDING
+from qsharp_exp.files import file_digest
 
 log = logging.getLogger(__name__)
 
@@ -62,16 +64,28 @@ class DamagedStageError(UserError):
     """A finished stage's files no longer match the checksums recorded when it was built."""
 
 
+class UnsafeCacheEntry(UserError):
+    """A cache entry that is a symbolic link: writing or deleting through it would touch files outside the cache."""
+
+    def __init__(self, stage: str, path: Path) -> None:
+        super().__init__(f"{stage}: {path} is a symbolic link (to {os.readlink(path)}); the cache writes and deletes "
+                         f"there, so it never follows one. Remove the link (rm {path}) and rerun; nothing it points "
+                         "to was touched.")
+
+
+def refuse_links(stage: str, path: Path) -> None:
+    """Stop before a job writes into or deletes `path` (a directory it owns) when it, or anything in it, is a
+    symbolic link."""
+    if path.is_symlink():
+        raise UnsafeCacheEntry(stage, path)
+    for parent, dirs, files in os.walk(path):
+        for name in dirs + files:
+            if (Path(parent) / name).is_symlink():
+                raise UnsafeCacheEntry(stage, Path(parent) / name)
+
+
 CHECKSUMS = "checksums.json"
 DONE = "stage.json"  # written last: a directory with it is complete
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _record_checksums(directory: Path) -> None:
@@ -111,7 +125,12 @@ def stage_lock(final: Path, stage: str) -> Iterator[None]:
     """Hold the exclusive lock of one stage key (see the module's docstring); waits while another job holds it."""
     final.parent.mkdir(parents=True, exist_ok=True)
     path = final.with_name(f"{final.name}.lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    except OSError as err:
+        if err.errno != errno.ELOOP:
+            raise
+        raise UnsafeCacheEntry(stage, path) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -143,7 +162,15 @@ def _remove_abandoned_partials(final: Path) -> None:
     for partial in final.parent.glob(f"{final.name}.partial-*"):
         pid = partial.name.rsplit("-", 1)[-1]
         if pid.isdigit() and not _pid_alive(int(pid)):
-            shutil.rmtree(partial, ignore_errors=True)
+            _remove(partial)
+
+
+def _remove(path: Path) -> None:
+    """Delete a directory of the cache; a symbolic link in its place is removed itself, never followed."""
+    if path.is_symlink():
+        path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def run_stage(
@@ -180,9 +207,11 @@ def _build(stage: str, inputs: dict[str, Any], build: Callable[..., None], resum
         _remove_abandoned_partials(final)
     dist.barrier()
     tmp = final.with_name(f"{key}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    _remove(tmp)
     tmp.mkdir(parents=True)
     resume = final.with_name(f"{key}.resume")
+    if resumable and (resume.exists() or resume.is_symlink()):
+        refuse_links(stage, resume)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     log.info("%s: %s %s", stage, "resuming" if resume.exists() else "building", final)
@@ -190,7 +219,7 @@ def _build(stage: str, inputs: dict[str, Any], build: Callable[..., None], resum
     try:
         build(tmp, resume) if resumable else build(tmp)
     except BaseException:  # the stage stays in BUILDING: the run is ending with it
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove(tmp)
         raise
     BUILDING.pop()
     seconds = dist.broadcast(time.perf_counter() - started)
@@ -199,12 +228,12 @@ def _build(stage: str, inputs: dict[str, Any], build: Callable[..., None], resum
         (tmp / "inputs.json").write_text(json.dumps(inputs, indent=2, sort_keys=True, default=str))
         _record_checksums(tmp)
         (tmp / DONE).write_text(json.dumps({"stage": stage, "build_seconds": round(seconds, 2)}))
-        if final.exists():  # a stale, incomplete directory (no stage.json): replace it
-            shutil.rmtree(final)
+        if final.exists() or final.is_symlink():  # a stale, incomplete directory (no stage.json): replace it
+            _remove(final)
         os.replace(tmp, final)
     else:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove(tmp)
     dist.barrier()
     if dist.is_main:
-        shutil.rmtree(resume, ignore_errors=True)
+        _remove(resume)
     return StageResult(final, key, seconds, seconds, False, peak)

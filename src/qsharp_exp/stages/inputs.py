@@ -18,7 +18,7 @@ from qsharp_exp.config import as_dict
 # outputs go, what is shown while working, the tracker, how often a long build saves its progress (tests
 # show the same result with and without checkpoints, tests/test_return_model.py).
 NON_SEMANTIC = frozenset({
-    "cache_dir", "progress", "logger", "guide_train.checkpoint_every",
+    "cache_dir", "progress", "logger", "guide_train.checkpoint_every", "guide_train.keep_checkpoints",
 })
 
 # Part of every key through `numerics` (stages/context.py), so every build may read them.

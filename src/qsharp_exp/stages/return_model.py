@@ -51,8 +51,9 @@ def _train(ctx: RunContext, pi_ref: PiRef, round_: int, data: list[StageResult],
     # is not read when epochs count.
     epochs = "guide_train.warm_start_epochs" if warm else "guide_train.epochs"
     counted = ctx.cfg.guide_train.warm_start_epochs if warm else ctx.cfg.guide_train.epochs
-    reads = ["seed", "model.guide", epochs, *section(ctx.cfg, "guide_train", without=(
-        "epochs", "warm_start_epochs", "checkpoint_every", *(["steps"] if counted is not None else [])))]
+    unread = ("epochs", "warm_start_epochs", "checkpoint_every", "keep_checkpoints",
+              *(["steps"] if counted is not None else []))
+    reads = ["seed", "model.guide", epochs, *section(ctx.cfg, "guide_train", without=unread)]
     after = {"rollouts": [s.key for s in data], "init": previous.key if warm else start[1] if start else None}
     if not warm and start is None and guide.arch.pretrained is not None:  # a hub or local trunk, by what it is
         after["pretrained_trunk"] = model_identity(guide.arch.pretrained, "model.guide.arch.pretrained")

@@ -4,19 +4,28 @@
 same contract: `update(loss)` (backward, gradient clipping at 1, AdamW, schedule), `save(dir, step,
 state)` / `load(dir, step)` of a resumable checkpoint `global_step_N/` plus a `latest` file, and
 `full_parameters()` to read the whole model (gathered under ZeRO-3) for export.
+
+A checkpoint is sealed when written (`global_step_N.seal`, sealing.py) and `latest_step` offers only one
+whose seal verifies, so a checkpoint planted in a shared cache is never loaded; the plain trainer's own
+file is read with `weights_only=True` besides, which unpickles tensors and plain containers only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
-import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from qsharp_exp import sealing
+from qsharp_exp.files import write_text
 from qsharp_exp.hardware import Hardware
+
+log = logging.getLogger(__name__)
 
 LATEST = "latest"
 
@@ -42,10 +51,39 @@ def deepspeed_config(hw: Hardware, micro_batch_size: int) -> dict[str, Any]:
 
 
 def latest_step(directory: Path) -> int | None:
+    """The step of the newest checkpoint kept in `directory` that this user's jobs wrote (its seal verifies);
+    None when there is none, and a warning when one is there but does not verify (it is not used)."""
     path = directory / LATEST
-    if not path.exists():
+    if not path.is_file() or path.is_symlink():
         return None
-    return int(path.read_text().strip().removeprefix("global_step_"))
+    text = path.read_text().strip()
+    step = text.removeprefix("global_step_")
+    if not step.isdigit():
+        log.warning("ignoring %s (%r names no checkpoint): training starts from the beginning", path, text[:40])
+        return None
+    target = directory / f"global_step_{step}"
+    seal_file = target.with_name(f"{target.name}.seal")
+    claimed = seal_file.read_text().strip() if seal_file.is_file() and not seal_file.is_symlink() else None
+    if not target.is_dir() or target.is_symlink() or not sealing.verifies(target, sealing.tree_contents(target),
+                                                                           claimed):
+        log.warning("ignoring the checkpoint %s: its seal does not verify (written by a job without this user's "
+                    "cache secret, or changed since): training starts from the beginning", target)
+        return None
+    return int(step)
+
+
+def _seal_and_point(directory: Path, step: int, keep: int) -> None:
+    """After every rank has written `global_step_<step>`: seal it, point `latest` at it, and remove all but the
+    newest `keep` checkpoints (0 keeps all)."""
+    target = directory / f"global_step_{step}"
+    write_text(target.with_name(f"{target.name}.seal"), sealing.seal(target, sealing.tree_contents(target)))
+    write_text(directory / LATEST, f"global_step_{step}")
+    steps = sorted(int(p.name.removeprefix("global_step_")) for p in directory.glob("global_step_*")
+                   if p.is_dir() and not p.is_symlink() and p.name.removeprefix("global_step_").isdigit())
+    for old in steps[:-keep] if keep else []:
+        stale = directory / f"global_step_{old}"
+        stale.with_name(f"{stale.name}.seal").unlink(missing_ok=True)
+        shutil.rmtree(stale)
 
 
 def adamw_with_schedule(
@@ -64,8 +102,9 @@ def adamw_with_schedule(
 
 
 class PlainTrainer:
-    def __init__(self, model: torch.nn.Module, optimizer, schedule, hw: Hardware) -> None:
+    def __init__(self, model: torch.nn.Module, optimizer, schedule, hw: Hardware, keep: int = 0) -> None:
         self.module, self.optimizer, self.schedule, self.hw = model, optimizer, schedule, hw
+        self.keep = keep  # checkpoints kept (the newest); 0: all
 
     def update(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -81,10 +120,10 @@ class PlainTrainer:
         target.mkdir(parents=True, exist_ok=True)
         torch.save({"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
                     "schedule": self.schedule.state_dict(), "client": state}, target / "state.pt")
-        _write_latest(directory, step)
+        _seal_and_point(directory, step, self.keep)
 
     def load(self, directory: Path, step: int) -> dict:
-        saved = torch.load(directory / f"global_step_{step}" / "state.pt", weights_only=False)
+        saved = torch.load(directory / f"global_step_{step}" / "state.pt", weights_only=True)
         self.module.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.schedule.load_state_dict(saved["schedule"])
@@ -95,10 +134,11 @@ class PlainTrainer:
 
 
 class DeepSpeedTrainer:
-    def __init__(self, model: torch.nn.Module, optimizer, schedule, hw: Hardware, micro_batch_size: int) -> None:
+    def __init__(self, model: torch.nn.Module, optimizer, schedule, hw: Hardware, micro_batch_size: int,
+                 keep: int = 0) -> None:
         import deepspeed
 
-        self.hw = hw
+        self.hw, self.keep = hw, keep
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
                                                config=deepspeed_config(hw, micro_batch_size))
         self.module = self.engine.module
@@ -110,8 +150,9 @@ class DeepSpeedTrainer:
     def save(self, directory: Path, step: int, state: dict) -> None:
         self.engine.save_checkpoint(str(directory), tag=f"global_step_{step}", client_state={"client": state},
                                     save_latest=False)
+        self.hw.dist.barrier()  # every rank's shard is written
         if self.hw.dist.is_main:
-            _write_latest(directory, step)
+            _seal_and_point(directory, step, self.keep)
         self.hw.dist.barrier()
 
     def load(self, directory: Path, step: int) -> dict:
@@ -126,24 +167,18 @@ class DeepSpeedTrainer:
         return deepspeed.zero.GatheredParameters(list(self.module.parameters()), modifier_rank=None)
 
 
-def _write_latest(directory: Path, step: int) -> None:
-    tmp = directory / f"{LATEST}.tmp-{os.getpid()}"
-    tmp.write_text(f"global_step_{step}")
-    os.replace(tmp, directory / LATEST)
-
-
 Trainer = PlainTrainer | DeepSpeedTrainer
 
 
 def make_trainer(model: torch.nn.Module, hw: Hardware, lr: float, weight_decay: float, warmup_steps: int,
-                 total_steps: int, data_parallel_batch: int | None = None) -> Trainer:
+                 total_steps: int, data_parallel_batch: int | None = None, keep: int = 0) -> Trainer:
     """AdamW with its schedule around `model`. With `data_parallel_batch` (the per-rank micro-batch) and
     hardware.zero_stage set, under DeepSpeed ZeRO (the return model); otherwise plain PyTorch on every
-    rank (pretraining and the policy baselines, which every rank runs alike)."""
+    rank (pretraining and the policy baselines, which every rank runs alike). `keep`: checkpoints kept."""
     optimizer, schedule = adamw_with_schedule(model.parameters(), lr, weight_decay, warmup_steps, total_steps)
     if data_parallel_batch is not None and hw.cfg.zero_stage:
-        return DeepSpeedTrainer(model, optimizer, schedule, hw, data_parallel_batch)
-    return PlainTrainer(model, optimizer, schedule, hw)
+        return DeepSpeedTrainer(model, optimizer, schedule, hw, data_parallel_batch, keep)
+    return PlainTrainer(model, optimizer, schedule, hw, keep)
 
 
 def shard_for_inference(model: torch.nn.Module, hw: Hardware) -> torch.nn.Module:

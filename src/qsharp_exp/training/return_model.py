@@ -265,7 +265,8 @@ def train_return_model(
     model.to(hw.device).train()
     warmup = max(cfg.warmup_steps, int(cfg.warmup_fraction * plan.steps))
     trainer = make_trainer(model, hw, cfg.lr, cfg.weight_decay, warmup, plan.steps,
-                           data_parallel_batch=plan.problems_per_batch // hw.dist.world * plan.per_problem)
+                           data_parallel_batch=plan.problems_per_batch // hw.dist.world * plan.per_problem,
+                           keep=cfg.keep_checkpoints)
     curve = _train(trainer, plan, cfg, pad_id, hw, show_progress, checkpoints)
     calibration = calibrate(trainer.module, plan.val, pad_id, hw, cfg.calibrate) if plan.val else {}
     if calibration:
