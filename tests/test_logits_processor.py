@@ -28,9 +28,9 @@ def lm(request, tokenizer):
 
 def guided_generate(pi_ref, tokenizer, processor, rows, **kwargs):
     ids, mask = left_pad(rows, tokenizer.pad_token_id)
-    kwargs = {**processor.generate_kwargs(), **kwargs}
-    return pi_ref.generate(input_ids=ids, attention_mask=mask, max_new_tokens=SPEC.max_new_tokens,
-                           pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    kwargs = {"max_new_tokens": SPEC.max_new_tokens, "eos_token_id": tokenizer.eos_token_id,
+              **processor.generate_kwargs(), **kwargs}
+    return pi_ref.generate(input_ids=ids, attention_mask=mask, pad_token_id=tokenizer.pad_token_id,
                            output_scores=True, return_dict_in_generate=True, **kwargs)
 
 
@@ -117,3 +117,71 @@ def test_the_generate_command_refuses_a_guide_of_another_vocabulary(pi_ref, toke
     make_guide(other).save_pretrained(tmp_path / "guide")
     assert main(["--pi-ref", str(tmp_path / "pi_ref"), "--guide", str(tmp_path / "guide"), "--prompt", "x"]) == 1
     assert "use the guide trained with this pi_ref" in capsys.readouterr().err
+
+
+def test_a_processor_reused_for_a_wider_batch_guides_it_as_a_fresh_one_does(tokenizer, tiny_task):
+    """The second call's prompts are exactly one token wider than the first call's last input: only the prompt
+    tells the two calls apart."""
+    pi_ref = build_causal_lm(tiny_arch("gpt2"), tokenizer, seed=0).eval()
+    guide = make_guide(tokenizer)
+    reused = processor_for(guide, tokenizer, "qsharp")
+    rows = [p[:6] for p in ragged(tokenizer, tiny_task, 3)]
+    guided_generate(pi_ref, tokenizer, reused, rows, do_sample=False)
+    wider = [p[: 6 + SPEC.max_new_tokens] for p in ragged(tokenizer, tiny_task, 6)[3:]]
+    torch.manual_seed(1)
+    again = guided_generate(pi_ref, tokenizer, reused, wider)
+    torch.manual_seed(1)
+    fresh = guided_generate(pi_ref, tokenizer, processor_for(guide, tokenizer, "qsharp"), wider)
+    assert torch.equal(again.sequences, fresh.sequences)
+    for a, b in zip(again.scores, fresh.scores, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_beam_search_is_refused_in_one_line(tokenizer, tiny_task):
+    pi_ref = build_causal_lm(tiny_arch("gpt2"), tokenizer, seed=0).eval()
+    processor = processor_for(make_guide(tokenizer), tokenizer, "qsharp")
+    with pytest.raises(ValueError, match="beam search"):
+        guided_generate(pi_ref, tokenizer, processor, ragged(tokenizer, tiny_task, 4), num_beams=2, do_sample=False)
+
+
+def test_several_return_sequences_per_prompt_are_guided_and_each_has_its_kl(tokenizer, tiny_task):
+    pi_ref = build_causal_lm(tiny_arch("gpt2"), tokenizer, seed=0).eval()
+    guide = make_guide(tokenizer)
+    rows = ragged(tokenizer, tiny_task, 2)
+    processor = processor_for(guide, tokenizer, "qsharp")
+    torch.manual_seed(2)
+    out = guided_generate(pi_ref, tokenizer, processor, rows, num_return_sequences=3)
+    repeated = processor_for(guide, tokenizer, "qsharp")
+    torch.manual_seed(2)
+    same = guided_generate(pi_ref, tokenizer, repeated, [r for r in rows for _ in range(3)])
+    assert out.sequences.shape[0] == processor.kl.shape[0] == 6
+    assert torch.equal(out.sequences, same.sequences) and torch.equal(processor.kl, repeated.kl)
+
+
+def test_right_padded_prompts_are_refused(tokenizer, tiny_task):
+    pi_ref = build_causal_lm(tiny_arch("gpt2"), tokenizer, seed=0).eval()
+    processor = processor_for(make_guide(tokenizer), tokenizer, "qsharp")
+    rows = ragged(tokenizer, tiny_task, 3)
+    width = max(map(len, rows))
+    ids = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows])
+    with pytest.raises(ValueError, match="left-padded"):
+        pi_ref.generate(input_ids=ids, attention_mask=(ids != tokenizer.pad_token_id).long(), max_new_tokens=3,
+                        pad_token_id=tokenizer.pad_token_id, **processor.generate_kwargs())
+
+
+def test_generate_sampling_beyond_the_processors_spec_is_refused_naming_it(tokenizer, tiny_task):
+    pi_ref = build_causal_lm(tiny_arch("gpt2"), tokenizer, seed=0).eval()
+    processor = GuidanceLogitsProcessor(make_guide(tokenizer), top_k=5, tokenizer=tokenizer,
+                                        spec=SamplingSpec(max_new_tokens=2))
+    with pytest.raises(ValueError, match="spec.max_new_tokens=2"):
+        guided_generate(pi_ref, tokenizer, processor, ragged(tokenizer, tiny_task, 2), max_new_tokens=12,
+                        eos_token_id=None)
+
+
+def test_assisted_decoding_is_refused_in_one_line(tokenizer, tiny_task):
+    pi_ref = build_causal_lm(tiny_arch("gpt2"), tokenizer, seed=0).eval()
+    assistant = build_causal_lm(tiny_arch("gpt2"), tokenizer, seed=5).eval()
+    processor = processor_for(make_guide(tokenizer), tokenizer, "qsharp")
+    with pytest.raises(ValueError, match="assisted"):
+        guided_generate(pi_ref, tokenizer, processor, ragged(tokenizer, tiny_task, 1)[:1], assistant_model=assistant,
+                        do_sample=False, eos_token_id=None)

@@ -15,8 +15,11 @@ shifted by the rule's offsets, renormalised. `generate` must then sample from th
 top-p given to `generate` would be applied a second time, after guidance.
 
 The guide keeps its own KV cache across steps, one guide pass per step as in the framework's loop. Prompts are
-left-padded; the prompt mask is read from the tokenizer's leading pad tokens. Rows that emitted its EOS stop
-adding KL. A call whose input is not the previous one plus one token starts afresh (a new `generate`).
+left-padded (right padding is refused); the prompt mask is read from the tokenizer's leading pad tokens. Rows
+that emitted its EOS stop adding KL. A call whose input is the previous one plus one token continues; any other
+starts afresh (a new `generate`), except two that `generate` makes only inside one call and that the guide's
+cache cannot follow, which are refused: beam search reordering its beams, and assisted (speculative)
+decoding going back to an earlier position. Several return sequences per prompt (sampling) work as they are.
 """
 
 from __future__ import annotations
@@ -53,9 +56,10 @@ class GuidanceLogitsProcessor(LogitsProcessor):
         if spec.paper_compat:
             raise ValueError("paper_compat orders guidance as the published code does; the processor follows the "
                              "framework's order only: use SamplingSpec(paper_compat=False)")
-        if non_candidates not in ("keep", "mask") or not 1 <= top_k <= guide.vocab_size:
-            raise ValueError(f"non_candidates={non_candidates!r} must be 'keep' or 'mask', top_k={top_k} within "
-                             f"1..{guide.vocab_size} (the guide's vocabulary)")
+        if non_candidates not in ("keep", "mask"):
+            raise ValueError(f"non_candidates={non_candidates!r} must be 'keep' or 'mask'")
+        if not 1 <= top_k <= guide.vocab_size:
+            raise ValueError(f"top_k={top_k} must lie in 1..{guide.vocab_size} (the guide's vocabulary)")
         if tokenizer is not None and len(tokenizer) != guide.vocab_size:
             raise ValueError(f"the guide scores a vocabulary of {guide.vocab_size} tokens and pi_ref's tokenizer has "
                              f"{len(tokenizer)}: use the guide trained with this pi_ref.")
@@ -65,7 +69,8 @@ class GuidanceLogitsProcessor(LogitsProcessor):
         eos = tokenizer.eos_token_id if tokenizer is not None else None
         self.eos_ids = torch.tensor([eos] if eos is not None else [], dtype=torch.long)
         self._guided: Guided | None = None
-        self._length = 0
+        self._seen = torch.zeros(0, 0, dtype=torch.long)  # the input of the last call: what the guide's cache holds
+        self._capacity = self._prompt_width = 0
         self._alive = torch.ones(0, dtype=torch.bool)
         self.kl = torch.zeros(0)  # [B] KL(pi || pi_ref) of each response so far, nats
 
@@ -76,17 +81,43 @@ class GuidanceLogitsProcessor(LogitsProcessor):
 
     @torch.no_grad()
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if self._guided is None or input_ids.shape != (self._alive.shape[0], self._length + 1):
-            self._start(input_ids)
-        else:
+        if self._continues(input_ids):
+            if input_ids.shape[1] > self._capacity:
+                raise ValueError(f"this generate call samples more tokens than the processor's "
+                                 f"spec.max_new_tokens={self.spec.max_new_tokens}, which sizes the guide's cache: give "
+                                 "the processor a SamplingSpec whose max_new_tokens is at least generate's")
             token = input_ids[:, -1]
             self._alive = self._alive & ~torch.isin(token, self.eos_ids)
             self._guided.advance(token, self._alive)
-            self._length += 1
+        else:
+            self._start(input_ids)
+        self._seen = input_ids.clone()  # (generate may reuse the tensor it passed)
         ref_logp = G.sampler_logprobs(scores, self.spec.temperature, self.spec.top_p)
         logp, kl = self._guided.logprobs(scores, ref_logp)
         self.kl += kl * self._alive
         return logp
+
+    def _continues(self, input_ids: torch.Tensor) -> bool:
+        """Whether this call is the last one plus one token (the same `generate`); raises for the two inputs
+        that only happen inside one `generate` and that the guide's cache cannot follow."""
+        seen = self._seen
+        if self._guided is None or input_ids.shape[0] != seen.shape[0]:
+            return False
+        width, last = input_ids.shape[1], seen.shape[1]
+        if width == last + 1:
+            prefix = input_ids[:, :-1]
+            if torch.equal(prefix, seen):
+                return True
+            if (prefix[:, None, :] == seen[None, :, :]).all(-1).any(-1).all():
+                raise ValueError("beam search reorders the sequences between steps and the guide's cache does not "
+                                 "follow them: the processor samples (num_beams=1); for several completions per "
+                                 "prompt, use num_return_sequences")
+        elif self._prompt_width < width <= last and torch.equal(input_ids[:, :-1], seen[:, : width - 1]):
+            raise ValueError("this call goes back to an earlier position of the sequences the processor is guiding, "
+                             "as assisted (speculative) decoding does, which the guide's cache does not follow: "
+                             "generate without an assistant model (for a new generate call on a prefix of the last "
+                             "one's output, use a new processor)")
+        return False
 
     def _start(self, prompts: torch.Tensor) -> None:
         """A new batch of left-padded prompts: the guide reads them into a fresh cache."""
@@ -94,10 +125,14 @@ class GuidanceLogitsProcessor(LogitsProcessor):
             mask = torch.ones_like(prompts)
         else:
             mask = ((prompts != self.pad_token_id).long().cumsum(-1) > 0).long()  # leading pads only
+            if (prompts[mask.bool().any(-1), -1] == self.pad_token_id).any():
+                raise ValueError("a prompt ends with padding: the processor reads left-padded prompts only: set "
+                                 "tokenizer.padding_side = 'left' before tokenizing the batch")
         context = context_length(self.guidance.model.trunk.config) or prompts.shape[1] + 1
         capacity = prompts.shape[1] + (self.spec.max_new_tokens or max(1, context - prompts.shape[1]))
         self._guided = Guided(self.guidance, prompts, mask, capacity, DecodeOptions())
-        self._length = prompts.shape[1]
+        self._prompt_width = prompts.shape[1]
+        self._capacity = capacity
         self._alive = torch.ones(prompts.shape[0], dtype=torch.bool, device=prompts.device)
         self.eos_ids = self.eos_ids.to(prompts.device)
         self.kl = torch.zeros(prompts.shape[0], device=prompts.device)
