@@ -185,3 +185,44 @@ def test_assisted_decoding_is_refused_in_one_line(tokenizer, tiny_task):
     with pytest.raises(ValueError, match="assisted"):
         guided_generate(pi_ref, tokenizer, processor, ragged(tokenizer, tiny_task, 1)[:1], assistant_model=assistant,
                         do_sample=False, eos_token_id=None)
+
+
+@pytest.fixture
+def saved(pi_ref, tokenizer, tmp_path):
+    """pi_ref and a guide saved as the generate command reads them; the guide also inside a stage directory."""
+    pi_ref.save_pretrained(tmp_path / "pi_ref")
+    tokenizer.save_pretrained(tmp_path / "pi_ref")
+    make_guide(tokenizer).save_pretrained(tmp_path / "stage" / "model")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "a_file").write_text("")
+    return tmp_path
+
+
+@pytest.mark.parametrize(("change", "named"), [
+    ({"--samples": "0"}, "--samples 0 must be at least 1"),
+    ({"--top-k": "0"}, "--top-k 0 must be at least 1"),
+    ({"--top-k": "500"}, "--top-k=500 is more than pi_ref's vocabulary"),
+    ({"--eta": "nan"}, "--eta nan must lie in"),
+    ({"--top-p": "0"}, "--top-p 0.0 must lie in (0, 1]"),
+    ({"--rule": "qhash"}, "--rule qhash is not a guidance rule"),
+    ({"--guide": "{dir}/missing"}, "--guide={dir}/missing does not exist"),
+    ({"--guide": "{dir}/a_file"}, "is a file, not a model folder"),
+    ({"--guide": "{dir}/empty"}, "holds no saved return model (no config.json)"),
+    ({"--guide": "{dir}/stage"}, "it is a stage directory: use {dir}/stage/model"),
+    ({"--pi-ref": "{dir}/missing"}, "--pi-ref={dir}/missing does not exist"),
+    ({"--prompt": "1,5|1,2|2,99|5,9/1,11="}, "pi_ref: its tokenizer cannot represent the task's text (lost: 1,5|"),
+    ({"--prompt": "1,5|1,2|2,11|5,9/1,11=" * 10}, "exceeds the models' context of 128 positions"),
+    ({"--device": "cuda"}, "--device cuda needs a CUDA device and none is visible: use --device cpu"),
+])
+def test_the_generate_command_stops_a_bad_input_with_one_line_naming_it(saved, capsys, change, named):
+    from qsharp_exp.generate import main
+
+    if change.get("--device") == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    args = {"--pi-ref": str(saved / "pi_ref"), "--guide": str(saved / "stage" / "model"),
+            "--prompt": "1,5|1,2|2,11|5,9/1,11=", "--max-new-tokens": "6", "--top-k": "5",
+            **{k: v.format(dir=saved) for k, v in change.items()}}
+    assert main([a for pair in args.items() for a in pair]) == 1
+    err = capsys.readouterr().err  # (besides transformers' progress bars while loading)
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and named.format(dir=saved) in errors[0] and "Traceback" not in err, err

@@ -225,3 +225,14 @@ def test_a_sweep_lists_every_invalid_job_before_starting_any(tmp_path):
     assert listed == ["job 0 (algo.eta=0 algo=cd)", "job 1 (algo.eta=0 algo=qsharp)",
                       "job 4 (algo.eta=-1 algo=cd)", "job 5 (algo.eta=-1 algo=qsharp)"]
     assert not (tmp_path / "sweep").exists() and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("program", ["qsharp_exp", "qsharp_exp.generate"])
+def test_ctrl_c_while_a_program_imports_ends_it_with_one_line_and_no_traceback(tmp_path, program):
+    job = subprocess.Popen([sys.executable, "-m", program, "--help" if program != "qsharp_exp" else "progress=false"],
+                           cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.4)  # within the imports (torch and transformers take seconds)
+    job.send_signal(signal.SIGINT)
+    _, stderr = job.communicate(timeout=120)
+    assert job.returncode == 130 and "Traceback" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1] == "interrupted."

@@ -3,13 +3,29 @@ docs/api.md: compose a config, run a pipeline, load pi_ref and a trained guide, 
 
 from __future__ import annotations
 
-import importlib
-from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+import os
+import signal
+import sys
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    """Ctrl-C in a `python -m qsharp_exp...` program before it handles interrupts itself (its imports take
+    seconds): one line and exit code 130, no traceback. The pipeline takes Ctrl-C over once it starts."""
+    sys.stderr.write("interrupted.\n")
+    os._exit(130)
+
+
+# `python -m` imports the package while it locates the program, with sys.argv[0] == "-m": from this line on.
+if sys.argv[:1] == ["-m"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    signal.signal(signal.SIGINT, _interrupted)
+
+import importlib  # noqa: E402  (after the handler: imports take seconds)
+from importlib.metadata import PackageNotFoundError, version  # noqa: E402
+from typing import Any  # noqa: E402
 
 # transformers' Auto classes learn the return model and the conv-stem models (AutoModel.from_pretrained(folder)).
-from qsharp_exp.models import return_model as _return_model  # noqa: F401
-from qsharp_exp.models import stem as _stem  # noqa: F401
+from qsharp_exp.models import return_model as _return_model  # noqa: E402, F401
+from qsharp_exp.models import stem as _stem  # noqa: E402, F401
 
 try:
     __version__ = version("qsharp_exp")

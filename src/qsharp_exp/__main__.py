@@ -11,6 +11,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from hydra.utils import get_original_cwd
 from omegaconf import DictConfig
 
 from qsharp_exp.compose import CONF_DIR, load_run_config, register_schema
@@ -36,7 +37,12 @@ def main(cfg: DictConfig) -> dict:
         run_cfg = load_run_config(cfg)
     except ConfigError as err:
         sys.exit(f"config error: {err}")
+    # A relative cache_dir is relative to where the command was started, also when hydra.job.chdir moves each job
+    # into its own run directory (else no job would reuse another's stages).
+    run_cfg.cache_dir = str(Path(get_original_cwd()) / Path(run_cfg.cache_dir).expanduser())
     from qsharp_exp.pipeline import run  # heavy imports only once the config is known to be good
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on the run ends a stage cleanly on Ctrl-C
 
     hydra_cfg = HydraConfig.get()
     # All jobs of one sweep share a tracker group: the sweep directory's name.

@@ -16,7 +16,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from qsharp_exp.compose import compose_config
 from qsharp_exp.config import RunConfig
-from qsharp_exp.export_guide import guide_folder
+from qsharp_exp.export_guide import guide_folder, recorded_dir
 from qsharp_exp.models.lm import load_pretrained_lm, load_tokenizer
 from qsharp_exp.models.return_model import ReturnModel
 
@@ -48,5 +48,5 @@ def load_guide(source: dict | str | Path, dtype: torch.dtype | None = None) -> R
 
 def _pi_ref_source(metrics: dict) -> str:
     if "dir_pi_ref" in metrics:
-        return str(Path(metrics["dir_pi_ref"]) / "model")
+        return str(recorded_dir(metrics, "dir_pi_ref") / "model")
     raise ValueError("these metrics name no pi_ref folder: pi_ref was pretrained elsewhere; pass its hub id or path")

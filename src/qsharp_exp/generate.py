@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from qsharp_exp.config import UserError
+from qsharp_exp.config import ETA_RANGE, TEMPERATURE_RANGE, UserError
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -53,23 +53,56 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     return prompts
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """What the arguments alone decide, before a model is loaded."""
+    from qsharp_exp.guidance import RULES
+    from qsharp_exp.hardware import check_device
+    from qsharp_exp.models.lm import check_local_source
+
+    counts = {"--samples": args.samples, "--top-k": args.top_k, "--max-new-tokens": args.max_new_tokens}
+    for flag, value in counts.items():
+        if value < 1:
+            raise UserError(f"{flag} {value} must be at least 1")
+    ranges = {"--eta": (args.eta, *ETA_RANGE), "--temperature": (args.temperature, *TEMPERATURE_RANGE)}
+    for flag, (value, low, high) in ranges.items():
+        if not low <= value <= high:  # (also refuses nan)
+            raise UserError(f"{flag} {value} must lie in [{low:g}, {high:g}]")
+    if not 0 < args.top_p <= 1:
+        raise UserError(f"--top-p {args.top_p} must lie in (0, 1]: 1 disables top-p")
+    if args.rule not in RULES:
+        raise UserError(f"--rule {args.rule} is not a guidance rule: use one of {', '.join(sorted(RULES))}")
+    check_device(args.device, f"--device {args.device}", "use --device cpu")
+    check_local_source(args.pi_ref, "--pi-ref")
+    check_local_source(args.guide, "--guide")
+
+
 def guided(args: argparse.Namespace, prompts: list[str]) -> list[dict]:
     """Each prompt's completions, with their KL to pi_ref (nats)."""
     from qsharp_exp.api import load_guide, load_pi_ref
     from qsharp_exp.padding import left_pad
+    from qsharp_exp.prompts import PromptCodec, check_top_k, checked_prompts, context_length
     from qsharp_exp.sampling.decoding import SamplingSpec
     from qsharp_exp.sampling.logits_processor import GuidanceLogitsProcessor
+    from qsharp_exp.tasks import Problem
 
     pi_ref, tokenizer = load_pi_ref(args.pi_ref)
     guide = load_guide(args.guide)
+    check_top_k(args.top_k, guide.vocab_size, "--top-k")
     if tokenizer.pad_token_id is None:  # prompts of several lengths are left-padded with EOS
         tokenizer.pad_token = tokenizer.eos_token
     pad = tokenizer.pad_token_id
     spec = SamplingSpec(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens)
     processor = GuidanceLogitsProcessor(guide.to(args.device), rule=args.rule, eta=args.eta, top_k=args.top_k,
                                         non_candidates=args.non_candidates, tokenizer=tokenizer, spec=spec)
+    # The pipeline's checks before sampling: the tokenizer represents each prompt, and each fits the context of
+    # pi_ref and of the guide with --max-new-tokens to go.
+    codec = PromptCodec.for_model(tokenizer, pi_ref, chat_template=False)
+    contexts = [c for c in (codec.max_positions, context_length(guide.trunk.config)) if c]
+    codec.max_positions = min(contexts) if contexts else None
+    problems = [Problem(f"--prompt {i + 1}", text, "") for i, text in enumerate(prompts)]
+    encoded = checked_prompts(codec, problems, args.max_new_tokens, "--max-new-tokens", f"--pi-ref {args.pi_ref}")
     jobs = [p for p in prompts for _ in range(args.samples)]
-    ids, mask = left_pad([tokenizer(p, add_special_tokens=False)["input_ids"] for p in jobs], pad)
+    ids, mask = left_pad([ids for ids in encoded for _ in range(args.samples)], pad)
     torch.manual_seed(args.seed)
     with torch.no_grad():
         out = pi_ref.to(args.device).generate(input_ids=ids.to(args.device), attention_mask=mask.to(args.device),
@@ -83,6 +116,7 @@ def guided(args: argparse.Namespace, prompts: list[str]) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     try:
+        check_args(args)
         for row in guided(args, read_prompts(args)):
             print(json.dumps(row))
     except (UserError, ValueError) as err:

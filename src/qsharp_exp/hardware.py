@@ -10,11 +10,15 @@ from qsharp_exp.config import HardwareConfig, UserError
 from qsharp_exp.distributed import Dist, init_distributed
 
 
+def check_device(device: str, setting: str, fix: str) -> None:
+    """A CUDA device that is not there stops the command before it loads anything."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"{setting} needs a CUDA device and none is visible: {fix}.")
+
+
 class Hardware:
     def __init__(self, cfg: HardwareConfig, dist: Dist | None = None) -> None:
-        if cfg.device == "cuda" and not torch.cuda.is_available():
-            raise UserError(f"hardware={cfg.name} needs a CUDA device and none is visible: use hardware=cpu "
-                            "(or hardware.device=cpu).")
+        check_device(cfg.device, f"hardware={cfg.name}", "use hardware=cpu (or hardware.device=cpu)")
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         self.cfg = cfg

@@ -6,8 +6,10 @@ from dataclasses import dataclass
 
 from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from qsharp_exp.config import UserError
+from qsharp_exp.config import ConfigError, UserError
 from qsharp_exp.tasks import Problem
+
+COVERAGE_SAMPLE = 200  # prompts per split whose text pi_ref's tokenizer must represent (a sample: it takes time)
 
 
 def context_length(config: PretrainedConfig) -> int | None:
@@ -96,3 +98,19 @@ class PromptCodec:
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def checked_prompts(codec: PromptCodec, problems: list[Problem], max_new_tokens: int, budget_key: str,
+                    model_key: str) -> list[list[int]]:
+    """What is checked before sampling prompts, by the pipeline and the generate command alike: pi_ref's tokenizer
+    represents them (a label it does not know would become padding), and each leaves room for `max_new_tokens`
+    (the setting `budget_key`) within the context. Returns the prompts' ids."""
+    codec.check_covers([p.prompt for p in problems[:COVERAGE_SAMPLE]], model_key)
+    return codec.encode(problems, max_new_tokens, budget_key)
+
+
+def check_top_k(top_k: int, vocab_size: int, key: str) -> None:
+    """Guidance rescores pi_ref's top-k candidates: k within its vocabulary."""
+    if top_k > vocab_size:
+        raise ConfigError(f"{key}={top_k} is more than pi_ref's vocabulary of {vocab_size} tokens: set "
+                          f"{key}<={vocab_size}.")

@@ -65,8 +65,22 @@ def build_causal_lm(arch: ArchConfig, tokenizer: PreTrainedTokenizerBase, seed: 
     return cls(config)
 
 
+def looks_like_path(source: str) -> bool:
+    """A source that can only be a local path (a hub id is `name` or `owner/name`)."""
+    return source.startswith(("/", ".", "~")) or source.count("/") > 1 or os.path.exists(source)
+
+
+def check_local_source(source: str, key: str) -> None:
+    """A path that is not a folder gets a message about the path, not the hub's about repository ids."""
+    if looks_like_path(source) and not os.path.isdir(os.path.expanduser(source)):
+        what = "is a file, not a model folder" if os.path.isfile(source) else "does not exist"
+        raise UserError(f"{key}={source} {what}: give the folder a model was saved to (config.json and weights), "
+                        "or a hub id.")
+
+
 def _from_hub(loader, source: str, key: str, **kwargs):
     """`loader.from_pretrained(source)` with one actionable message when it cannot be had."""
+    check_local_source(source, key)
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
     if offline and not os.path.isdir(source):
         raise UserError(f"{key}={source} is not a local directory and the Hugging Face hub is offline "

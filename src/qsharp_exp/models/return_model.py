@@ -26,9 +26,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from qsharp_exp.config import GuideConfig, as_dict
+from qsharp_exp.config import GuideConfig, UserError, as_dict
 from qsharp_exp.models.distributions import return_distribution
-from qsharp_exp.models.lm import build_trunk, compiled
+from qsharp_exp.models.lm import build_trunk, check_local_source, compiled
 from qsharp_exp.models.stem import CausalConvStem, embed_tokens, split_lm
 from qsharp_exp.padding import right_pad
 
@@ -110,14 +110,12 @@ class ReturnModel(nn.Module):
     def from_pretrained(cls, source: str | Path, *args, dtype: torch.dtype | None = None, **kwargs) -> ReturnModel:
         """Load a saved return model from a local directory or a hub repository id (also what
         `AutoModel.from_pretrained` calls: its other arguments are not used)."""
-        path = Path(source)
-        if not path.is_dir():
-            from huggingface_hub import snapshot_download
-
-            path = Path(snapshot_download(str(source)))
+        path = _local_copy(str(source))
         meta = json.loads((path / "config.json").read_text())
         if meta.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a return model saved by qsharp_exp (config.json has no format {FORMAT}).")
+            raise UserError(f"{path} is not a return model saved by qsharp_exp (config.json has no format {FORMAT}): "
+                            "give a trained guide's folder (a run's return_model_round<N>/<key>/model, or "
+                            "export_guide's --out).")
         cfg: GuideConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(GuideConfig), meta["guide"]))
         model = cls(cfg, AutoModel.from_pretrained(path / "trunk", dtype=dtype))
         missing, unexpected = model.load_state_dict(load_file(path / "model.safetensors"), strict=False)
@@ -126,6 +124,28 @@ class ReturnModel(nn.Module):
         if stray:
             raise ValueError(f"{path}: head weights do not fit its config.json ({', '.join(stray)}).")
         return model
+
+
+def _local_copy(source: str) -> Path:
+    """The folder of a saved return model: `source` itself, or the hub's copy of it; a folder without one gets
+    a message naming what it is instead."""
+    check_local_source(source, "guide")
+    path = Path(source).expanduser()
+    if not path.is_dir():
+        from huggingface_hub import snapshot_download
+
+        try:
+            path = Path(snapshot_download(source))
+        except Exception as err:  # the hub's own errors: offline, no such repository, no access
+            raise UserError(f"guide={source} could not be had from the hub ({type(err).__name__}): give a local "
+                            "folder, or a hub id you can access.") from None
+    if not (path / "config.json").is_file():
+        inside = path / "model"
+        hint = (f"it is a stage directory: use {inside}" if (inside / "config.json").is_file() else
+                "give the folder of a trained guide (a run's return_model_round<N>/<key>/model, or export_guide's "
+                "--out)")
+        raise UserError(f"{path} holds no saved return model (no config.json): {hint}.")
+    return path
 
 
 @dataclass

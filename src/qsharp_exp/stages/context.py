@@ -62,7 +62,7 @@ class RunContext:
 
     @classmethod
     def create(cls, cfg: RunConfig) -> RunContext:
-        return cls(cfg, Hardware(cfg.hardware), build_task(cfg.task), Path(cfg.cache_dir))
+        return cls(cfg, Hardware(cfg.hardware), build_task(cfg.task), Path(cfg.cache_dir).absolute())
 
     def stage(self, name: str, reads: Iterable[str], build: Callable[..., None], *, after: dict[str, Any] | None = None,
               resumable: bool = False, directory: str | None = None) -> StageResult:

@@ -10,12 +10,12 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from qsharp_exp.config import ConfigError, Init, RunConfig
+from qsharp_exp.config import Init, RunConfig
 from qsharp_exp.evaluation import evaluate
 from qsharp_exp.files import write_json, write_jsonl
 from qsharp_exp.models.identity import model_identity
 from qsharp_exp.models.lm import build_causal_lm, load_config, load_pretrained_lm, load_tokenizer
-from qsharp_exp.prompts import PromptCodec, context_length
+from qsharp_exp.prompts import COVERAGE_SAMPLE, PromptCodec, check_top_k, checked_prompts, context_length
 from qsharp_exp.stages.base_model import BaseModel
 from qsharp_exp.stages.cache import stage_key
 from qsharp_exp.stages.context import SAMPLING_READS, RunContext
@@ -72,12 +72,10 @@ def check_before_work(ctx: RunContext) -> None:
     tokenizer = _planned_tokenizer(ctx)  # loaded once (a hub tokenizer may be fetched)
     if ctx.uses_return_model:
         for key, top_k in (("algo.top_k", ctx.cfg.algo.top_k), ("collect.top_k", ctx.cfg.collect.top_k)):
-            if top_k > len(tokenizer):
-                raise ConfigError(f"{key}={top_k} is more than pi_ref's vocabulary of {len(tokenizer)} tokens: set "
-                                  f"{key}<={len(tokenizer)}.")
+            check_top_k(top_k, len(tokenizer), key)
     codec = PromptCodec.planned(tokenizer, ctx.cfg.task.chat_template, _planned_context(ctx))
-    problems = [p for split in ("train", "test") for p in ctx.task.problems(split)[:COVERAGE_SAMPLE]]
-    codec.check_covers([text for p in problems for text in (p.prompt, ctx.task.target(p))], _tokenizer_key(ctx))
+    targets = [ctx.task.target(p) for split in ("train", "test") for p in ctx.task.problems(split)[:COVERAGE_SAMPLE]]
+    codec.check_covers(targets, _tokenizer_key(ctx))  # what training and pretraining feed it
     sampled = [("test", "eval.max_new_tokens", ctx.spec.max_new_tokens)]
     if ctx.cfg.model.pi_ref.pretrained is None:  # its accuracy on its pretraining problems
         sampled.append(("pretrain", "eval.max_new_tokens", ctx.spec.max_new_tokens))
@@ -87,7 +85,7 @@ def check_before_work(ctx: RunContext) -> None:
     if ctx.fine_tunes_policy:  # the policy samples its training problems as evaluation does
         sampled.append(("train", "eval.max_new_tokens", ctx.spec.max_new_tokens))
     for split, key, tokens in sampled:
-        codec.encode(ctx.task.problems(split), tokens, key)
+        checked_prompts(codec, ctx.task.problems(split), tokens, key, _tokenizer_key(ctx))
 
 
 def _pretrain(ctx: RunContext, cfg: RunConfig, start: BaseModel | None, out: Path) -> None:
@@ -137,9 +135,6 @@ def _place(ctx: RunContext, model: PreTrainedModel) -> PreTrainedModel:
                  sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters()))
         return model
     return model.to(hw.device).eval()
-
-
-COVERAGE_SAMPLE = 200  # problems per split whose text pi_ref's tokenizer must represent
 
 
 def _tokenizer_source(ctx: RunContext) -> tuple[str, str] | None:
