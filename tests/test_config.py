@@ -112,7 +112,10 @@ def test_gpu_hardware_declares_cuda_graphs_and_compiled_decoding_off_so_plain_ov
      ("algo.policy.lr=inf", "algo.policy.lr"), ("pretrain.weight_decay=-1", "pretrain.weight_decay"),
      ("hardware.num_threads=-1", "hardware.num_threads"), ("guide_train.val_fraction=2", "guide_train.val_fraction"),
      ("cache_dir=", "cache_dir"), ("algo.eta=inf", "algo.eta"), ("collect.eta=nan", "collect.eta"),
-     ("guide_train.checkpoint_every=-5", "guide_train.checkpoint_every")],
+     ("guide_train.checkpoint_every=-5", "guide_train.checkpoint_every"),
+     ("guide_train.keep_checkpoints=0", "guide_train.keep_checkpoints"),
+     ("seed=18446744073709551615", "seed"), ("seed=-1", "seed"), ("task.seed=2147483648", "task.seed"),
+     ("base_pretrain.seed=-3", "base_pretrain.seed")],
 )
 def test_values_that_would_fail_later_or_write_non_json_stop_at_once(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

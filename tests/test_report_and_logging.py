@@ -92,6 +92,30 @@ def test_report_skips_broken_or_incomplete_runs_and_names_them(sweep, tmp_path, 
     assert len(rows) == len(files) - 2
 
 
+def test_a_run_with_non_finite_metrics_is_flagged_and_left_out_of_the_plots(sweep, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    shutil.copytree(sweep, tmp_path / "runs", ignore=shutil.ignore_patterns("*.png", "report.*"))
+    broken = sorted((tmp_path / "runs").rglob("metrics.json"))[0]
+    metrics = json.loads(broken.read_text())
+    broken.write_text(json.dumps({**metrics, "kl_mean": float("nan")}))  # json writes NaN, as a diverged run would
+    plotted = []
+    real = report.write_plots
+    monkeypatch.setattr(report, "write_plots", lambda runs, out: plotted.extend(runs) or real(runs, out))
+    assert report.main([str(tmp_path / "runs")]) == 0
+    err = capsys.readouterr().err
+    assert f"report: warning: {broken.parent} holds non-finite metrics (kl_mean)" in err
+    assert plotted and all(r["_path"] != str(broken.parent) for r in plotted)
+
+
+@pytest.mark.parametrize("out", ["a_file", "a_file/below"])
+def test_report_out_that_cannot_be_written_is_one_line_naming_it(sweep, tmp_path, capsys, out):
+    (tmp_path / "a_file").write_text("")
+    assert report.main([str(sweep), "--out", str(tmp_path / out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: --out {tmp_path / out} cannot be written"), err
+
+
 def test_runs_that_differ_in_an_unshown_setting_get_their_own_rows_and_curves(sweep, tmp_path):
     import shutil
 

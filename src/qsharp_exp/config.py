@@ -91,6 +91,15 @@ MAX_LR = 1.0
 LOSS_SCALE_LIMIT = 1e6
 
 
+MAX_SEED = 2**31 - 1  # seeds derived from it (seed + round, seed + 1000 * round, ...) stay valid for every RNG
+
+
+def seed_range(obj: Any, name: str) -> None:
+    value = getattr(obj, name)
+    if value is not None and not 0 <= value <= MAX_SEED:
+        raise FieldError(name, f"{{key}}={value} must lie in 0..{MAX_SEED}: set e.g. {{key}}=0.")
+
+
 def in_unit_interval(obj: Any, name: str, closed_above: bool = True) -> None:
     value = getattr(obj, name)
     if not (0.0 <= value <= 1.0 if closed_above else 0.0 <= value < 1.0):
@@ -137,6 +146,7 @@ class TaskConfig:
                 raise FieldError(name, f"{{key}}=null: task={self.name} generates its problems, so it needs a "
                                        "size, e.g. {key}=1000.")
             at_least(self, name, 1)
+        seed_range(self, "seed")
 
     def settings_for(self, *splits: str) -> dict[str, Any]:
         """The settings that the problems of `splits` depend on, for the keys of stages that read only those:
@@ -346,6 +356,7 @@ class BasePretrainConfig:
 
     def __post_init__(self) -> None:
         optimiser_checks(self)
+        seed_range(self, "seed")
         for name in ("steps", "batch_size", "corpus_lines", "max_pairs", "max_steps", "eval_lines"):
             at_least(self, name, 1)
         at_least(self, "max_operand", 2)
@@ -561,6 +572,7 @@ class RunConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        seed_range(self, "seed")
         if not self.cache_dir.strip():
             raise FieldError("cache_dir", "{key} is empty: set it to a directory for the stage outputs, e.g. "
                                           "{key}=.qsharp_cache (or unset it for the default).")

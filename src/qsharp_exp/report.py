@@ -74,7 +74,13 @@ def find_metrics(dirs: list[Path]) -> list[dict]:
                       file=sys.stderr)
                 continue
             key = metrics.get("dir_evaluation") or str(path)
-            runs.setdefault(key, {**metrics, "_path": str(path.parent), "_config": _config(path.parent)})
+            if key in runs:
+                continue
+            broken = sorted(k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v))
+            if broken:
+                print(f"report: warning: {path.parent} holds non-finite metrics ({', '.join(broken)}): its rows show "
+                      "them, and the plots leave the run out", file=sys.stderr)
+            runs[key] = {**metrics, "_path": str(path.parent), "_config": _config(path.parent), "_finite": not broken}
     return list(runs.values())
 
 
@@ -493,10 +499,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"report: no metrics.json of a run under {', '.join(map(str, args.dirs))}.", file=sys.stderr)
         return 1
     out = args.out or args.dirs[0]
-    out.mkdir(parents=True, exist_ok=True)
-    write_tables(runs, out)
-    plots = write_plots(runs, out)
-    bars = write_bar_chart(runs, out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_tables(runs, out)
+        plotted = [r for r in runs if r["_finite"]]
+        plots = write_plots(plotted, out) if plotted else []
+        bars = write_bar_chart(plotted, out) if plotted else None
+    except OSError as err:
+        where = "" if err.filename in (None, str(out)) else f" ({err.filename})"
+        print(f"error: --out {out} cannot be written{where}: {err.strerror or err}: choose a directory you can "
+              "write (--out DIR)", file=sys.stderr)
+        return 1
     plots += [bars] if bars else []
     print((out / "report.md").read_text())
     print("wrote " + ", ".join(str(p) for p in [out / "report.md", out / "report.csv", *plots]))
