@@ -201,3 +201,20 @@ def test_a_partly_declared_section_can_be_replaced_field_by_field_within_its_vie
     with pytest.raises(UndeclaredInput, match="guide_train.steps"):
         ctx.stage("demo", ["guide_train.lr", "guide_train.epochs"], build)
     assert seen == {"epochs": 2.0, "lr": ctx.cfg.guide_train.lr}
+
+
+def test_a_stage_rebuilt_under_other_numerics_says_which_differ(tmp_path, caplog):
+    import logging
+
+    def build(out):
+        (out / "x").write_text("1")
+
+    settings = {"version": 3, "config": {"eval.batch_size": 8}}
+    run_stage(tmp_path, "demo", {**settings, "numerics": {"cpu_threads": 1, "torch": "2.13.0"}}, build)
+    with caplog.at_level(logging.WARNING):
+        run_stage(tmp_path, "demo", {**settings, "numerics": {"cpu_threads": 2, "torch": "2.13.0"}}, build)
+        run_stage(tmp_path, "demo", {"version": 3, "config": {"eval.batch_size": 9},
+                                     "numerics": {"cpu_threads": 4, "torch": "2.13.0"}}, build)
+    warned = [r.getMessage() for r in caplog.records if "built again" in r.getMessage()]
+    assert len(warned) == 1, warned  # the other settings' stage is no rebuild
+    assert "under other numerics (cpu_threads 2 here, 1 there: hardware.num_threads=1 reuses it)" in warned[0]

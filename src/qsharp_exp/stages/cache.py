@@ -145,6 +145,31 @@ def stage_lock(final: Path, stage: str) -> Iterator[None]:
         os.close(fd)  # releases the lock; the file stays (removing it would race with a waiting job)
 
 
+NUMERICS, SETTINGS = "numerics", ("version", "config")  # what stages/context.py puts in every key
+
+
+def same_settings_elsewhere(inputs: dict[str, Any], final: Path) -> tuple[Path, str] | None:
+    """A finished stage beside `final` with the same settings and other numerics (device, thread count,
+    versions): its directory and how the numerics differ ("cpu_threads 2 here, 1 there"); None if there is none."""
+    if NUMERICS not in inputs:
+        return None
+    ours = json.loads(json.dumps({k: inputs.get(k) for k in SETTINGS}, default=str))
+    for done in sorted(final.parent.glob(f"*/{DONE}"))[:1000]:
+        try:
+            theirs = json.loads((done.parent / "inputs.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if {k: theirs.get(k) for k in SETTINGS} != ours or not isinstance(theirs.get(NUMERICS), dict):
+            continue
+        here, there = inputs[NUMERICS], theirs[NUMERICS]
+        differ = [f"{name} {here.get(name)} here, {there.get(name)} there"
+                  + (f": hardware.num_threads={there[name]} reuses it" if name == "cpu_threads" else "")
+                  for name in sorted({*here, *there}) if here.get(name) != there.get(name)]
+        if differ:
+            return done.parent, "; ".join(differ)
+    return None
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -212,6 +237,9 @@ def _build(stage: str, inputs: dict[str, Any], build: Callable[..., None], resum
     resume = final.with_name(f"{key}.resume")
     if resumable and (resume.exists() or resume.is_symlink()):
         refuse_links(stage, resume)
+    if dist.is_main and (other := same_settings_elsewhere(inputs, final)) is not None:
+        log.warning("%s: built again although %s has the same settings: it was built under other numerics (%s), "
+                    "which change floats (docs/reliability.md, 'What is in a stage key')", stage, *other)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     log.info("%s: %s %s", stage, "resuming" if resume.exists() else "building", final)
