@@ -114,3 +114,15 @@ def test_majority_vote_uses_the_given_equivalence():
 )
 def test_more_equivalent_forms(gold, pred):
     assert equivalent(gold, pred)
+
+
+@pytest.mark.parametrize("predicted", ["1\\,000", "1{,}000", "1\\;000", "1\\ 000", "1~000"])
+def test_latex_thousands_separators_are_read_as_the_number(predicted):
+    assert equivalent("1000", predicted)
+    separator = predicted[1:-3]
+    assert equivalent("1000000", f"1{separator}000{separator}000")
+
+
+@pytest.mark.parametrize("predicted", ["1\\,2", "1\\,0000", "10\\,00"])
+def test_a_thin_space_that_does_not_separate_thousands_is_not_taken_for_one(predicted):
+    assert not equivalent("1000", predicted)

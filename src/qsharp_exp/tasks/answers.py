@@ -15,6 +15,9 @@ from math_verify import parse, verify
 
 _BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _PERCENT = re.compile(r"\\?%")
+# LaTeX thousands separators between digit groups: a thin space `1\,000` (common in model output), `1{,}000`,
+# and the wider spaces `1\;000`, `1\ 000`, `1~000`.
+_THOUSANDS = re.compile(r"(?<=\d)(?:\\[,; ]|\{,\}|~)(?=\d{3}(?!\d))")
 
 
 def last_boxed(text: str) -> str | None:
@@ -39,8 +42,8 @@ def gsm8k_gold(answer: str) -> str:
 
 
 def _normalise(answer: str) -> str:
-    # Percent signs carry no value here: "50\\%" and "50" are the same answer.
-    return _PERCENT.sub("", answer).strip()
+    # Percent signs carry no value here: "50\\%" and "50" are the same answer; nor do thousands separators.
+    return _THOUSANDS.sub("", _PERCENT.sub("", answer)).strip()
 
 
 def equivalent(gold: str, predicted: str | None, timeout_s: float = 5) -> bool:
