@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -298,17 +299,202 @@ def cases(work: Path, second: bool = False) -> list[tuple[str, Callable[[], dict
     ]
 
 
+PAYLOAD = "import os; os.mkdir({marker!r})"  # what a planted pickle would run: it leaves a directory behind
+
+
+class _Planted:
+    """Unpickling this runs PAYLOAD (exec), as a planted checkpoint's code would."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (PAYLOAD.format(marker=self.marker),))
+
+
+def _logged(result: dict, needle: str, prefix: str) -> dict:
+    """The run's log line that contains `needle`, as its message."""
+    lines = [line.split(" - ", 1)[-1] for line in result["log"].splitlines() + result["stderr"].splitlines()
+             if needle in line]
+    if result["rc"] == 0:
+        result["message"] = f"{prefix} " + (lines[0] if lines else f"(no line with {needle!r})")
+    result["message"] = re.sub(r"/tmp/tmp[^/]+", "<scratch>", result["message"])
+    return result
+
+
+def third_round(work: Path) -> list[tuple[str, Callable[[], dict]]]:
+    """The inputs of the third round (docs/reliability.md's third table): a shared cache as an attacker would
+    leave it, the generate and report commands, paths from another directory."""
+    def fresh_cache() -> Path:
+        shutil.rmtree(work / "cache", ignore_errors=True)
+        return cached_run(work)
+
+    def again(cache: Path, *extra: str, cwd: Path | None = None) -> dict:
+        return run([*SMOKE, *extra, f"cache_dir={cache}", f"hydra.run.dir={work / 'again'}"], cwd or work)
+
+    def unfinished(cache: Path, stage: str) -> Path:
+        """Remove a finished stage (and what was built on it), as if its job was killed; returns its resume dir."""
+        done = next((cache / stage).glob("*/stage.json")).parent
+        for later in ("return_model_round1", "rollouts_round2", "return_model_round2", "evaluation"):
+            if later == stage or stage == "return_model_round1":
+                shutil.rmtree(cache / later, ignore_errors=True)
+        resume = done.with_name(f"{done.name}.resume")
+        resume.mkdir(parents=True, exist_ok=True)
+        return resume
+
+    def planted_pickle() -> dict:
+        import pickle
+
+        cache = fresh_cache()
+        resume = unfinished(cache, "return_model_round1")
+        (resume / "global_step_5").mkdir(parents=True)
+        marker = work / "payload_ran"
+        (resume / "global_step_5" / "state.pt").write_bytes(pickle.dumps({"model": _Planted(str(marker))}))
+        (resume / "latest").write_text("global_step_5")
+        result = _logged(again(cache, "guide_train.checkpoint_every=5"), "ignoring the checkpoint", "(completes)")
+        result["message"] += f" [payload ran: {'yes' if marker.exists() else 'no'}]"
+        return result
+
+    def planted_batch() -> dict:
+        cache = fresh_cache()
+        genuine = json.loads((work / "first" / "metrics.json").read_text())
+        resume = unfinished(cache, "evaluation")
+        rows = [{"response": [2], "kl": 0.0}] * 64
+        (resume / "batch000000.json").write_text(json.dumps({"seal": "0" * 64, "samples": rows}))
+        result = _logged(again(cache), "discarding the resume batch", "(completes)")
+        metrics = json.loads((work / "again" / "metrics.json").read_text()) if result["rc"] == 0 else {}
+        same = metrics.get("accuracy") == genuine["accuracy"] and metrics.get("kl_mean") == genuine["kl_mean"]
+        result["message"] += f" [accuracy and KL as the genuine run's: {'yes' if same else 'no'}]"
+        return result
+
+    def symlinked(suffix: str) -> Callable[[], dict]:
+        def go() -> dict:
+            cache = fresh_cache()
+            done = next((cache / "evaluation").glob("*/stage.json")).parent
+            shutil.rmtree(done)
+            target = work / "precious"
+            target.mkdir(exist_ok=True)
+            (target / "file").write_text("keep me")
+            link = done.with_name(done.name + suffix)
+            shutil.rmtree(link, ignore_errors=True) if link.is_dir() and not link.is_symlink() else link.unlink(
+                missing_ok=True)
+            link.symlink_to(target / "file" if suffix == ".lock" else target)
+            result = again(cache)
+            kept = (target / "file").read_text() == "keep me" and len(list(target.iterdir())) == 1
+            result["message"] = f"[target untouched: {'yes' if kept else 'no'}] {result['message']}"
+            return result
+        return go
+
+    def generate(*args: str, guide: str | None = None) -> Callable[[], dict]:
+        def go() -> dict:
+            if not (work / "first" / "metrics.json").exists():
+                fresh_cache()
+            metrics = json.loads((work / "first" / "metrics.json").read_text())
+            folders = {"pi_ref": f"{metrics['dir_pi_ref']}/model",
+                       "guide": f"{metrics['dir_return_model_round2']}/model"}
+            (work / "empty").mkdir(exist_ok=True)
+            named = {"stage": metrics["dir_return_model_round2"], "empty": str(work / "empty"),
+                     "file": str(work / "a_file"), "missing": str(work / "missing")}
+            result = run(["--pi-ref", folders["pi_ref"], "--guide", named.get(guide, folders["guide"]),
+                          "--max-new-tokens", "8", *args], work, module="qsharp_exp.generate")
+            result["message"] = result["message"].replace(str(work), "<scratch>")
+            return result
+        return go
+
+    def report_with_nan() -> dict:
+        fresh_cache()
+        runs = work / "report"
+        shutil.rmtree(runs, ignore_errors=True)
+        (runs / "a").mkdir(parents=True)
+        metrics = json.loads((work / "first" / "metrics.json").read_text())
+        (runs / "a" / "metrics.json").write_text(json.dumps({**metrics, "kl_mean": float("nan")}))
+        result = run([str(runs)], work, module="qsharp_exp.report")
+        warned = [line for line in result["stderr"].splitlines() if "non-finite" in line]
+        result["message"] = "(the report is written) " + (warned[0] if warned else "(no warning)")
+        return result
+
+    def elsewhere(*what: str) -> Callable[[], dict]:
+        def go() -> dict:
+            fresh_cache()
+            other = work / "elsewhere"
+            other.mkdir(exist_ok=True)
+            shutil.rmtree(other / "guide", ignore_errors=True)
+            if "deleted" in what:
+                shutil.rmtree(work / "cache")
+            result = run([str(work / "first"), "--out", "guide"], other, module="qsharp_exp.export_guide")
+            if result["rc"] == 0:
+                result["message"] = "(exported) " + result["log"].strip().splitlines()[-1]
+            return result
+        return go
+
+    def chdir_twice() -> dict:
+        launch = work / "launch"
+        shutil.rmtree(launch, ignore_errors=True)
+        launch.mkdir()
+        first = run([*SMOKE, "hydra.job.chdir=true", "hydra.run.dir=runs/a"], launch)
+        if first["rc"] != 0:
+            return first
+        second = run([*SMOKE, "hydra.job.chdir=true", "hydra.run.dir=runs/b"], launch)
+        built = [line.split(": building")[0].split()[-1] for line in second["log"].splitlines() if ": building" in line]
+        second["message"] = "(the run completes) built again: " + (", ".join(built) or "nothing")
+        return second
+
+    def other_threads() -> dict:
+        cache = fresh_cache()
+        return _logged(again(cache, "hardware.num_threads=1"), "built again although", "(completes)")
+
+    def interrupted_early() -> dict:
+        job = subprocess.Popen([sys.executable, "-m", "qsharp_exp", *SMOKE], cwd=work, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+        time.sleep(0.5)
+        job.send_signal(signal.SIGINT)
+        _, stderr = job.communicate(timeout=300)
+        lines = [line for line in stderr.splitlines() if line.strip()]
+        return {"rc": job.returncode, "traceback": "Traceback" in stderr, "message": lines[-1] if lines else ""}
+
+    long_prompt = "1,5|1,2|2,11|5,9/1,11=" * 40
+    return [
+        ("cache: a planted pickle as a return-model checkpoint", planted_pickle),
+        ("cache: a planted evaluation resume batch (every answer right, KL 0)", planted_batch),
+        ("cache: `<key>.lock` a symlink to another file", symlinked(".lock")),
+        ("cache: `<key>.resume` a symlink to another directory", symlinked(".resume")),
+        ("cache filled with 2 threads, rerun with `hardware.num_threads=1`", other_threads),
+        ("`seed=18446744073709551615`", lambda: run([*SMOKE, "seed=18446744073709551615"], work)),
+        ("`seed=18446744073709551616` (2**64)", lambda: run([*SMOKE, "seed=18446744073709551616"], work)),
+        ("two runs with `hydra.job.chdir=true`, default cache", chdir_twice),
+        ("Ctrl-C 0.5 s after the start (imports)", interrupted_early),
+        ("generate: `--samples 0`", generate("--prompt", "1,5|1,2/1,2=", "--samples", "0")),
+        ("generate: `--top-k 0`", generate("--prompt", "1,5|1,2/1,2=", "--top-k", "0")),
+        ("generate: a label outside pi_ref's vocabulary", generate("--prompt", "1,5|1,2|2,77/1,2=", "--top-k", "5")),
+        ("generate: a prompt longer than the context", generate("--prompt", long_prompt, "--top-k", "5")),
+        ("generate: `--top-k 20` (the default) with a 19-token vocabulary", generate("--prompt", "1,5|1,2/1,2=")),
+        ("generate: `--device cuda` without CUDA", generate("--prompt", "1,5|1,2/1,2=", "--device", "cuda")),
+        ("generate: `--guide` a missing folder", generate("--prompt", "1,5|1,2/1,2=", guide="missing")),
+        ("generate: `--guide` an empty folder", generate("--prompt", "1,5|1,2/1,2=", guide="empty")),
+        ("generate: `--guide` a file", generate("--prompt", "1,5|1,2/1,2=", guide="file")),
+        ("generate: `--guide` the stage directory, not its `model/`",
+         generate("--prompt", "1,5|1,2/1,2=", guide="stage")),
+        ("report: `--out` a file", lambda: run([str(work / "first"), "--out", str(work / "a_file")], work,
+                                               module="qsharp_exp.report")),
+        ("report: a run whose metrics.json holds NaN", report_with_nan),
+        ("export_guide from another directory", elsewhere()),
+        ("export_guide after the run's cache was deleted", elsewhere("deleted")),
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="also write the table here")
     parser.add_argument("--second-round", action="store_true", help="only the inputs of the second round")
+    parser.add_argument("--third-round", action="store_true", help="only the inputs of the third round")
     args = parser.parse_args(argv)
     rows = ["| input | exit code | traceback | what the user reads (last line) |", "|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        for name, case in cases(work, args.second_round):
+        (work / "a_file").write_text("")
+        for name, case in third_round(work) if args.third_round else cases(work, args.second_round):
             result = case()
-            message = str(result["message"]).replace("|", "\\|")
+            message = str(result["message"]).replace(str(work), "<scratch>").replace("|", "\\|")
             if len(message) > 300:
                 message = message[:297] + "..."
             rows.append(f"| {name} | {result['rc']} | {'yes' if result['traceback'] else 'no'} | {message} |")

@@ -499,6 +499,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"report: no metrics.json of a run under {', '.join(map(str, args.dirs))}.", file=sys.stderr)
         return 1
     out = args.out or args.dirs[0]
+    if out.exists() and not out.is_dir():
+        print(f"error: --out {out} is a file: give a directory for the report (--out DIR)", file=sys.stderr)
+        return 1
     try:
         out.mkdir(parents=True, exist_ok=True)
         write_tables(runs, out)
