@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -74,10 +73,24 @@ def test_a_json_file_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     path = tmp_path / "metrics.json"
     write_json(path, {"a": 1})
 
-    def full(self, text):
-        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+    real_fdopen = os.fdopen
 
-    monkeypatch.setattr(Path, "write_text", full)
+    class FullDisk:
+        """The file write_text opens, on a disk with no room left."""
+
+        def __init__(self, fd, *args, **kwargs):
+            self.file = real_fdopen(fd, *args, **kwargs)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fdopen", FullDisk)
     with pytest.raises(OSError):
         write_json(path, {"a": 2})
     monkeypatch.undo()
