@@ -15,8 +15,10 @@ def _interrupted(signum: int, frame: object) -> None:
     os._exit(130)
 
 
-# `python -m` imports the package while it locates the program, with sys.argv[0] == "-m": from this line on.
-if sys.argv[:1] == ["-m"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+# `python -m` imports the package while it locates the program, with sys.argv[0] == "-m"; a console command
+# (`qsharp-run`, ...) has its own name there. From this line on.
+_PROGRAM = sys.argv[:1] == ["-m"] or os.path.basename(sys.argv[0] if sys.argv else "").startswith("qsharp-")
+if _PROGRAM and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
     signal.signal(signal.SIGINT, _interrupted)
 
 import importlib  # noqa: E402  (after the handler: imports take seconds)

@@ -302,7 +302,7 @@ def training_throughput(args) -> dict:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m qsharp_exp.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="qsharp-bench", description=__doc__.splitlines()[0])
     parser.add_argument("--pair", choices=sorted(PAIRS), default="default",
                         help="the (pi_ref, guide) shapes; the flags below override single values")
     parser.add_argument("--vocab", type=int)

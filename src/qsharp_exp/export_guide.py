@@ -83,7 +83,7 @@ def export(run_dir: Path, out: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m qsharp_exp.export_guide", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="qsharp-export-guide", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="a run's directory (outputs/... or one job of multirun/...)")
     parser.add_argument("--out", type=Path, required=True, help="the new model folder")
     args = parser.parse_args(argv)

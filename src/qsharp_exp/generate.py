@@ -19,7 +19,7 @@ from qsharp_exp.config import ETA_RANGE, TEMPERATURE_RANGE, UserError
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m qsharp_exp.generate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="qsharp-generate", description=__doc__.splitlines()[0])
     parser.add_argument("--pi-ref", required=True, help="pi_ref: a hub id or a model folder (a run's pi_ref/model)")
     parser.add_argument("--guide", required=True, help="a trained return model folder (a run's return_model/model)")
     parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for several)")

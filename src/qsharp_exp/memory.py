@@ -84,7 +84,7 @@ def table(batch: int, tokens: int, gpu_gib: float, gpu_counts: list[int]) -> str
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m qsharp_exp.memory", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="qsharp-memory", description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=64, help="sampling batch per GPU (eval.batch_size)")
     parser.add_argument("--tokens", type=int, default=1536, help="prompt + max_new_tokens")
     parser.add_argument("--gpu-gib", type=float, default=80.0, help="memory of one GPU")

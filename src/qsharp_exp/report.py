@@ -490,7 +490,7 @@ def plot_guide_curve(curve: list[dict], path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m qsharp_exp.report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="qsharp-report", description=__doc__.splitlines()[0])
     parser.add_argument("dirs", nargs="+", type=Path, help="run or sweep directories (searched recursively)")
     parser.add_argument("--out", type=Path, default=None, help="where to write the report (default: the first dir)")
     args = parser.parse_args(argv)
