@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from test_cli import cli
 
@@ -165,3 +166,34 @@ def test_slurm_launcher_config_composes_for_a_sweep():
                       return_hydra_config=True)
     assert cfg.hydra.launcher.tasks_per_node == cfg.hydra.launcher.gpus_per_node == 8
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+
+
+class _RightDevice(Exception):
+    """Raised by the stand-in NCCL once it has seen a tensor on the group's device (it holds no data to reduce)."""
+
+
+def test_collectives_hand_nccl_tensors_on_the_ranks_gpu(monkeypatch):
+    """NCCL rejects CPU tensors. No GPU here, so the group's device is 'meta' (a device without data) and a stand-in
+    all_reduce applies NCCL's rule: a tensor on another device is refused as NCCL refuses it."""
+    from qsharp_exp.distributed import Dist
+
+    def nccl_all_reduce(tensor, op=None):
+        if tensor.device != torch.device("meta"):
+            raise RuntimeError(f"NCCL: tensors must be on the process group's GPU, got {tensor.device}")
+        raise _RightDevice
+
+    monkeypatch.setattr(torch.distributed, "all_reduce", nccl_all_reduce)
+    with pytest.raises(_RightDevice):
+        Dist(rank=0, world=2, device="meta").any(True)
+
+
+def test_a_cuda_process_group_collects_on_the_ranks_own_gpu(monkeypatch):
+    from qsharp_exp import distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(distributed.torch_dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(distributed.torch_dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(distributed.torch_dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(distributed.torch.cuda, "set_device", lambda index: None)
+    assert distributed.init_distributed("cuda") == distributed.Dist(1, 2, "cuda:1")

@@ -94,3 +94,21 @@ def test_reproduce_star_graph_names_its_sweep_directory_after_an_added_experimen
     assert f"hydra.sweep.dir={root / 'star_graph_g25'}" in commands[0]
     assert f"algo={','.join(reproduce.STAR_GRAPH_ALGOS)}" in commands[0]
     assert commands[1][-1] == str(root)  # the report over every preset's sweep
+
+
+PLANNED_GPUS = {"gpu": 1, "zero2": 8, "zero3": 8, "zero3_offload": 8}  # the multi-GPU presets say 8 x 80 GB
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_a_preset_of_the_papers_model_pairs_fits_its_gpus_by_the_memory_planner(preset):
+    from qsharp_exp.memory import PAIRS, SIZES, estimate
+
+    cfg = load_run_config(compose_cfg(f"+experiment={preset}"))
+    if cfg.model.name not in PAIRS:
+        pytest.skip(f"{cfg.model.name} is not a model pair of the planner")
+    pi_ref, guide = PAIRS[cfg.model.name]
+    batch = max(cfg.eval.batch_size, cfg.collect.batch_size)
+    tokens = 512 + max(cfg.eval.max_new_tokens, cfg.collect.max_new_tokens or 0)  # a MATH prompt: < 512 tokens
+    gpus = PLANNED_GPUS[cfg.hardware.name]
+    peak = estimate(SIZES[pi_ref], SIZES[guide], cfg.hardware.name, gpus, batch, tokens)["peak"]
+    assert peak + 4 <= 80, f"{preset}: {peak:.1f} GiB per GPU on {gpus} x 80 GB (hardware={cfg.hardware.name})"

@@ -21,6 +21,9 @@ import torch.distributed as torch_dist
 class Dist:
     rank: int = 0
     world: int = 1
+    # Where the backend takes tensors: NCCL only CUDA tensors of the rank's own GPU, gloo CPU tensors. (The
+    # object collectives below place their own tensors: on torch.cuda.current_device() under NCCL.)
+    device: str = "cpu"
 
     @property
     def is_main(self) -> bool:
@@ -54,7 +57,7 @@ class Dist:
         """True on every rank if `flag` is true on some rank (keeps ranks in lockstep)."""
         if not self.active:
             return flag
-        value = torch.tensor([int(flag)])
+        value = torch.tensor([int(flag)], device=self.device)
         torch_dist.all_reduce(value, op=torch_dist.ReduceOp.MAX)
         return bool(value.item())
 
@@ -104,5 +107,7 @@ def init_distributed(device: str) -> Dist:
     if not torch_dist.is_initialized():
         deepspeed.init_distributed(dist_backend="gloo" if device == "cpu" else "nccl")
     if device == "cuda":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return Dist(torch_dist.get_rank(), torch_dist.get_world_size(), f"cuda:{local}")
     return Dist(torch_dist.get_rank(), torch_dist.get_world_size())
