@@ -74,3 +74,18 @@ def test_the_api_works_in_a_fresh_interpreter_without_import_order_tricks(tmp_pa
     assert version[0].isdigit() and (first, second) == ("0.5", "2.0")
     assert names == str(["GuidanceLogitsProcessor", "SamplingSpec", "compose_config", "load_guide", "load_pi_ref",
                          "run"])
+
+
+def test_the_command_line_block_of_docs_api_runs_as_written(tmp_path):
+    import os
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "api.md").read_text()
+    block = re.search(r"## From the command line\s+```bash\n(.*?)```", doc, re.S).group(1)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(rows) == 2 and all(r["prompt"] == "1,5|1,2|2,11|5,9/1,11=" and r["kl"] >= 0 for r in rows)

@@ -46,3 +46,13 @@ def test_a_non_editable_install_runs_the_smoke_pipeline_from_another_directory(t
                          capture_output=True, text=True, cwd=elsewhere, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     assert (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_the_changelogs_newest_version_heading_is_the_packages_version():
+    import re
+
+    import qsharp_exp
+
+    changelog = (Path(__file__).resolve().parents[1] / "CHANGELOG.md").read_text()
+    versions = re.findall(r"^## (\S+)", changelog, re.M)
+    assert versions and versions[0] == qsharp_exp.__version__, versions[:3]
