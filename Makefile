@@ -7,10 +7,11 @@ PY := $(VENV)/bin/python
 .PHONY: install run smoke test test-slow lint report reproduce-table2 reproduce-qwen reproduce-star-graph \
 	reproduce-arithmetic bench clean-cache
 
-$(VENV)/installed: pyproject.toml
+# The exact tested set (constraints.txt) within pyproject.toml's ranges.
+$(VENV)/installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
 	touch $@
 
 install: $(VENV)/installed
