@@ -4,6 +4,7 @@ and a model card, loaded through transformers' AutoModel with the scores the fra
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer
@@ -89,3 +90,46 @@ def test_the_command_line_block_of_docs_api_runs_as_written(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert len(rows) == 2 and all(r["prompt"] == "1,5|1,2|2,11|5,9/1,11=" and r["kl"] >= 0 for r in rows)
+
+
+def test_export_guide_pushes_the_folder_with_its_card_to_the_hub(tmp_path, monkeypatch, capsys):
+    """Offline: the hub client is replaced by one that records what would be uploaded."""
+    import huggingface_hub
+
+    cli("+experiment=smoke", "progress=false", "eval.num_samples=2", f"cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    calls = []
+
+    class RecordingHub:
+        def create_repo(self, repo_id, private=False, exist_ok=False):
+            calls.append(("create", repo_id, private, exist_ok))
+            return f"https://huggingface.co/{repo_id}"
+
+        def upload_folder(self, folder_path, repo_id, commit_message):
+            calls.append(("upload", repo_id, sorted(p.name for p in Path(folder_path).iterdir())))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingHub)
+    assert export_main([str(tmp_path / "run"), "--out", str(tmp_path / "guide"), "--push-to-hub", "me/guide",
+                        "--license", "llama3.2"]) == 0
+    assert calls[0] == ("create", "me/guide", False, True)
+    assert calls[1][:2] == ("upload", "me/guide")
+    assert {"config.json", "model.safetensors", "README.md", "tokenizer.json", "trunk"} <= set(calls[1][2])
+    card = (tmp_path / "guide" / "README.md").read_text()
+    front = card.split("---")[1]
+    assert "library_name: transformers" in front and "license: llama3.2" in front and "tags: [" in front
+    assert "- made by: `python -m qsharp_exp +experiment=smoke" in card and "used with: qsharp at eta=0.1" in card
+    assert "pushed to https://huggingface.co/me/guide" in capsys.readouterr().out
+
+
+def test_the_model_card_names_the_hub_model_the_guide_was_fine_tuned_from(tmp_path):
+    from qsharp_exp.export_guide import model_card
+
+    stage = tmp_path / "return_model_round2" / "abc"
+    stage.mkdir(parents=True)
+    (stage / "curve.jsonl").write_text('{"step": 10, "val_acc": 0.9, "val_loss": 0.2}\n')
+    metrics = {"task": "math", "algo": "qsharp", "eta": 0.1, "top_k": 20, "pass@1": 0.5}
+    guide_trunk = {"model.guide.init": "scratch", "model.guide.arch.pretrained": "meta-llama/Llama-3.2-1B-Instruct"}
+    assert "base_model: meta-llama/Llama-3.2-1B-Instruct" in model_card(tmp_path, metrics, guide_trunk, stage)
+    from_pi_ref = {"model.guide.init": "pi_ref", "model.pi_ref.pretrained": "Qwen/Qwen2.5-7B-Instruct"}
+    assert "base_model: Qwen/Qwen2.5-7B-Instruct" in model_card(tmp_path, metrics, from_pi_ref, stage)
+    assert "base_model" not in model_card(tmp_path, metrics, {"model.guide.init": "scratch"}, stage)
