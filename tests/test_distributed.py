@@ -133,20 +133,27 @@ def test_memory_estimate_by_hand_for_llama3_8b_with_a_1b_guide(capsys):
     assert float(one_gpu_8b[6]) == pytest.approx(one["peak"], abs=0.05)
 
 
-def test_slurm_tasks_become_ranks_of_one_process_group():
-    from qsharp_exp.distributed import slurm_environment
+def test_slurm_tasks_become_ranks_of_one_process_group(monkeypatch):
+    from qsharp_exp.distributed import export_slurm_ranks
 
-    env = {"SLURM_NTASKS": "16", "SLURM_PROCID": "9", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "123"}
-    assert slurm_environment(env, ["node07", "node08"]) == {
-        "RANK": "9", "WORLD_SIZE": "16", "LOCAL_RANK": "1", "MASTER_ADDR": "node07", "MASTER_PORT": "20123"}
-    assert slurm_environment({**env, "WORLD_SIZE": "16"}, ["node07"]) == {}  # torchrun inside SLURM wins
-    assert slurm_environment({"SLURM_NTASKS": "1"}, ["node07"]) == {}
+    slurm = {"SLURM_JOB_ID": "123", "SLURM_NTASKS": "16", "SLURM_PROCID": "9", "SLURM_LOCALID": "1",
+             "SLURM_JOB_NODELIST": "node[07-08]", "SLURM_JOB_NUM_NODES": "2", "SLURM_NODEID": "1",
+             "SUBMITIT_EXECUTOR": "slurm"}
+    for key, value in slurm.items():
+        monkeypatch.setenv(key, value)
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "CUDA_VISIBLE_DEVICES"):
+        monkeypatch.delenv(key, raising=False)
+    export_slurm_ranks()
+    assert {k: os.environ[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")} == {
+        "RANK": "9", "WORLD_SIZE": "16", "LOCAL_RANK": "1", "MASTER_ADDR": "node07"}
+    assert 20000 <= int(os.environ["MASTER_PORT"]) <= 60000 and "CUDA_VISIBLE_DEVICES" not in os.environ
 
 
 def test_a_one_task_slurm_job_runs_as_one_process_without_submitit(monkeypatch):
     from qsharp_exp import distributed
 
-    monkeypatch.setitem(sys.modules, "submitit", None)  # not installed: importing it raises ImportError
+    for module in ("submitit", "submitit.helpers"):  # not installed: importing them raises ImportError
+        monkeypatch.setitem(sys.modules, module, None)
     monkeypatch.setenv("SLURM_NTASKS", "1")
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert distributed.init_distributed("cpu") is distributed.SINGLE

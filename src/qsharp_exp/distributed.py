@@ -73,27 +73,18 @@ def _skip_shm_build() -> None:
         module.build_shm_op = lambda: None
 
 
-def slurm_environment(env: dict[str, str], hostnames: list[str]) -> dict[str, str]:
-    """torchrun's variables for a task of a SLURM job step (hydra/launcher=slurm), or {} outside one."""
-    if "WORLD_SIZE" in env or int(env.get("SLURM_NTASKS", "1")) <= 1:
-        return {}
-    return {
-        "RANK": env["SLURM_PROCID"], "WORLD_SIZE": env["SLURM_NTASKS"], "LOCAL_RANK": env["SLURM_LOCALID"],
-        "MASTER_ADDR": hostnames[0], "MASTER_PORT": str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000),
-    }
+def export_slurm_ranks() -> None:
+    """torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) for a task of a SLURM job step
+    with several tasks (hydra/launcher=slurm), from submitit (the `slurm` extra)."""
+    from submitit.helpers import TorchDistributedEnvironment
 
-
-def _submitit_hostnames() -> list[str]:
-    import submitit
-
-    return list(submitit.JobEnvironment().hostnames)
+    TorchDistributedEnvironment().export(set_cuda_visible_devices=False)  # each rank picks its GPU by LOCAL_RANK
 
 
 def init_distributed(device: str) -> Dist:
     """Join the process group that torchrun (or a SLURM job step) describes, through DeepSpeed."""
     if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "WORLD_SIZE" not in os.environ:
-        # submitit (the `slurm` extra) only where a job step has several tasks: `sbatch -n1` needs none
-        os.environ.update(slurm_environment(dict(os.environ), _submitit_hostnames()))
+        export_slurm_ranks()  # only where a job step has several tasks: `sbatch -n1` needs no submitit
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return SINGLE
