@@ -236,3 +236,13 @@ def test_ctrl_c_while_a_program_imports_ends_it_with_one_line_and_no_traceback(t
     _, stderr = job.communicate(timeout=120)
     assert job.returncode == 130 and "Traceback" not in stderr, stderr
     assert stderr.strip().splitlines()[-1] == "interrupted."
+
+
+def test_a_presets_own_sweep_is_checked_before_its_first_job(tmp_path):
+    """The 70B preset sweeps algo itself (hydra.sweeper.params): each of its jobs is composed and checked."""
+    err = fails_cleanly("-m", "+experiment=table_70b_llama3_70b_guide1b_math", "algo.guide_round=3",
+                        f"cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    assert "3 job(s) of this sweep have config errors; none was started" in err
+    listed = [line.strip().split(":")[0] for line in err.splitlines() if line.startswith("  job ")]
+    assert listed == ["job 0 (algo=pi_ref)", "job 1 (algo=cd)", "job 2 (algo=qsharp)"]
+    assert not (tmp_path / "sweep").exists()

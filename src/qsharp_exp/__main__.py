@@ -17,7 +17,6 @@ from omegaconf import DictConfig
 from qsharp_exp.compose import CONF_DIR, load_run_config, register_schema
 from qsharp_exp.config import ConfigError, UserError
 from qsharp_exp.failures import blocked_output_dir, disk_error, exit_with, interrupted
-from qsharp_exp.sweep import sweep_errors
 
 register_schema()
 
@@ -60,13 +59,11 @@ def main(cfg: DictConfig) -> dict:
 
 
 def cli() -> None:
-    """The checks Hydra's own start-up would turn into tracebacks, then the run."""
+    """The checks Hydra's own start-up would turn into tracebacks, then the run (a sweep's jobs are checked by
+    sweep.SweepCheck, a Hydra callback, before the first starts)."""
     logging.raiseExceptions = False  # a log file on a full disk: not a traceback per line (the error says why)
     if (message := blocked_output_dir(sys.argv[1:])) is not None:
         exit_with(message)
-    if errors := sweep_errors(sys.argv[1:]):
-        exit_with(f"{len(errors)} job(s) of this sweep have config errors; none was started:\n"
-                  + "\n".join(f"  {e}" for e in errors))
     main()
 
 

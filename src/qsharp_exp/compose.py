@@ -100,7 +100,10 @@ def compose_config(*overrides: str) -> RunConfig:
     """The checked config of `python -m qsharp_exp <overrides>`, composed from conf/ (a ConfigError names a bad
     key or value; Hydra's errors name a missing group option)."""
     from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
     register_schema()
+    if GlobalHydra.instance().is_initialized():  # inside a running app (a sweep's check): its conf/ is loaded
+        return load_run_config(compose(config_name="config", overrides=list(overrides)))
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return load_run_config(compose(config_name="config", overrides=list(overrides)))
