@@ -178,11 +178,19 @@ def test_training_curves_and_sampling_progress_are_logged_while_stages_are_built
     assert any("rollouts_round1/sampled_batches" in k for k in keys) and any("pi_ref/loss" in k for k in keys)
     assert ["return_model_round1"] in during  # sent while that stage was being built, not at the end
     assert recorded.exit_code == 0 and "eval/accuracy" in set().union(*keys)
-    # A rerun reuses every stage: their curves are sent from the cache, once, at the end.
+    # A rerun of the same job resumes the same wandb run, which has everything already: nothing is sent twice.
     again = RecordedRun()
     monkeypatch.setattr(tracking, "_init", lambda *args: again)
     pipeline.run(cfg, tmp_path / "rerun")
-    assert any("return_model_round1/train_loss" in row for row in again.logged) and again.exit_code == 0
+    assert again.logged == [] and again.exit_code == 0
+    # Another job (its own wandb run) that reuses the stages gets their curves from the cache, once, at the end.
+    other = RecordedRun()
+    monkeypatch.setattr(tracking, "_init", lambda *args: other)
+    pipeline.run(compose_config(*TINY, "logger=wandb", "logger.mode=offline", "algo.eta=1",
+                                f"cache_dir={tmp_path / 'cache'}"), tmp_path / "other")
+    curves = [row for row in other.logged if "return_model_round1/train_loss" in row]
+    assert curves and len(curves) == len({row["return_model_round1/step"] for row in curves})
+    assert sum("eval/accuracy" in row for row in other.logged) == 1 and other.exit_code == 0
 
 
 def test_a_rerun_of_the_same_job_resumes_its_wandb_run(tmp_path):

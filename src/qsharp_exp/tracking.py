@@ -2,8 +2,10 @@
 (`live`), then the evaluation and the curves of stages reused from the cache when the job ends.
 
 One wandb run per job; the jobs of a sweep share a group. The run's id is a digest of the job's settings,
-so a rerun of the same job (after a crash, or Ctrl-C) resumes the same wandb run. Without an API key or
-network an online run falls back to offline, so tracking never hangs or fails a run.
+so a rerun of the same job (after a crash, or Ctrl-C) resumes the same wandb run; what a wandb run has been sent
+(the stage directories whose curves, and the evaluation whose metrics) is noted in the cache
+(`<cache_dir>/tracking/<run id>.json`), so that a rerun does not send it twice. Without an API key or network
+an online run falls back to offline, so tracking never hangs or fails a run.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 from qsharp_exp.config import LoggerConfig, RunConfig, as_dict
 from qsharp_exp.failures import BUILDING
-from qsharp_exp.files import read_jsonl
+from qsharp_exp.files import read_jsonl, write_json
 from qsharp_exp.stages.inputs import non_semantic, settings
 
 log = logging.getLogger(__name__)
@@ -67,15 +69,17 @@ def _init(cfg: LoggerConfig, run_cfg: RunConfig, name: str, group: str | None, o
 
 _RUN: Any = None  # the job's wandb run while its stages are built (rank 0, logger=wandb)
 _STAGES_LOGGED: set[str] = set()  # stages whose curves went out live
+_SENT: Path | None = None  # where the directories already sent to this wandb run are noted
 
 
 def start(run_cfg: RunConfig, out_dir: Path, group: str | None) -> None:
     """Open the job's wandb run before its first stage, so that `live` points go out as they are made."""
-    global _RUN
+    global _RUN, _SENT
     if run_cfg.logger.name == "none":
         return
     out_dir.mkdir(parents=True, exist_ok=True)
     _RUN = _init(run_cfg.logger, run_cfg, out_dir.name, group, out_dir)
+    _SENT = Path(run_cfg.cache_dir).absolute() / "tracking" / f"{run_id(run_cfg)}.json"
     _STAGES_LOGGED.clear()
 
 
@@ -119,12 +123,21 @@ def finish(metrics: dict | None) -> None:
         run.finish(exit_code=0 if metrics is not None else 1)
 
 
+def _sent() -> set[str]:
+    """The stage directories this wandb run was sent by earlier runs of the job."""
+    try:
+        return set(json.loads(_SENT.read_text())) if _SENT is not None else set()
+    except (OSError, ValueError):
+        return set()
+
+
 def _log_results(run: Any, metrics: dict) -> None:
     import wandb
 
+    sent = _sent()
     for key, value in metrics.items():
         stage = key[len("dir_"):]
-        if not key.startswith("dir_") or key == "dir_evaluation" or stage in _STAGES_LOGGED:
+        if not key.startswith("dir_") or key == "dir_evaluation" or stage in _STAGES_LOGGED or value in sent:
             continue
         curve = [p for p in _read_jsonl(Path(value) / "curve.jsonl") if "step" in p]
         if curve:
@@ -132,9 +145,14 @@ def _log_results(run: Any, metrics: dict) -> None:
             for point in curve:
                 run.log({f"{stage}/{k}": v for k, v in _numbers(point).items()})
     numbers = _numbers({k: v for k, v in metrics.items() if not k.startswith("dir_")})
-    run.log({f"eval/{k}": v for k, v in numbers.items()})
     run.summary.update(numbers)
-    samples = _read_jsonl(Path(metrics["dir_evaluation"]) / "samples.jsonl")[:SAMPLE_ROWS]
-    if samples:
-        columns = list(samples[0])
-        run.log({"eval/samples": wandb.Table(columns=columns, data=[[s.get(c) for c in columns] for s in samples])})
+    if metrics["dir_evaluation"] not in sent:
+        run.log({f"eval/{k}": v for k, v in numbers.items()})
+        samples = _read_jsonl(Path(metrics["dir_evaluation"]) / "samples.jsonl")[:SAMPLE_ROWS]
+        if samples:
+            columns = list(samples[0])
+            run.log({"eval/samples": wandb.Table(columns=columns, data=[[s.get(c) for c in columns]
+                                                                         for s in samples])})
+    if _SENT is not None:
+        _SENT.parent.mkdir(parents=True, exist_ok=True)
+        write_json(_SENT, sorted(sent | {v for k, v in metrics.items() if k.startswith("dir_")}))

@@ -89,7 +89,9 @@ def _seal_and_point(directory: Path, step: int, keep: int) -> None:
 def adamw_with_schedule(
     params, lr: float, weight_decay: float, warmup_steps: int, total_steps: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW, linear warm-up, cosine decay to 10% of lr."""
+    """AdamW, linear warm-up, cosine decay to 10% of lr. (transformers' get_cosine_with_min_lr_schedule_with_warmup
+    has the same cosine but starts its warm-up at 0, a first step that learns nothing, one step behind this one
+    throughout the warm-up: every cached stage and measured figure would change, so this one stays.)"""
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
     def factor(step: int) -> float:
