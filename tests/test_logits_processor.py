@@ -100,10 +100,20 @@ def test_the_generate_command_prints_each_guided_completion_with_its_kl(pi_ref, 
     prompts = [p.prompt for p in tiny_task.problems("test")[:2]]
     args = ["--pi-ref", str(tmp_path / "pi_ref"), "--guide", str(tmp_path / "guide"), "--eta", "0.5",
             "--top-k", "5", "--max-new-tokens", "6", "--samples", "2", *(a for p in prompts for a in ("--prompt", p))]
+    capsys.readouterr()  # what saving the models printed
     assert main(args) == 0
-    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]  # stdout holds the JSON lines only
     assert [r["prompt"] for r in rows] == [prompts[0]] * 2 + [prompts[1]] * 2
-    assert all(r["kl"] >= 0 for r in rows) and any(r["kl"] > 0 for r in rows)
+    # Each printed KL, recomputed from scratch over the printed completion's tokens.
+    guide, spec = make_guide(tokenizer), SamplingSpec(max_new_tokens=6)  # the guide saved above (same seed)
+    for row in rows:
+        prompt = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
+        response = row["completion_ids"]
+        assert tokenizer.decode(response, skip_special_tokens=True) == row["completion"]
+        guided = uncached_guided_logprobs(pi_ref, guide, prompt, response, spec, 5, 0.5, "qsharp", False)
+        plain = uncached_guided_logprobs(pi_ref, None, prompt, response, spec, 5, 0.5, "qsharp", False)
+        kl = sum(G.kl_divergence(g, p).item() for g, p in zip(guided, plain, strict=True))
+        assert row["kl"] == pytest.approx(kl, rel=1e-3, abs=1e-5), row
 
 
 def test_the_generate_command_refuses_a_guide_of_another_vocabulary(pi_ref, tokenizer, tmp_path, capsys):

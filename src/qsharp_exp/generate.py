@@ -1,6 +1,6 @@
 """`python -m qsharp_exp.generate --pi-ref MODEL --guide DIR --prompt "..."`: guide one's own prompts with a
 trained guide, through transformers' `generate` and the GuidanceLogitsProcessor, and print each guided
-completion with its KL to pi_ref.
+completion (its text and token ids) with its KL to pi_ref, one JSON line each on stdout.
 
 Prompts come from `--prompt` (repeatable) or `--prompts FILE.jsonl` (one object per line with a "prompt"),
 and are fed as they are (apply a chat template first if pi_ref expects one).
@@ -9,6 +9,7 @@ and are fed as they are (apply a chat template first if pi_ref expects one).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -108,16 +109,24 @@ def guided(args: argparse.Namespace, prompts: list[str]) -> list[dict]:
         out = pi_ref.to(args.device).generate(input_ids=ids.to(args.device), attention_mask=mask.to(args.device),
                                               max_new_tokens=args.max_new_tokens, pad_token_id=pad,
                                               eos_token_id=tokenizer.eos_token_id, **processor.generate_kwargs())
-    texts = tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
-    return [{"prompt": p, "completion": t, "kl": round(k, 6)}
-            for p, t, k in zip(jobs, texts, processor.kl.tolist(), strict=True)]
+    completions = [_until_stop(row, tokenizer.eos_token_id, pad) for row in out[:, ids.shape[1] :].tolist()]
+    texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
+    return [{"prompt": p, "completion": t, "completion_ids": c, "kl": round(k, 6)}
+            for p, t, c, k in zip(jobs, texts, completions, processor.kl.tolist(), strict=True)]
+
+
+def _until_stop(ids: list[int], eos: int | None, pad: int) -> list[int]:
+    """A completion's tokens up to and including its EOS (generate pads rows that stopped early)."""
+    return ids[: ids.index(eos) + 1] if eos is not None and eos in ids else [t for t in ids if t != pad]
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     try:
-        check_args(args)
-        for row in guided(args, read_prompts(args)):
+        with contextlib.redirect_stdout(sys.stderr):  # stdout holds the JSON lines only; libraries' notices go
+            check_args(args)                          # (DeepSpeed's, imported by accelerate) to stderr
+            rows = guided(args, read_prompts(args))
+        for row in rows:
             print(json.dumps(row))
     except (UserError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
