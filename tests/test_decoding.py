@@ -12,7 +12,7 @@ from qsharp_exp.guidance import RULES, Guidance
 from qsharp_exp.models.lm import build_causal_lm
 from qsharp_exp.padding import left_pad
 from qsharp_exp.sampling import DecodeOptions, SamplingSpec, Steering, Stops, generate
-from qsharp_exp.sampling.decoding import GuideState
+from qsharp_exp.sampling.decoding import VGuideState
 
 
 def prompts(tokenizer, task, n):
@@ -108,7 +108,7 @@ def test_v_type_scores_k_candidates_in_one_pass_like_k_forwards_and_restores_cac
     guide = make_guide(tokenizer, arch=arch, head="v", conv_width=conv_width)
     rows = ragged(tokenizer, tiny_task, 3)
     ids, mask = left_pad(rows, tokenizer.pad_token_id)
-    state = GuideState(guide, ids, mask, capacity=ids.shape[1] + 5)
+    state = VGuideState(guide, ids, mask, capacity=ids.shape[1] + 5)
     length = state.window.length
     before = [(layer.keys[:, :, :length].clone(), layer.values[:, :, :length].clone())
               for layer in state.window.cache.layers]

@@ -10,6 +10,7 @@ from qsharp_exp.config import GuideConfig, GuideTrainConfig, HardwareConfig
 from qsharp_exp.guidance import RULES
 from qsharp_exp.hardware import Hardware
 from qsharp_exp.models.distributions import return_distribution
+from qsharp_exp.models.heads import HEADS
 from qsharp_exp.models.return_model import Examples, ReturnModel
 from qsharp_exp.training.collect import Rollout
 from qsharp_exp.training.return_model import (
@@ -81,7 +82,7 @@ def test_examples_are_the_positions_from_the_switch_on_read_at_the_right_place(t
     with torch.no_grad():
         every = q_model(examples.ids, examples.mask)  # [B, T, V, 1]
     torch.testing.assert_close(out.detach(), every[examples.rows, examples.cols, examples.actions])
-    v_examples = Examples.of("v", [(r.prompt, r.response, r.switch) for r in batch], tokenizer.pad_token_id)
+    v_examples = Examples.of(HEADS["v"], [(r.prompt, r.response, r.switch) for r in batch], tokenizer.pad_token_id)
     assert v_examples.cols.tolist() == [4, 5, 3, 4]  # V-type: the output at the action itself
 
 

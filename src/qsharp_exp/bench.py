@@ -46,7 +46,7 @@ from qsharp_exp.models.return_model import build_return_model
 from qsharp_exp.padding import right_pad
 from qsharp_exp.prompts import PromptCodec
 from qsharp_exp.sampling import DecodeOptions, PaddingStats, Sampler, SamplingSpec, Steering, Stops, generate
-from qsharp_exp.sampling.decoding import GuideState, LMState
+from qsharp_exp.sampling.decoding import LMState, guide_state
 from qsharp_exp.training.collect import Rollout
 from qsharp_exp.training.return_model import length_chunks, length_grouped_batches, train_return_model
 
@@ -152,18 +152,15 @@ def isolated_step_times(pi_ref, guide, batch: int, args) -> dict:
 
     def ref_step():
         ref.advance(token, alive)
-        ref.window.rewind(1)
-        ref.next_pos -= 1
+        ref.rewind()
 
-    state = GuideState(guide, ids, mask, capacity + (args.top_k + 1 if guide.cfg.head == "v" else 0), **fast)
+    state = guide_state(guide, ids, mask, capacity, args.top_k, fast)
     candidates = torch.randint(3, args.vocab, (batch, args.top_k), device=device)
 
     def guide_pass():
-        state.advance(token, alive)  # V-type: the sampled token goes into the scoring pass
-        if guide.cfg.head == "v":
-            state.values(candidates)
-        state.window.rewind(1)
-        state.next_pos -= 1
+        state.advance(token, alive)  # Q-type: the pass; V-type: the sampled token waits for the scoring pass
+        state.values(candidates)  # Q-type: a gather; V-type: the pass
+        state.rewind()
 
     for _ in range(2):  # warm-up (and, with CUDA graphs, capture)
         ref_step(), guide_pass()

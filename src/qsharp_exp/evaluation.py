@@ -96,7 +96,7 @@ def final_values(model: ReturnModel, prompts: list[list[int]], sampled: list[Sam
         sequences.append((prompt, response, len(response) - 1))
     scores: list[float] = []
     for start in range(0, len(sequences), sampler.batch_size):
-        examples = Examples.of(model.cfg.head, sequences[start : start + sampler.batch_size], codec.pad_id)
+        examples = Examples.of(model.kind, sequences[start : start + sampler.batch_size], codec.pad_id)
         with hw.autocast():
             out = examples.outputs(model, hw.device)
         scores.extend(model.distribution.mean(out).float().cpu().tolist())

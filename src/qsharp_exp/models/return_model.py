@@ -28,6 +28,7 @@ from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedMode
 
 from qsharp_exp.config import GuideConfig, UserError, as_dict
 from qsharp_exp.models.distributions import return_distribution
+from qsharp_exp.models.heads import HEADS, HeadKind
 from qsharp_exp.models.lm import build_trunk, check_local_source, compiled
 from qsharp_exp.models.stem import CausalConvStem, embed_tokens, split_lm
 from qsharp_exp.padding import right_pad
@@ -53,14 +54,14 @@ class ReturnModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.trunk = trunk
+        self.kind = HEADS[cfg.head]
         self.distribution = return_distribution(cfg)
         hidden = trunk.config.hidden_size if hasattr(trunk.config, "hidden_size") else trunk.config.n_embd
         self.vocab_size = trunk.config.vocab_size
         init_std = cfg.arch.initializer_range
         width = cfg.arch.conv_width
         self.stem = CausalConvStem(width, hidden, init_std) if width > 1 else None
-        out = self.distribution.size * (self.vocab_size if cfg.head == "q" else 1)
-        self.head = nn.Linear(hidden, out)
+        self.head = nn.Linear(hidden, self.distribution.size * self.kind.outputs_per_position(self.vocab_size))
         nn.init.normal_(self.head.weight, std=init_std)
         nn.init.zeros_(self.head.bias)
         # The head's outputs are divided by this (temperature scaling, calibration.py); 1 until it is fitted.
@@ -87,10 +88,7 @@ class ReturnModel(nn.Module):
 
     def head_outputs(self, hidden: torch.Tensor) -> torch.Tensor:
         """[..., V, D] for a Q-type head, [..., D] for a V-type head (D = distribution size)."""
-        out = self.head(hidden).float() / self.temperature
-        if self.cfg.head == "q":
-            return out.view(*hidden.shape[:-1], self.vocab_size, self.distribution.size)
-        return out
+        return self.kind.shape(self.head(hidden).float() / self.temperature, self.vocab_size)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Head outputs for every position of full (uncached) sequences."""
@@ -162,9 +160,9 @@ class Examples:
     steps: torch.Tensor
 
     @classmethod
-    def of(cls, head: str, sequences: Sequence[tuple[list[int], list[int], int]], pad_id: int) -> Examples:
+    def of(cls, kind: HeadKind, sequences: Sequence[tuple[list[int], list[int], int]], pad_id: int) -> Examples:
         ids, mask = right_pad([prompt + response for prompt, response, _ in sequences], pad_id)
-        shift = 1 if head == "q" else 0
+        shift = kind.label_shift
         rows, cols, actions, steps = [], [], [], []
         for i, (prompt, response, switch) in enumerate(sequences):
             for t in range(switch, len(response)):
@@ -178,10 +176,7 @@ class Examples:
     def outputs(self, model: ReturnModel, device: torch.device) -> torch.Tensor:
         """The model's head outputs [N, D] at the examples (Q-type: for the action taken)."""
         ids, mask, rows, cols = (x.to(device) for x in (self.ids, self.mask, self.rows, self.cols))
-        out = model(ids, mask)[rows, cols]
-        if model.cfg.head == "q":
-            out = out[torch.arange(len(self.actions), device=device), self.actions.to(device)]
-        return out
+        return model.kind.pick(model(ids, mask)[rows, cols], self.actions)
 
 
 def build_return_model(cfg: GuideConfig, tokenizer: PreTrainedTokenizerBase, seed: int,

@@ -216,6 +216,11 @@ class LMState:
                                       alive.unsqueeze(1))
         self.next_pos = self.next_pos + alive.long()
 
+    def rewind(self) -> None:
+        """Forget the last token taken in (the benchmark times one step again and again)."""
+        self.window.rewind(1)
+        self.next_pos = self.next_pos - 1
+
     def select(self, keep: torch.Tensor) -> None:
         self.window.select(keep)
         self.next_pos, self.logits = self.next_pos[keep], self.logits[keep]
@@ -224,14 +229,8 @@ class LMState:
 
 
 class GuideState:
-    """The guide's KV window and its per-step outputs, kept in step with pi_ref's: one guide pass per step.
-
-    Q-type: the pass takes in the sampled token and yields every next candidate's value at once.
-    V-type: the sampled token is kept pending and goes into the next step's scoring pass together with
-    the k candidates: the pending token sees the prefix, each candidate the prefix, the pending token
-    and itself. Only the pending token's column stays in the cache; nothing is recomputed and no
-    per-step branch depends on device values.
-    """
+    """The guide's KV window and its per-step outputs, kept in step with pi_ref's: one guide pass per step. What
+    a pass takes in and yields depends on the head kind (QGuideState, VGuideState; `guide_state` picks)."""
 
     def __init__(self, model: ReturnModel, ids: torch.Tensor, mask: torch.Tensor, capacity: int,
                  graphs: bool = False, compile_steps: bool = False) -> None:
@@ -242,11 +241,9 @@ class GuideState:
         width = model.context_width
         self.recent = RecentTokens(ids, mask, width) if width else None
         self.passes = 0
-        # V-type: the sampled token not yet in the cache: its embedding, position and whether it is real.
-        self._pending: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-        q_type = model.cfg.head == "q"
-        out = self._pass(None, model.embed(ids, mask), positions(mask), _prefix_mask(mask), mask.bool(), int(q_type))
-        self.q_outputs = out[:, -1] if q_type else None  # [B, V, D]
+
+    def _prefill(self, ids: torch.Tensor, mask: torch.Tensor, outputs: int) -> torch.Tensor:
+        return self._pass(None, self.model.embed(ids, mask), positions(mask), _prefix_mask(mask), mask.bool(), outputs)
 
     def _pass(self, key, embeds, position_ids, new_mask, kept_valid, outputs: int) -> torch.Tensor | None:
         """One guide forward; head outputs for the last `outputs` new tokens."""
@@ -267,8 +264,63 @@ class GuideState:
 
     def values(self, candidates: torch.Tensor) -> torch.Tensor:
         """Head outputs [B, k, D] for each candidate token after the current prefix."""
-        if self.q_outputs is not None:
-            return self.q_outputs.gather(1, candidates.unsqueeze(-1).expand(-1, -1, self.q_outputs.shape[-1]))
+        raise NotImplementedError
+
+    def select(self, keep: torch.Tensor) -> None:
+        """Keep only the rows `keep` (finished rows leave the batch)."""
+        self.window.select(keep)
+        self.next_pos = self.next_pos[keep]
+        if self.recent is not None:
+            self.recent.select(keep)
+
+    def advance(self, tokens: torch.Tensor, alive: torch.Tensor) -> None:
+        """Take in the sampled token of every row (a masked pad for finished rows)."""
+        self.next_pos = self.next_pos + alive.long()
+        if self.recent is not None:
+            self.recent.push(tokens, alive)
+
+    def rewind(self) -> None:
+        """Forget the last token taken in (the benchmark times one step again and again)."""
+        self.window.rewind(1)
+        self.next_pos = self.next_pos - 1
+
+
+class QGuideState(GuideState):
+    """Q-type: the pass takes in the sampled token and yields every next candidate's value at once."""
+
+    def __init__(self, model: ReturnModel, ids: torch.Tensor, mask: torch.Tensor, capacity: int,
+                 graphs: bool = False, compile_steps: bool = False) -> None:
+        super().__init__(model, ids, mask, capacity, graphs, compile_steps)
+        self.outputs = self._prefill(ids, mask, 1)[:, -1]  # [B, V, D]
+
+    def values(self, candidates: torch.Tensor) -> torch.Tensor:
+        return self.outputs.gather(1, candidates.unsqueeze(-1).expand(-1, -1, self.outputs.shape[-1]))
+
+    def select(self, keep: torch.Tensor) -> None:
+        super().select(keep)
+        self.outputs = self.outputs[keep]
+
+    def advance(self, tokens: torch.Tensor, alive: torch.Tensor) -> None:
+        embeds = self._embed_new(tokens.unsqueeze(1))
+        one = torch.ones(tokens.shape[0], 1, 1, dtype=torch.bool, device=tokens.device)
+        self.outputs = self._pass("step", embeds, self.next_pos.unsqueeze(1), one, alive.unsqueeze(1), 1)[:, -1]
+        super().advance(tokens, alive)
+
+
+class VGuideState(GuideState):
+    """V-type: the sampled token is kept pending and goes into the next step's scoring pass together with the k
+    candidates: the pending token sees the prefix, each candidate the prefix, the pending token and itself. Only
+    the pending token's column stays in the cache; nothing is recomputed and no per-step branch depends on
+    device values."""
+
+    def __init__(self, model: ReturnModel, ids: torch.Tensor, mask: torch.Tensor, capacity: int,
+                 graphs: bool = False, compile_steps: bool = False) -> None:
+        super().__init__(model, ids, mask, capacity, graphs, compile_steps)
+        self._prefill(ids, mask, 0)
+        # The sampled token not yet in the cache: its embedding, position and whether it is real.
+        self._pending: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def values(self, candidates: torch.Tensor) -> torch.Tensor:
         b, k = candidates.shape
         device = candidates.device
         embeds, pos = self._embed_new(candidates), self.next_pos.unsqueeze(1).expand(b, k)
@@ -286,27 +338,24 @@ class GuideState:
         return self._pass(key, embeds, pos, new_mask, kept, k)
 
     def select(self, keep: torch.Tensor) -> None:
-        """Keep only the rows `keep` (finished rows leave the batch)."""
-        self.window.select(keep)
-        self.next_pos = self.next_pos[keep]
-        if self.recent is not None:
-            self.recent.select(keep)
+        super().select(keep)
         if self._pending is not None:
             self._pending = tuple(x[keep] for x in self._pending)
-        if self.q_outputs is not None:
-            self.q_outputs = self.q_outputs[keep]
 
     def advance(self, tokens: torch.Tensor, alive: torch.Tensor) -> None:
-        """Take in the sampled token of every row (a masked pad for finished rows)."""
-        embeds = self._embed_new(tokens.unsqueeze(1))
-        if self.q_outputs is not None:
-            one = torch.ones(tokens.shape[0], 1, 1, dtype=torch.bool, device=tokens.device)
-            self.q_outputs = self._pass("step", embeds, self.next_pos.unsqueeze(1), one, alive.unsqueeze(1), 1)[:, -1]
-        else:
-            self._pending = (embeds, self.next_pos.clone(), alive.clone())
-        self.next_pos = self.next_pos + alive.long()
-        if self.recent is not None:
-            self.recent.push(tokens, alive)
+        self._pending = (self._embed_new(tokens.unsqueeze(1)), self.next_pos.clone(), alive.clone())
+        super().advance(tokens, alive)
+
+
+GUIDE_STATES: dict[str, type[GuideState]] = {"q": QGuideState, "v": VGuideState}  # by HeadKind.name
+
+
+def guide_state(model: ReturnModel, ids: torch.Tensor, mask: torch.Tensor, capacity: int, top_k: int,
+                options: dict | None = None) -> GuideState:
+    """The decoding state of `model`'s head kind, with room for `capacity` tokens and the kind's extra columns
+    for scoring `top_k` candidates; `options`: graphs, compile_steps."""
+    state = GUIDE_STATES[model.kind.name]
+    return state(model, ids, mask, capacity + model.kind.decoding_columns(top_k), **(options or {}))
 
 
 @dataclass(frozen=True)
@@ -376,8 +425,7 @@ class Guided(StepDistribution):
     def __init__(self, guide: Guidance, ids: torch.Tensor, mask: torch.Tensor, capacity: int,
                  options: DecodeOptions) -> None:
         self.guide = guide
-        extra = guide.top_k + 1 if guide.model.cfg.head == "v" else 0  # a V-type pass also holds the candidates
-        self.state = GuideState(guide.model, ids, mask, capacity + extra, **options.model_options)
+        self.state = guide_state(guide.model, ids, mask, capacity, guide.top_k, options.model_options)
 
     @property
     def guide_passes(self) -> int:

@@ -45,7 +45,7 @@ def drop_constant_problems(rollouts: list[Rollout]) -> list[Rollout]:
 def labelled(model: ReturnModel, rollouts: list[Rollout], pad_id: int, hw: Hardware
              ) -> tuple[Examples, torch.Tensor, torch.Tensor]:
     """The rollouts' examples, the model's outputs at them, and their returns (the rollout's reward)."""
-    examples = Examples.of(model.cfg.head, [(r.prompt, r.response, r.switch) for r in rollouts], pad_id)
+    examples = Examples.of(model.kind, [(r.prompt, r.response, r.switch) for r in rollouts], pad_id)
     with hw.autocast():
         out = examples.outputs(model, hw.device)
     returns = torch.tensor([rollouts[i].reward for i in examples.rows.tolist()], device=hw.device)
