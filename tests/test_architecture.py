@@ -1,4 +1,5 @@
-"""Structure that review alone does not keep: no import cycle between the package's modules."""
+"""Structure that review alone does not keep: no import cycle between the package's modules, and no branch on the
+name of a head kind, an algorithm or a task outside the registries that map those names."""
 
 import ast
 from pathlib import Path
@@ -71,3 +72,42 @@ def test_no_module_of_the_package_imports_itself_through_others():
 def test_the_cycle_finder_finds_a_cycle():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def _registered_names() -> set[str]:
+    """The names that registries map: head kinds, algorithms (pi_ref, guidance rules, policy trainers), tasks."""
+    from qsharp_exp.algos import algo_names
+    from qsharp_exp.models.heads import HEADS
+    from qsharp_exp.tasks import TASKS
+
+    return {*HEADS, *algo_names(), *TASKS}
+
+
+def _name_comparisons(source: str, names: set[str]) -> list[str]:
+    """Comparisons (==, !=, in, is) of a value with a string literal, or a literal tuple/list/set of them, that is
+    one of `names`."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Compare):
+            continue
+        literals = set()
+        for side in [node.left, *node.comparators]:
+            elements = side.elts if isinstance(side, ast.Tuple | ast.List | ast.Set) else [side]
+            literals |= {e.value for e in elements if isinstance(e, ast.Constant) and isinstance(e.value, str)}
+        if literals & names:
+            found.append(f"line {node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_no_code_branches_on_a_head_kind_algorithm_or_task_name():
+    names = _registered_names()
+    found = [f"{path.relative_to(SRC)} {hit}" for path in sorted(SRC.rglob("*.py"))
+             for hit in _name_comparisons(path.read_text(), names)]
+    assert not found, "ask the registry (or a table keyed by the name) instead:\n" + "\n".join(found)
+
+
+def test_the_name_branch_finder_finds_one():
+    names = {"q", "gsm8k"}
+    assert _name_comparisons("if cfg.head == 'q':\n    pass", names) == ["line 1: cfg.head == 'q'"]
+    assert _name_comparisons("x = task in ('gsm8k', 'math')", names) == ["line 1: task in ('gsm8k', 'math')"]
+    assert _name_comparisons("if HEADS[cfg.head].label_shift:\n    pass", names) == []

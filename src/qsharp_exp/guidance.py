@@ -20,6 +20,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from qsharp_exp.config import NonCandidates
 from qsharp_exp.registry import Registry
 
 
@@ -175,6 +176,12 @@ class Guidance:
     eta: float
     top_k: int
     mask_non_candidates: bool = False
+
+    @classmethod
+    def from_settings(cls, model: ReturnModelLike, rule: str, eta: float, top_k: int,
+                      non_candidates: str) -> Guidance:
+        """From the settings that name it (algo.name or a processor's rule, and `non_candidates`: keep or mask)."""
+        return cls(model, RULES[rule], eta, top_k, NonCandidates(non_candidates) is NonCandidates.mask)
 
     def offsets(self, outputs: torch.Tensor) -> torch.Tensor:
         return self.rule.offset(self.model.distribution, outputs, self.eta)

@@ -19,6 +19,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from qsharp_exp.algos import REFERENCE
 from qsharp_exp.evaluation import mean_and_se, objective_per_problem, paired_difference, per_problem_means
 from qsharp_exp.files import read_jsonl
 from qsharp_exp.guidance import RULES
@@ -293,8 +294,8 @@ def _per_problem(m: dict) -> tuple[dict[str, float], dict[str, float]] | None:
 def comparisons(studies: list[SeedStudy]) -> list[tuple[SeedStudy, SeedStudy]]:
     """(method, baseline) pairs: every method against pi_ref, and each guidance rule against the one listed
     before it at the same eta and setting (Q# - CD)."""
-    base = [s for s in studies if s.mean["algo"] == "pi_ref"]
-    pairs = [(s, base[0]) for s in studies if s.mean["algo"] != "pi_ref" and len(base) == 1]
+    base = [s for s in studies if s.mean["algo"] == REFERENCE]
+    pairs = [(s, base[0]) for s in studies if s.mean["algo"] != REFERENCE and len(base) == 1]
     rules = [s for s in studies if s.mean["algo"] in RULES]
     for s in rules:
         pairs += [(s, o) for o in rules if algo_order(o.mean["algo"]) < algo_order(s.mean["algo"])
@@ -373,7 +374,7 @@ def write_plots(runs: list[dict], out: Path) -> list[Path]:
                     ax.annotate("eta=" + ", ".join(etas), (x, y), textcoords="offset points", xytext=(4, 4),
                                 fontsize=7, color=color)
             for (algo, setting), points in series(rows).items():
-                if algo == "pi_ref" and _numeric(points[0].get(metric)):
+                if algo == REFERENCE and _numeric(points[0].get(metric)):
                     ax.axhline(points[0][metric], color="gray", label=series_label(algo, setting),
                                linestyle=LINESTYLES[1 + settings.index(setting) % (len(LINESTYLES) - 1)])
             if log_x:

@@ -31,7 +31,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedTokeniz
 
 from qsharp_exp import guidance as G
 from qsharp_exp.config import ETA_RANGE, TEMPERATURE_RANGE
-from qsharp_exp.guidance import RULES, Guidance
+from qsharp_exp.guidance import Guidance
 from qsharp_exp.prompts import context_length
 from qsharp_exp.sampling.decoding import DecodeOptions, Guided, SamplingSpec
 
@@ -63,7 +63,7 @@ class GuidanceLogitsProcessor(LogitsProcessor):
         if tokenizer is not None and len(tokenizer) != guide.vocab_size:
             raise ValueError(f"the guide scores a vocabulary of {guide.vocab_size} tokens and pi_ref's tokenizer has "
                              f"{len(tokenizer)}: use the guide trained with this pi_ref.")
-        self.guidance = Guidance(guide.eval(), RULES[rule], eta, top_k, non_candidates == "mask")
+        self.guidance = Guidance.from_settings(guide.eval(), rule, eta, top_k, non_candidates)
         self.spec = spec
         self.pad_token_id = tokenizer.pad_token_id if tokenizer is not None else None
         eos = tokenizer.eos_token_id if tokenizer is not None else None

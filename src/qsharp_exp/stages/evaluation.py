@@ -9,10 +9,10 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM
 
-from qsharp_exp.config import NonCandidates, RunConfig
+from qsharp_exp.config import RunConfig
 from qsharp_exp.evaluation import evaluate as evaluate_samples
 from qsharp_exp.files import write_json, write_jsonl
-from qsharp_exp.guidance import RULES, Guidance
+from qsharp_exp.guidance import Guidance
 from qsharp_exp.sampling import Steering
 from qsharp_exp.stages.cache import StageResult
 from qsharp_exp.stages.context import RunContext
@@ -27,8 +27,8 @@ def evaluate(ctx: RunContext, pi_ref: PiRef, guide: StageResult | None, reward_m
     def build(cfg: RunConfig, out: Path, resume: Path) -> None:
         guidance = None
         if guide is not None:
-            guidance = Guidance(ctx.load_return_model(guide), RULES[cfg.algo.name], cfg.algo.eta, cfg.algo.top_k,
-                                cfg.algo.non_candidates == NonCandidates.mask)
+            guidance = Guidance.from_settings(ctx.load_return_model(guide), cfg.algo.name, cfg.algo.eta,
+                                              cfg.algo.top_k, cfg.algo.non_candidates)
         ranker = ctx.load_return_model(reward_model) if reward_model is not None else None
         sampler_policy = _load_policy(ctx, policy) if policy is not None else None
         sampler = replace(ctx.sampler(pi_ref.model, pi_ref.codec, cfg.eval.batch_size),

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qsharp_exp.config import CollectMode, NonCandidates, RunConfig
+from qsharp_exp.config import CollectMode, RunConfig
 from qsharp_exp.files import write_json, write_jsonl
-from qsharp_exp.guidance import RULES, Guidance
+from qsharp_exp.guidance import Guidance
 from qsharp_exp.stages.cache import StageResult
 from qsharp_exp.stages.context import RunContext
 from qsharp_exp.stages.pi_ref import PiRef
@@ -27,8 +27,8 @@ def collect_round(ctx: RunContext, pi_ref: PiRef, round_: int, previous: StageRe
     def build(cfg: RunConfig, out: Path, resume: Path) -> None:
         roll_in = None
         if previous is not None:
-            roll_in = Guidance(ctx.load_return_model(previous), RULES["qsharp"], cfg.collect.eta, cfg.collect.top_k,
-                               cfg.collect.non_candidates == NonCandidates.mask)
+            roll_in = Guidance.from_settings(ctx.load_return_model(previous), "qsharp", cfg.collect.eta,
+                                             cfg.collect.top_k, cfg.collect.non_candidates)
         sampler = ctx.sampler(pi_ref.model, pi_ref.codec, cfg.collect.batch_size, ctx.collect_spec)
         rollouts = collect(ctx.task, ctx.task.problems("train"), sampler, roll_in, cfg.collect,
                            cfg.seed + 1000 * round_, resume)

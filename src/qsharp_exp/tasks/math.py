@@ -128,11 +128,14 @@ class DatasetSource:
     local_train: str | None
     local_test: str
     integer_answers: bool = False  # a gold answer that is not a whole number is a data error
+    # GSM8K's layout: a worked answer ending in '#### <number>' (or a solution and a numeric answer), whose gold
+    # is that number; otherwise the gold is `answer` or the solution's last boxed expression (MATH's).
+    worked_numeric_answers: bool = False
 
 
 SOURCES = {
     "gsm8k": DatasetSource(("openai/gsm8k", "main", "train"), ("openai/gsm8k", "main", "test"),
-                           "gsm8k_train.jsonl", "gsm8k_test.jsonl"),
+                           "gsm8k_train.jsonl", "gsm8k_test.jsonl", worked_numeric_answers=True),
     "math": DatasetSource(("DigitalLearningGmbH/MATH-lighteval", "default", "train"),
                           ("HuggingFaceH4/MATH-500", None, "test"), "math_train.jsonl", "math500_test.jsonl"),
     # The 30 problems of AIME 2024 I and II (fields id, problem, solution, answer, url, year), one split.
@@ -161,7 +164,7 @@ def _record(task: str, split: str, index: int, row: Row) -> MathRecord:
     question = fields.get("problem") or fields.get("question")
     if not isinstance(question, str):
         raise bad("no 'problem' (or 'question') text")
-    if task == "gsm8k":
+    if SOURCES[task].worked_numeric_answers:
         answer = fields.get("answer")
         if answer is None:
             raise bad("no 'answer'")

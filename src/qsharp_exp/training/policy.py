@@ -133,17 +133,35 @@ def preference_pairs(task: Task, problems: list[Problem], sampler: Sampler, cfg:
 @register_policy_trainer("dpo", "DPO")
 def dpo(policy: PreTrainedModel, task: Task, problems: list[Problem], sampler: Sampler, cfg: PolicyConfig,
         seed: int, trainer: PlainTrainer) -> list[dict]:
-    return _preference("dpo", policy, task, problems, sampler, cfg, seed, trainer)
+    return _preference(PreferenceJob("dpo", _dpo_batch_loss), policy, task, problems, sampler, cfg, seed, trainer)
 
 
 @register_policy_trainer("rpo", "RPO")
 def rpo(policy: PreTrainedModel, task: Task, problems: list[Problem], sampler: Sampler, cfg: PolicyConfig,
         seed: int, trainer: PlainTrainer) -> list[dict]:
-    return _preference("rpo", policy, task, problems, sampler, cfg, seed, trainer)
+    return _preference(PreferenceJob("rpo", _rpo_batch_loss), policy, task, problems, sampler, cfg, seed, trainer)
 
 
-def _preference(algo: str, policy: PreTrainedModel, task: Task, problems: list[Problem], sampler: Sampler,
+@dataclass(frozen=True)
+class PreferenceJob:
+    """A preference trainer: its name (for messages) and its loss on a batch of log-probabilities."""
+
+    algo: str
+    loss: Callable[..., torch.Tensor]  # (pol_c, pol_r, ref_c, ref_r, chosen paths, cfg, device) -> loss
+
+
+def _dpo_batch_loss(pol_c, pol_r, ref_c, ref_r, chosen, cfg: PolicyConfig, device) -> torch.Tensor:
+    return dpo_loss(pol_c, pol_r, ref_c, ref_r, cfg.beta)
+
+
+def _rpo_batch_loss(pol_c, pol_r, ref_c, ref_r, chosen, cfg: PolicyConfig, device) -> torch.Tensor:
+    lengths = torch.tensor([len(c) for c in chosen], dtype=torch.float, device=device)
+    return rpo_loss(pol_c, pol_r, ref_c, ref_r, lengths, cfg.beta, cfg.nll_weight)
+
+
+def _preference(job: PreferenceJob, policy: PreTrainedModel, task: Task, problems: list[Problem], sampler: Sampler,
                 cfg: PolicyConfig, seed: int, trainer: PlainTrainer) -> list[dict]:
+    algo = job.algo
     pi_ref, codec, hw = sampler.pi_ref, sampler.codec, sampler.hw
     pairs = preference_pairs(task, problems, sampler, cfg, seed)
     if not pairs:
@@ -160,11 +178,7 @@ def _preference(algo: str, policy: PreTrainedModel, task: Task, problems: list[P
             ref_r = sequence_logprobs(pi_ref, prompts, rejected, codec.pad_id, hw)
         pol_c = sequence_logprobs(policy, prompts, chosen, codec.pad_id, hw)
         pol_r = sequence_logprobs(policy, prompts, rejected, codec.pad_id, hw)
-        if algo == "rpo":
-            lengths = torch.tensor([len(c) for c in chosen], dtype=torch.float, device=hw.device)
-            loss = rpo_loss(pol_c, pol_r, ref_c, ref_r, lengths, cfg.beta, cfg.nll_weight)
-        else:
-            loss = dpo_loss(pol_c, pol_r, ref_c, ref_r, cfg.beta)
+        loss = job.loss(pol_c, pol_r, ref_c, ref_r, chosen, cfg, hw.device)
         trainer.update(loss)
         if step % 10 == 0 or step == cfg.steps - 1:
             margin = dpo_margin(pol_c, pol_r, ref_c, ref_r, cfg.beta).mean().item()
