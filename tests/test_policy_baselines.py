@@ -14,6 +14,7 @@ from qsharp_exp.hardware import Hardware
 from qsharp_exp.padding import left_pad
 from qsharp_exp.sampling import SamplingSpec, Steering, generate
 from qsharp_exp.training.policy import (
+    PairLogprobs,
     dpo_loss,
     dpo_margin,
     reinforce_loss,
@@ -38,11 +39,11 @@ def test_reinforce_rewards_are_shaped_and_the_batch_mean_is_the_baseline():
 
 
 def test_dpo_and_rpo_losses_by_hand():
-    pc, pr, rc, rr = torch.tensor([-2.0]), torch.tensor([-5.0]), torch.tensor([-3.0]), torch.tensor([-4.0])
+    lp = PairLogprobs(torch.tensor([-2.0]), torch.tensor([-5.0]), torch.tensor([-3.0]), torch.tensor([-4.0]))
     margin = 0.1 * ((-2 + 3) - (-5 + 4))  # 0.2
-    assert dpo_margin(pc, pr, rc, rr, 0.1).item() == pytest.approx(margin)
-    assert dpo_loss(pc, pr, rc, rr, 0.1).item() == pytest.approx(math.log1p(math.exp(-margin)))
-    rpo = rpo_loss(pc, pr, rc, rr, torch.tensor([4.0]), 0.1, nll_weight=1.0)
+    assert dpo_margin(lp, 0.1).item() == pytest.approx(margin)
+    assert dpo_loss(lp, 0.1).item() == pytest.approx(math.log1p(math.exp(-margin)))
+    rpo = rpo_loss(lp, torch.tensor([4.0]), 0.1, nll_weight=1.0)
     assert rpo.item() == pytest.approx(math.log1p(math.exp(-margin)) + 2.0 / 4)
 
 
@@ -53,8 +54,8 @@ def test_a_dpo_step_raises_the_chosen_path_and_lowers_the_rejected_one(pi_ref, t
         ref_c = sequence_logprobs(pi_ref, prompts, chosen, 0, HW)
         ref_r = sequence_logprobs(pi_ref, prompts, rejected, 0, HW)
     optimizer = torch.optim.SGD(policy.parameters(), lr=0.5)
-    loss = dpo_loss(sequence_logprobs(policy, prompts, chosen, 0, HW), sequence_logprobs(policy, prompts, rejected, 0,
-                                                                                           HW), ref_c, ref_r, 0.1)
+    loss = dpo_loss(PairLogprobs(sequence_logprobs(policy, prompts, chosen, 0, HW),
+                                 sequence_logprobs(policy, prompts, rejected, 0, HW), ref_c, ref_r), 0.1)
     loss.backward()
     optimizer.step()
     with torch.no_grad():

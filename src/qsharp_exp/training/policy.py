@@ -41,20 +41,29 @@ def reinforce_loss(logp: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
     return -(advantage * logp).mean()
 
 
-def dpo_margin(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: float) -> torch.Tensor:
+@dataclass(frozen=True)
+class PairLogprobs:
+    """Sequence log-probabilities [B] of a batch of preference pairs under the policy and under pi_ref."""
+
+    policy_chosen: torch.Tensor
+    policy_rejected: torch.Tensor
+    ref_chosen: torch.Tensor
+    ref_rejected: torch.Tensor
+
+
+def dpo_margin(lp: PairLogprobs, beta: float) -> torch.Tensor:
     """beta * (log-ratio of the chosen path - log-ratio of the rejected path), ratios against pi_ref."""
-    return beta * ((policy_chosen - ref_chosen) - (policy_rejected - ref_rejected))
+    return beta * ((lp.policy_chosen - lp.ref_chosen) - (lp.policy_rejected - lp.ref_rejected))
 
 
-def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: float) -> torch.Tensor:
-    return -F.logsigmoid(dpo_margin(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)).mean()
+def dpo_loss(lp: PairLogprobs, beta: float) -> torch.Tensor:
+    return -F.logsigmoid(dpo_margin(lp, beta)).mean()
 
 
-def rpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, chosen_lengths, beta: float,
-             nll_weight: float) -> torch.Tensor:
+def rpo_loss(lp: PairLogprobs, chosen_lengths: torch.Tensor, beta: float, nll_weight: float) -> torch.Tensor:
     """DPO plus the per-token negative log-likelihood of the chosen path."""
-    nll = -(policy_chosen / chosen_lengths).mean()
-    return dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta) + nll_weight * nll
+    nll = -(lp.policy_chosen / chosen_lengths).mean()
+    return dpo_loss(lp, beta) + nll_weight * nll
 
 
 def sequence_logprobs(model: PreTrainedModel, prompts: list[list[int]], responses: list[list[int]], pad_id: int,
@@ -72,18 +81,31 @@ def sequence_logprobs(model: PreTrainedModel, prompts: list[list[int]], response
 
 
 @dataclass(frozen=True)
+class PolicyJob:
+    """What a policy trainer gets: the policy it fine-tunes in place (a copy of pi_ref), the task and its training
+    problems, pi_ref's sampler, the trainer's settings, the seed and the optimiser."""
+
+    policy: PreTrainedModel
+    task: Task
+    problems: list[Problem]
+    sampler: Sampler
+    cfg: PolicyConfig
+    seed: int
+    trainer: PlainTrainer
+
+
+@dataclass(frozen=True)
 class PolicyTrainer:
     name: str
     label: str  # how reports and plots name it
-    # (policy, task, training problems, pi_ref's sampler, settings, seed, trainer) -> learning curve
-    train: Callable[..., list[dict]]
+    train: Callable[[PolicyJob], list[dict]]  # -> learning curve
 
 
 TRAINERS: Registry[PolicyTrainer] = Registry("policy trainer", "algo.name")
 
 
 def register_policy_trainer(name: str, label: str) -> Callable:
-    def register(train: Callable[..., list[dict]]) -> Callable[..., list[dict]]:
+    def register(train: Callable[[PolicyJob], list[dict]]) -> Callable[[PolicyJob], list[dict]]:
         TRAINERS.add(name, PolicyTrainer(name, label, train))
         return train
 
@@ -91,8 +113,8 @@ def register_policy_trainer(name: str, label: str) -> Callable:
 
 
 @register_policy_trainer("reinforce", "REINFORCE")
-def reinforce(policy: PreTrainedModel, task: Task, problems: list[Problem], sampler: Sampler, cfg: PolicyConfig,
-              seed: int, trainer: PlainTrainer) -> list[dict]:
+def reinforce(job: PolicyJob) -> list[dict]:
+    policy, task, problems, sampler, cfg, seed = job.policy, job.task, job.problems, job.sampler, job.cfg, job.seed
     rng = random.Random(seed)
     codec, hw, spec = sampler.codec, sampler.hw, sampler.spec
     # The policy samples its own batches, at its exploration temperature.
@@ -109,7 +131,7 @@ def reinforce(policy: PreTrainedModel, task: Task, problems: list[Problem], samp
         correct = torch.tensor([task.reward(p, codec.decode(r)) > 0 for p, r in zip(batch, responses, strict=True)])
         rewards = shaped_rewards(correct, cfg).to(hw.device)
         loss = reinforce_loss(sequence_logprobs(policy, prompts, responses, codec.pad_id, hw), rewards)
-        trainer.update(loss)
+        job.trainer.update(loss)
         if step % 10 == 0 or step == cfg.steps - 1:
             curve.append({"step": step, "loss": round(loss.item(), 5), "accuracy": correct.float().mean().item()})
             tracking.live(curve[-1])
@@ -131,37 +153,22 @@ def preference_pairs(task: Task, problems: list[Problem], sampler: Sampler, cfg:
 
 
 @register_policy_trainer("dpo", "DPO")
-def dpo(policy: PreTrainedModel, task: Task, problems: list[Problem], sampler: Sampler, cfg: PolicyConfig,
-        seed: int, trainer: PlainTrainer) -> list[dict]:
-    return _preference(PreferenceJob("dpo", _dpo_batch_loss), policy, task, problems, sampler, cfg, seed, trainer)
+def dpo(job: PolicyJob) -> list[dict]:
+    return _preference(job, "dpo", lambda lp, chosen, cfg, device: dpo_loss(lp, cfg.beta))
 
 
 @register_policy_trainer("rpo", "RPO")
-def rpo(policy: PreTrainedModel, task: Task, problems: list[Problem], sampler: Sampler, cfg: PolicyConfig,
-        seed: int, trainer: PlainTrainer) -> list[dict]:
-    return _preference(PreferenceJob("rpo", _rpo_batch_loss), policy, task, problems, sampler, cfg, seed, trainer)
+def rpo(job: PolicyJob) -> list[dict]:
+    def loss(lp: PairLogprobs, chosen: list[list[int]], cfg: PolicyConfig, device: torch.device) -> torch.Tensor:
+        lengths = torch.tensor([len(c) for c in chosen], dtype=torch.float, device=device)
+        return rpo_loss(lp, lengths, cfg.beta, cfg.nll_weight)
+
+    return _preference(job, "rpo", loss)
 
 
-@dataclass(frozen=True)
-class PreferenceJob:
-    """A preference trainer: its name (for messages) and its loss on a batch of log-probabilities."""
-
-    algo: str
-    loss: Callable[..., torch.Tensor]  # (pol_c, pol_r, ref_c, ref_r, chosen paths, cfg, device) -> loss
-
-
-def _dpo_batch_loss(pol_c, pol_r, ref_c, ref_r, chosen, cfg: PolicyConfig, device) -> torch.Tensor:
-    return dpo_loss(pol_c, pol_r, ref_c, ref_r, cfg.beta)
-
-
-def _rpo_batch_loss(pol_c, pol_r, ref_c, ref_r, chosen, cfg: PolicyConfig, device) -> torch.Tensor:
-    lengths = torch.tensor([len(c) for c in chosen], dtype=torch.float, device=device)
-    return rpo_loss(pol_c, pol_r, ref_c, ref_r, lengths, cfg.beta, cfg.nll_weight)
-
-
-def _preference(job: PreferenceJob, policy: PreTrainedModel, task: Task, problems: list[Problem], sampler: Sampler,
-                cfg: PolicyConfig, seed: int, trainer: PlainTrainer) -> list[dict]:
-    algo = job.algo
+def _preference(job: PolicyJob, algo: str, batch_loss: Callable[..., torch.Tensor]) -> list[dict]:
+    """DPO-style training on (chosen, rejected) pairs; `batch_loss(logprobs, chosen paths, cfg, device)`."""
+    policy, task, problems, sampler, cfg, seed = job.policy, job.task, job.problems, job.sampler, job.cfg, job.seed
     pi_ref, codec, hw = sampler.pi_ref, sampler.codec, sampler.hw
     pairs = preference_pairs(task, problems, sampler, cfg, seed)
     if not pairs:
@@ -176,12 +183,12 @@ def _preference(job: PreferenceJob, policy: PreTrainedModel, task: Task, problem
         with torch.no_grad():
             ref_c = sequence_logprobs(pi_ref, prompts, chosen, codec.pad_id, hw)
             ref_r = sequence_logprobs(pi_ref, prompts, rejected, codec.pad_id, hw)
-        pol_c = sequence_logprobs(policy, prompts, chosen, codec.pad_id, hw)
-        pol_r = sequence_logprobs(policy, prompts, rejected, codec.pad_id, hw)
-        loss = job.loss(pol_c, pol_r, ref_c, ref_r, chosen, cfg, hw.device)
-        trainer.update(loss)
+        lp = PairLogprobs(sequence_logprobs(policy, prompts, chosen, codec.pad_id, hw),
+                          sequence_logprobs(policy, prompts, rejected, codec.pad_id, hw), ref_c, ref_r)
+        loss = batch_loss(lp, chosen, cfg, hw.device)
+        job.trainer.update(loss)
         if step % 10 == 0 or step == cfg.steps - 1:
-            margin = dpo_margin(pol_c, pol_r, ref_c, ref_r, cfg.beta).mean().item()
+            margin = dpo_margin(lp, cfg.beta).mean().item()
             curve.append({"step": step, "loss": round(loss.item(), 5), "margin": round(margin, 5)})
             tracking.live(curve[-1])
     return curve
@@ -194,6 +201,6 @@ def train_policy(algo: str, policy: PreTrainedModel, task: Task, sampler: Sample
     torch.manual_seed(seed)
     policy.to(sampler.hw.device).train()
     trainer = make_trainer(policy, sampler.hw, cfg.lr, cfg.weight_decay, cfg.warmup_steps, cfg.steps)
-    curve = TRAINERS[algo].train(policy, task, task.problems("train"), sampler, cfg, seed, trainer)
+    curve = TRAINERS[algo].train(PolicyJob(policy, task, task.problems("train"), sampler, cfg, seed, trainer))
     policy.eval()
     return curve
