@@ -16,7 +16,7 @@ from qsharp_exp.config import HardwareConfig, UserError
 from qsharp_exp.files import write_text
 from qsharp_exp.hardware import Hardware
 from qsharp_exp.stages.cache import run_stage, stage_key
-from qsharp_exp.training.engine import latest_step, make_trainer
+from qsharp_exp.training.engine import OptimizerPlan, latest_step, make_trainer
 
 
 class Marker:
@@ -31,8 +31,8 @@ class Marker:
 
 def trainer(keep=2):
     model = torch.nn.Linear(3, 2)
-    return make_trainer(model, Hardware(HardwareConfig()), lr=1e-2, weight_decay=0.0, warmup_steps=1,
-                        total_steps=10, keep=keep)
+    return make_trainer(model, Hardware(HardwareConfig()), OptimizerPlan(lr=1e-2, weight_decay=0.0, warmup_steps=1,
+                                                                         total_steps=10), keep=keep)
 
 
 def test_a_planted_pickle_in_a_checkpoint_never_runs(tmp_path):

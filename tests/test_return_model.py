@@ -181,8 +181,8 @@ def test_an_epoch_budget_gives_twice_the_data_twice_the_steps_and_a_warm_up_shar
 
     warmups = []
     real = training.make_trainer
-    monkeypatch.setattr(training, "make_trainer", lambda model, hw, lr, wd, warmup, steps, **kw: (
-        warmups.append((warmup, steps)) or real(model, hw, lr, wd, warmup, steps, **kw)))
+    monkeypatch.setattr(training, "make_trainer", lambda model, hw, plan, **kw: (
+        warmups.append((plan.warmup_steps, plan.total_steps)) or real(model, hw, plan, **kw)))
     round1 = [rollout(f"p{i // 2}", float(i % 2), 0) for i in range(40)]
     round2 = round1 + [rollout(f"q{i // 2}", float(i % 2), 0) for i in range(40)]  # rounds 1 + 2 aggregated
     cfg = GuideTrainConfig(epochs=2, steps=999, batch_size=4, eval_every=1000, val_fraction=0.1,

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import math
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -172,12 +173,23 @@ class DeepSpeedTrainer:
 Trainer = PlainTrainer | DeepSpeedTrainer
 
 
-def make_trainer(model: torch.nn.Module, hw: Hardware, lr: float, weight_decay: float, warmup_steps: int,
-                 total_steps: int, data_parallel_batch: int | None = None, keep: int = 0) -> Trainer:
+@dataclass(frozen=True)
+class OptimizerPlan:
+    """AdamW's settings and the length of its schedule (adamw_with_schedule)."""
+
+    lr: float
+    weight_decay: float
+    warmup_steps: int
+    total_steps: int
+
+
+def make_trainer(model: torch.nn.Module, hw: Hardware, plan: OptimizerPlan, data_parallel_batch: int | None = None,
+                 keep: int = 0) -> Trainer:
     """AdamW with its schedule around `model`. With `data_parallel_batch` (the per-rank micro-batch) and
     hardware.zero_stage set, under DeepSpeed ZeRO (the return model); otherwise plain PyTorch on every
     rank (pretraining and the policy baselines, which every rank runs alike). `keep`: checkpoints kept."""
-    optimizer, schedule = adamw_with_schedule(model.parameters(), lr, weight_decay, warmup_steps, total_steps)
+    optimizer, schedule = adamw_with_schedule(model.parameters(), plan.lr, plan.weight_decay, plan.warmup_steps,
+                                              plan.total_steps)
     if data_parallel_batch is not None and hw.cfg.zero_stage:
         return DeepSpeedTrainer(model, optimizer, schedule, hw, data_parallel_batch, keep)
     return PlainTrainer(model, optimizer, schedule, hw, keep)

@@ -25,7 +25,7 @@ from qsharp_exp.progress import progress
 from qsharp_exp.registry import Registry
 from qsharp_exp.sampling import Sampler, SamplingSpec
 from qsharp_exp.tasks import Problem, Task
-from qsharp_exp.training.engine import PlainTrainer, make_trainer
+from qsharp_exp.training.engine import OptimizerPlan, PlainTrainer, make_trainer
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ def train_policy(algo: str, policy: PreTrainedModel, task: Task, sampler: Sample
     problems; returns its learning curve."""
     torch.manual_seed(seed)
     policy.to(sampler.hw.device).train()
-    trainer = make_trainer(policy, sampler.hw, cfg.lr, cfg.weight_decay, cfg.warmup_steps, cfg.steps)
+    trainer = make_trainer(policy, sampler.hw, OptimizerPlan(cfg.lr, cfg.weight_decay, cfg.warmup_steps, cfg.steps))
     curve = TRAINERS[algo].train(PolicyJob(policy, task, task.problems("train"), sampler, cfg, seed, trainer))
     policy.eval()
     return curve

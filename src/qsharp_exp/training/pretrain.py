@@ -17,7 +17,7 @@ from qsharp_exp.padding import right_pad
 from qsharp_exp.progress import progress
 from qsharp_exp.prompts import PromptCodec
 from qsharp_exp.tasks import Problem
-from qsharp_exp.training.engine import make_trainer
+from qsharp_exp.training.engine import OptimizerPlan, make_trainer
 
 HELD_OUT_EVERY = 250  # steps between held-out measurements of a pretraining run that has them
 
@@ -38,7 +38,7 @@ def pretrain(
     rng = random.Random(seed)
     torch.manual_seed(seed)
     model.to(hw.device).train()
-    trainer = make_trainer(model, hw, cfg.lr, cfg.weight_decay, cfg.warmup_steps, cfg.steps)
+    trainer = make_trainer(model, hw, OptimizerPlan(cfg.lr, cfg.weight_decay, cfg.warmup_steps, cfg.steps))
     curve = []
     bar = progress(range(cfg.steps), desc=desc, enabled=show_progress)
     for step in bar:

@@ -25,7 +25,7 @@ from qsharp_exp.hardware import Hardware
 from qsharp_exp.models.return_model import Examples, ReturnModel
 from qsharp_exp.progress import progress
 from qsharp_exp.training.collect import Rollout
-from qsharp_exp.training.engine import Trainer, latest_step, make_trainer
+from qsharp_exp.training.engine import OptimizerPlan, Trainer, latest_step, make_trainer
 from qsharp_exp.training.stopping import PlateauRule, StopReason
 
 log = logging.getLogger(__name__)
@@ -264,7 +264,7 @@ def train_return_model(
     torch.manual_seed(seed)
     model.to(hw.device).train()
     warmup = max(cfg.warmup_steps, int(cfg.warmup_fraction * plan.steps))
-    trainer = make_trainer(model, hw, cfg.lr, cfg.weight_decay, warmup, plan.steps,
+    trainer = make_trainer(model, hw, OptimizerPlan(cfg.lr, cfg.weight_decay, warmup, plan.steps),
                            data_parallel_batch=plan.problems_per_batch // hw.dist.world * plan.per_problem,
                            keep=cfg.keep_checkpoints)
     curve = _train(trainer, plan, cfg, pad_id, hw, show_progress, checkpoints)
