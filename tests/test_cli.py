@@ -53,7 +53,16 @@ def test_multirun_over_algos_reuses_pi_ref_and_return_models(workdir):
     assert len(files) == 3
     by_algo = {m["algo"]: m for m in (json.loads(f.read_text()) for f in files)}
     assert set(by_algo) == {"pi_ref", "cd", "qsharp"}
-    assert by_algo["pi_ref"]["kl_mean"] == 0.0
+    # pi_ref's KL is 0 by construction; what can fail is its sampling: it must be the limit of guided sampling
+    # as eta grows, whose KL the guided mode computes by the formula.
+    limit = workdir / "cd_eta_1e6"
+    cli("+experiment=smoke", "algo=cd", "algo.eta=1e6", f"cache_dir={workdir / 'cache'}", f"hydra.run.dir={limit}",
+        cwd=workdir)
+    pi_ref_dir = next(f.parent for f in files if json.loads(f.read_text())["algo"] == "pi_ref")
+    unguided = [json.loads(line) for line in (pi_ref_dir / "samples.jsonl").read_text().splitlines()]
+    guided = [json.loads(line) for line in (limit / "samples.jsonl").read_text().splitlines()]
+    assert [s["response"] for s in guided] == [s["response"] for s in unguided]
+    assert json.loads((limit / "metrics.json").read_text())["kl_mean"] <= 1e-4 and by_algo["cd"]["kl_mean"] > 0.01
     assert by_algo["cd"]["guide_round"] == 1 and by_algo["qsharp"]["guide_round"] == 2
     # The first test built pi_ref and both rounds: nothing but the evaluations is rebuilt.
     assert "pi_ref: building" not in result.stderr + result.stdout
