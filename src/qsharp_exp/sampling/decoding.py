@@ -371,12 +371,13 @@ class Stops:
 @dataclass(frozen=True)
 class Steering:
     """What samples instead of plain pi_ref: pi_ref guided by `guide`, or `policy`, a fine-tuned copy of pi_ref
-    (REINFORCE, DPO, RPO). `explore` [B] bool: those rows draw their first token uniformly from pi_ref's top
-    `explore_top_k` tokens (the exploratory switch of Algorithm 2), then continue as usual."""
+    (REINFORCE, DPO, RPO). `explore`: those rows draw their first token uniformly from pi_ref's top
+    `explore_top_k` tokens (the exploratory switch of Algorithm 2), then continue as usual; a [B] bool tensor
+    where `generate` runs one batch, a list over all prompts where `Sampler.sample` cuts it into batches."""
 
     guide: Guidance | None = None
     policy: PreTrainedModel | None = None
-    explore: torch.Tensor | None = None
+    explore: torch.Tensor | list[bool] | None = None
     explore_top_k: int = 0
 
 
