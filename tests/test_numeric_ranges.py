@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from qsharp_exp import pipeline
 from qsharp_exp.compose import CONF_DIR, load_run_config, validate
 from qsharp_exp.config import RunConfig, UserError
-from qsharp_exp.stages.inputs import leaf_paths, value_at
+from qsharp_exp.config_view import leaf_paths, value_at
 from test_config import compose_cfg
 from test_stage_keys import MICRO, unreachable, with_leaf
 

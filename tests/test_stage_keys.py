@@ -7,7 +7,7 @@ under the same key is the bug (a cache would hand out a result made under other 
 
 Every stage is rebuilt from an empty cache except the two pretraining stages (most of the time), which are
 reused when the leaf cannot reach them: it is not among their declared reads (a build's view of the config
-answers nothing else, stages/inputs.py) and it is not a task or hardware setting (which reach a build through
+answers nothing else, config_view.py) and it is not a task or hardware setting (which reach a build through
 the task and the hardware objects, not through its view).
 """
 
@@ -30,8 +30,8 @@ from qsharp_exp import pipeline
 from qsharp_exp.algos import algo_names
 from qsharp_exp.compose import load_run_config, validate
 from qsharp_exp.config import RunConfig, UserError
+from qsharp_exp.config_view import UndeclaredInput, leaf_paths, value_at
 from qsharp_exp.stages.cache import CHECKSUMS, DONE
-from qsharp_exp.stages.inputs import UndeclaredInput, leaf_paths, value_at
 from test_config import compose_cfg
 
 # A pipeline of seconds through every stage of Q# (base model, pi_ref, two rounds of roll-outs and return

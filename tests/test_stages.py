@@ -137,7 +137,7 @@ def test_a_damaged_stage_is_not_trusted_and_the_message_says_how_to_rebuild_it(t
     assert not run_stage(tmp_path, "demo", {"a": 1}, build).reused
 
 
-# -- a build sees only its declared inputs (stages/inputs.py) ------------------------------------------
+# -- a build sees only its declared inputs (config_view.py) ------------------------------------------
 
 
 def _context(tmp_path):
@@ -150,7 +150,7 @@ def _context(tmp_path):
 
 def test_a_build_reads_its_declared_paths_and_fails_naming_any_other(tmp_path):
     from qsharp_exp.config import CollectConfig
-    from qsharp_exp.stages.inputs import UndeclaredInput
+    from qsharp_exp.config_view import UndeclaredInput
 
     ctx = _context(tmp_path)
     seen = {}
@@ -188,7 +188,7 @@ def test_a_build_that_closes_over_a_config_section_is_refused(tmp_path):
 
 
 def test_a_partly_declared_section_can_be_replaced_field_by_field_within_its_view(tmp_path):
-    from qsharp_exp.stages.inputs import UndeclaredInput, replaced
+    from qsharp_exp.config_view import UndeclaredInput, replaced
 
     ctx = _context(tmp_path)
     seen = {}

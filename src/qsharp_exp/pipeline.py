@@ -16,13 +16,13 @@ from transformers.utils import logging as hf_logging
 
 from qsharp_exp import tracking
 from qsharp_exp.config import CollectMode, ConfigError, Distribution, RunConfig, UserError
+from qsharp_exp.config_view import settings
 from qsharp_exp.evaluation import objective
 from qsharp_exp.failures import BUILDING
 from qsharp_exp.files import read_jsonl, write_json, write_text
 from qsharp_exp.report import print_summary
 from qsharp_exp.stages import base_model, evaluation, pi_ref, policy, return_model
 from qsharp_exp.stages.context import RunContext
-from qsharp_exp.stages.inputs import settings
 from qsharp_exp.training.stopping import stop_record
 
 

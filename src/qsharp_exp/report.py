@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qsharp_exp.algos import REFERENCE
+from qsharp_exp.config_view import non_semantic
 from qsharp_exp.evaluation import mean_and_se, objective_per_problem, paired_difference, per_problem_means
 from qsharp_exp.files import read_jsonl
 from qsharp_exp.guidance import RULES
-from qsharp_exp.stages.inputs import non_semantic
 from qsharp_exp.training.policy import TRAINERS
 
 

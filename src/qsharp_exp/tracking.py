@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from qsharp_exp.config import LoggerConfig, RunConfig, as_dict
+from qsharp_exp.config_view import non_semantic, settings
 from qsharp_exp.failures import BUILDING
 from qsharp_exp.files import read_jsonl, write_json
-from qsharp_exp.stages.inputs import non_semantic, settings
 
 log = logging.getLogger(__name__)
 SAMPLE_ROWS = 100  # generations shown in the samples table

@@ -16,13 +16,13 @@ from pathlib import Path
 from transformers import PreTrainedModel
 
 from qsharp_exp.config import BasePretrainConfig, RunConfig, UserError
+from qsharp_exp.config_view import replaced
 from qsharp_exp.files import write_json, write_jsonl
 from qsharp_exp.hardware import Hardware
 from qsharp_exp.models.identity import model_identity
 from qsharp_exp.models.lm import build_causal_lm
 from qsharp_exp.stages.cache import stage_key
 from qsharp_exp.stages.context import RunContext
-from qsharp_exp.stages.inputs import replaced
 from qsharp_exp.training.base_corpus import CORPORA, BaseCorpus, CorpusLine, settings_of
 from qsharp_exp.training.pretrain import exact_matches, pretrain
 

@@ -14,12 +14,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from qsharp_exp import config as config_module
 from qsharp_exp.algos import AlgoKind, algo_kind
 from qsharp_exp.config import Init, RunConfig
+from qsharp_exp.config_view import ConfigView, declared_values
 from qsharp_exp.hardware import Hardware
 from qsharp_exp.models.return_model import ReturnModel
 from qsharp_exp.prompts import PromptCodec
 from qsharp_exp.sampling import Sampler, SamplingSpec
 from qsharp_exp.stages.cache import StageResult, run_stage
-from qsharp_exp.stages.inputs import ConfigView, declared_values
 from qsharp_exp.tasks import Task, build_task
 
 # Part of every stage's inputs. Bumped when code changes what a stage produces for the same config
@@ -70,7 +70,7 @@ class RunContext:
         (default: the name). Its key is the values of the config paths in `reads` and the inputs in `after`
         (the keys of the stages it reads, what it draws from code rather than the config). `build(cfg, out)`,
         or `build(cfg, out, resume)` when resumable, gets a view of the config that holds `reads` only
-        (stages/inputs.py), and so does this context's `cfg` while it runs."""
+        (config_view.py), and so does this context's `cfg` while it runs."""
         _check_no_captured_config(name, build)
         full = self.cfg
         reads = set(reads)

@@ -11,6 +11,7 @@ from pathlib import Path
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from qsharp_exp.config import Init, RunConfig
+from qsharp_exp.config_view import section
 from qsharp_exp.evaluation import evaluate
 from qsharp_exp.files import write_json, write_jsonl
 from qsharp_exp.models.identity import model_identity
@@ -19,7 +20,6 @@ from qsharp_exp.prompts import COVERAGE_SAMPLE, PromptCodec, check_top_k, checke
 from qsharp_exp.stages.base_model import BaseModel
 from qsharp_exp.stages.cache import stage_key
 from qsharp_exp.stages.context import SAMPLING_READS, RunContext
-from qsharp_exp.stages.inputs import section
 from qsharp_exp.training.engine import shard_for_inference
 from qsharp_exp.training.pretrain import pretrain, supervised_examples
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from qsharp_exp.calibration import plot_reliability
 from qsharp_exp.config import Init, RunConfig, UserError
+from qsharp_exp.config_view import replaced, section
 from qsharp_exp.files import read_jsonl, write_json, write_jsonl
 from qsharp_exp.models.identity import model_identity
 from qsharp_exp.models.lm import load_pretrained_lm, load_tokenizer
@@ -17,7 +18,6 @@ from qsharp_exp.report import plot_guide_curve
 from qsharp_exp.stages.base_model import BaseModel
 from qsharp_exp.stages.cache import StageResult
 from qsharp_exp.stages.context import RunContext
-from qsharp_exp.stages.inputs import replaced, section
 from qsharp_exp.stages.pi_ref import PiRef
 from qsharp_exp.stages.rollouts import collect_round
 from qsharp_exp.training.collect import Rollout
