@@ -20,7 +20,6 @@ import sys
 import torch
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
-from lm_eval.models.utils_hf import stop_sequences_criteria
 from transformers import LogitsProcessorList
 
 from qsharp_exp.api import load_guide
@@ -45,18 +44,17 @@ class GuidedHFLM(HFLM):
         self.kl: list[float] = []
 
     def _model_generate(self, context: torch.Tensor, max_length: int, stop: list[str], **generation_kwargs):
+        """The harness's own generation (its stopping criteria and padding), with pi_ref's sampler settings
+        moved into the processor's spec and the processor handed to `generate`."""
         task = {key: generation_kwargs.pop(key) for key in SAMPLER_KEYS if key in generation_kwargs}
         temperature = float(task.get("temperature") or 0.0)
         sample = bool(task.get("do_sample", temperature > 0))
         spec = SamplingSpec(temperature=temperature if sample and temperature > 0 else 1.0,
                             top_p=float(task.get("top_p") or 1.0), max_new_tokens=max_length - context.shape[1])
         processor = GuidanceLogitsProcessor(self.guide, tokenizer=self.tokenizer, spec=spec, **self.guidance)
-        guided = (processor.generate_kwargs() if sample
-                  else {"do_sample": False, "logits_processor": LogitsProcessorList([processor])})
-        stopping = stop_sequences_criteria(self.tokenizer, stop, context.shape[1], context.shape[0])
-        out = self.model.generate(input_ids=context, max_length=max_length, stopping_criteria=stopping,
-                                  pad_token_id=self.tokenizer.pad_token_id, use_cache=True, **generation_kwargs,
-                                  **guided)
+        guided = (processor.generate_kwargs() if sample else
+                  {"do_sample": False, "temperature": 0.0, "logits_processor": LogitsProcessorList([processor])})
+        out = super()._model_generate(context, max_length, stop, **generation_kwargs, **guided)
         kl = processor.kl.tolist()
         self.kl += kl
         if self.kl_path:
