@@ -5,6 +5,7 @@ registries (tasks, guidance rules, policy trainers), so that config.py, which th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import site
 import sys
@@ -103,7 +104,6 @@ def compose_config(*overrides: str) -> RunConfig:
     from hydra.core.global_hydra import GlobalHydra
 
     register_schema()
-    if GlobalHydra.instance().is_initialized():  # inside a running app (a sweep's check): its conf/ is loaded
-        return load_run_config(compose(config_name="config", overrides=list(overrides)))
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+    running = GlobalHydra.instance().is_initialized()  # inside a running app (a sweep's check): conf/ is loaded
+    with contextlib.nullcontext() if running else initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return load_run_config(compose(config_name="config", overrides=list(overrides)))

@@ -67,11 +67,11 @@ def _load_batch(path: Path, size: int) -> list[Sampled] | None:
     """A finished batch of `size` samples kept by an earlier, interrupted call; None if there is none. One that
     is damaged (cut short, of another size) or whose seal does not verify (planted or edited: sealing.py) is
     deleted, so that the batch is sampled again."""
-    if not path.exists() and not path.is_symlink():
+    if not path.exists():
         return None
     why = "it is damaged"
     try:
-        kept = json.loads(path.read_text()) if not path.is_symlink() else None
+        kept = json.loads(path.read_text())
         rows = kept["samples"]
         if not sealing.verifies(path, _canonical(rows), kept["seal"]):
             why = "its seal does not verify (not written by this user's jobs, or changed since)"
