@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from qsharp_exp.config import ETA_RANGE, TEMPERATURE_RANGE, UserError
+from qsharp_exp.config import UserError
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -59,17 +59,14 @@ def check_args(args: argparse.Namespace) -> None:
     from qsharp_exp.guidance import RULES
     from qsharp_exp.hardware import check_device
     from qsharp_exp.models.lm import check_local_source
+    from qsharp_exp.sampling.logits_processor import check_sampler_settings
 
     counts = {"--samples": args.samples, "--top-k": args.top_k, "--max-new-tokens": args.max_new_tokens}
     for flag, value in counts.items():
         if value < 1:
             raise UserError(f"{flag} {value} must be at least 1")
-    ranges = {"--eta": (args.eta, *ETA_RANGE), "--temperature": (args.temperature, *TEMPERATURE_RANGE)}
-    for flag, (value, low, high) in ranges.items():
-        if not low <= value <= high:  # (also refuses nan)
-            raise UserError(f"{flag} {value} must lie in [{low:g}, {high:g}]")
-    if not 0 < args.top_p <= 1:
-        raise UserError(f"--top-p {args.top_p} must lie in (0, 1]: 1 disables top-p")
+    check_sampler_settings(args.eta, args.temperature, args.top_p,
+                           lambda key, value: f"--{key.replace('_', '-')} {value}")
     if args.rule not in RULES:
         raise UserError(f"--rule {args.rule} is not a guidance rule: use one of {', '.join(sorted(RULES))}")
     check_device(args.device, f"--device {args.device}", "use --device cpu")

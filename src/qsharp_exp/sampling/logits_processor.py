@@ -24,6 +24,7 @@ decoding going back to an earlier position. Several return sequences per prompt 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -39,6 +40,17 @@ if TYPE_CHECKING:
     from qsharp_exp.models.return_model import ReturnModel
 
 
+def check_sampler_settings(eta: float, temperature: float, top_p: float,
+                           spell: Callable[[str, float], str] = lambda key, value: f"{key}={value}") -> None:
+    """The numbers guided sampling takes: eta and pi_ref's temperature within their ranges (config.py), top_p in
+    (0, 1]; `spell` names a setting in the message (a keyword argument, or a command's flag)."""
+    for key, value, (low, high) in (("eta", eta, ETA_RANGE), ("temperature", temperature, TEMPERATURE_RANGE)):
+        if not low <= value <= high:  # (also refuses nan)
+            raise ValueError(f"{spell(key, value)} must lie in [{low:g}, {high:g}]")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"{spell('top_p', top_p)} must lie in (0, 1]: 1 disables top-p")
+
+
 class GuidanceLogitsProcessor(LogitsProcessor):
     def __init__(self, guide: ReturnModel, rule: str = "qsharp", eta: float = 0.1, top_k: int = 20,
                  non_candidates: str = "keep", *, tokenizer: PreTrainedTokenizerBase | None = None,
@@ -48,11 +60,7 @@ class GuidanceLogitsProcessor(LogitsProcessor):
         temperature and top_p) and the most tokens one `generate` call samples, which sizes the guide's cache
         (default: temperature 1, no top-p, up to the guide's context)."""
         spec = spec or SamplingSpec(max_new_tokens=0)
-        if not ETA_RANGE[0] <= eta <= ETA_RANGE[1]:
-            raise ValueError(f"eta={eta} must lie in [{ETA_RANGE[0]:g}, {ETA_RANGE[1]:g}]")
-        if not TEMPERATURE_RANGE[0] <= spec.temperature <= TEMPERATURE_RANGE[1] or not 0 < spec.top_p <= 1:
-            raise ValueError(f"temperature={spec.temperature} must lie in [{TEMPERATURE_RANGE[0]:g}, "
-                             f"{TEMPERATURE_RANGE[1]:g}] and top_p={spec.top_p} in (0, 1]")
+        check_sampler_settings(eta, spec.temperature, spec.top_p)
         if spec.paper_compat:
             raise ValueError("paper_compat orders guidance as the published code does; the processor follows the "
                              "framework's order only: use SamplingSpec(paper_compat=False)")
