@@ -8,10 +8,10 @@ stage is complete.
 
 Jobs that share a cache (a sweep, several SLURM jobs) take an exclusive lock per stage key while they
 check and build it (`<key>.lock`, a `flock`): one job builds, the others wait and then reuse its result.
-The kernel releases the lock of a killed job, so the next job takes over at once. On NFS, Linux turns
+The kernel frees the lock of a killed job, so the next job takes over at once. On NFS, Linux turns
 `flock` into an NFS byte-range lock: this needs the NFS lock service (NLM for NFSv3, part of NFSv4),
-and a lock held by a job on a machine that died is released when the server's lease expires (NFSv4,
-about 90 s) or when lockd notices the reboot (NFSv3).
+and a lock held by a job on a machine that died is freed once the NFSv4 server stops waiting for that client
+(about 90 s) or when lockd notices the reboot (NFSv3).
 
 At completion a stage records the size and SHA-256 of each of its files (`checksums.json`); reuse
 checks them, so a file damaged or cut after the build stops the run with the directory to delete,
@@ -142,7 +142,7 @@ def stage_lock(final: Path, stage: str) -> Iterator[None]:
         os.write(fd, f"{socket.gethostname()} pid {os.getpid()}".encode())
         yield
     finally:
-        os.close(fd)  # releases the lock; the file stays (removing it would race with a waiting job)
+        os.close(fd)  # frees the lock; the file stays (removing it would race with a waiting job)
 
 
 NUMERICS, SETTINGS = "numerics", ("version", "config")  # what stages/context.py puts in every key
