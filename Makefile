@@ -31,7 +31,7 @@ test-slow: install
 
 # make report DIRS="multirun/2026-11-27/10-00-00_star_graph outputs/..."
 report: install
-	$(PY) -m qsharp_exp.report $(DIRS)
+	$(PY) -m qsharp_exp.cli.report $(DIRS)
 
 # The paper's Table 2 on a GPU machine with hub access; DRY_RUN=1 lists and checks the 12 jobs offline.
 reproduce-table2: install
@@ -52,11 +52,11 @@ SEEDS ?= 0,1,2
 ARITHMETIC_DIR ?= multirun/arithmetic_seeds
 reproduce-arithmetic: install
 	$(PY) -m qsharp_exp -m task=arithmetic seed=$(SEEDS) algo=pi_ref,cd,qsharp hydra.sweep.dir=$(ARITHMETIC_DIR) $(ARGS)
-	$(PY) -m qsharp_exp.report $(ARITHMETIC_DIR)
+	$(PY) -m qsharp_exp.cli.report $(ARITHMETIC_DIR)
 
 # Guided decoding against its one-pass floor on the default workload (docs/performance.md); ARGS for more.
 bench: install
-	$(PY) -m qsharp_exp.bench --batches 1 8 $(ARGS)
+	$(PY) -m qsharp_exp.cli.bench --batches 1 8 $(ARGS)
 
 lint: install
 	$(PY) -m ruff check src tests experiments

@@ -39,7 +39,7 @@ from qsharp_exp.compose import load_run_config
 from qsharp_exp.hardware import Hardware
 from qsharp_exp.models.return_model import ReturnModel
 from qsharp_exp.prompts import PromptCodec
-from qsharp_exp.sampling import Sampler
+from qsharp_exp.sampling import Draw, Sampler
 from qsharp_exp.sampling.decoding import SamplingSpec
 from qsharp_exp.tasks import build_task
 
@@ -152,7 +152,7 @@ def mc_rates(rows: list[dict], k: int, cfg, task, tokenizer, metrics: dict) -> N
     sampler = Sampler(pi_ref, codec, SamplingSpec(ev.temperature, ev.top_p, ev.max_new_tokens, ev.paper_compat),
                       Hardware(cfg.hardware), ev.batch_size, desc="pi_ref continuations")
     prompts = [r["prefix"] for r in rows for _ in range(k)]
-    sampled = sampler.sample(prompts, cfg.seed)
+    sampled = sampler.sample(prompts, Draw(cfg.seed))
     problems = {p.id: p for p in task.problems("test")}
     for i, r in enumerate(rows):
         texts = [r["text"] + codec.decode(s.response) for s in sampled[i * k : (i + 1) * k]]

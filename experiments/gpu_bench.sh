@@ -22,9 +22,9 @@ pair=(--pair llama3-8b-1b --device cuda --dtype bfloat16 --threads 8)
 timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_decoding.py -k "cuda_graph or pooled" 2>&1 \
   | tail -5 | tee "$OUT/pytest.txt"
 # 2. the paper-shaped pair (Llama 3 8B, Llama 3.2 1B-shaped guide), bf16, CUDA graphs
-timeout 250 python3 -m qsharp_exp.bench "${pair[@]}" --cuda-graphs --batches 1 8 32 --repeats 5 \
+timeout 250 qsharp-bench "${pair[@]}" --cuda-graphs --batches 1 8 32 --repeats 5 \
   --out "$OUT/bench_llama3_8b_1b_graphs.json" 2>&1 | tee "$OUT/graphs.log"
 # 3. the same pair without CUDA graphs (eager), with the GPU busy time of each step; eager steps are slow,
 # so batch 8 with 2 repeats only.
-timeout 180 python3 -m qsharp_exp.bench "${pair[@]}" --batches 8 --repeats 2 --skip-stages \
+timeout 180 qsharp-bench "${pair[@]}" --batches 8 --repeats 2 --skip-stages \
   --out "$OUT/bench_llama3_8b_1b_eager.json" 2>&1 | tee "$OUT/eager.log"

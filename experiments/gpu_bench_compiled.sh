@@ -15,6 +15,6 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee 
 # compiled + graphed steps sample what eager steps sample (tiny models, on this GPU)
 timeout 80 python3 -m pytest -q -p no:cacheprovider tests/test_decoding.py -m slow -k "compiled and cuda" 2>&1 \
   | tail -3 | tee "$OUT/pytest.txt"
-timeout 320 python3 -m qsharp_exp.bench --pair llama3-8b-1b --device cuda --dtype bfloat16 --threads 8 --cuda-graphs \
+timeout 320 qsharp-bench --pair llama3-8b-1b --device cuda --dtype bfloat16 --threads 8 --cuda-graphs \
   --compile --batches 8 --repeats 5 --skip-stages --out "$OUT/bench_llama3_8b_1b_compiled.json" 2>&1 \
   | grep -v Warning | tee "$OUT/compiled.log"

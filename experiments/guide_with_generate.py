@@ -30,9 +30,8 @@ def main(overrides: list[str]) -> int:
     guide = qsharp_exp.load_guide(metrics)
     task, ev = build_task(cfg.task), cfg.eval
     spec = qsharp_exp.SamplingSpec(temperature=ev.temperature, top_p=ev.top_p, max_new_tokens=ev.max_new_tokens)
-    processor = qsharp_exp.GuidanceLogitsProcessor(guide, rule="qsharp", eta=cfg.algo.eta, top_k=cfg.algo.top_k,
-                                                   non_candidates=str(cfg.algo.non_candidates), tokenizer=tokenizer,
-                                                   spec=spec)
+    settings = qsharp_exp.GuidanceSettings("qsharp", cfg.algo.eta, cfg.algo.top_k, str(cfg.algo.non_candidates))
+    processor = qsharp_exp.GuidanceLogitsProcessor(guide, settings, tokenizer=tokenizer, spec=spec)
     problems = task.problems("test")
     jobs = [p for p in problems for _ in range(ev.num_samples)]
     torch.manual_seed(cfg.seed)

@@ -143,7 +143,7 @@ def launch(name: str, presets: list[Preset], algos: tuple[str, ...], overrides: 
             print(f"{preset.name or 'defaults'} failed: rerun the same command to resume (finished stages and "
                   "batches are kept).", file=sys.stderr)
             return 1
-    return subprocess.run([sys.executable, "-m", "qsharp_exp.report", str(root)], cwd=REPO).returncode
+    return subprocess.run([sys.executable, "-m", "qsharp_exp.cli.report", str(root)], cwd=REPO).returncode
 
 
 def _experiment_of(overrides: list[str]) -> str:

@@ -139,7 +139,7 @@ def cases(work: Path, second: bool = False) -> list[tuple[str, Callable[[], dict
             (runs / name).mkdir(parents=True, exist_ok=True)
         (runs / "a" / "metrics.json").write_text('{"task": "star_graph", "algo": "cd"')
         shutil.copy(work / "first" / "metrics.json", runs / "b" / "metrics.json")
-        result = run([str(runs)], work, module="qsharp_exp.report")
+        result = run([str(runs)], work, module="qsharp_exp.cli.report")
         skipped = [line for line in result["stderr"].splitlines() if "skipping" in line]
         result["message"] = "(the report of the other run is written) " + (skipped[0] if skipped else "")
         return result
@@ -192,7 +192,7 @@ def cases(work: Path, second: bool = False) -> list[tuple[str, Callable[[], dict
                       f"hydra.sweep.dir={work / 'sweep'}"], work)
         if result["rc"] != 0:
             return result
-        table = run([str(work / "sweep")], work, module="qsharp_exp.report")
+        table = run([str(work / "sweep")], work, module="qsharp_exp.cli.report")
         rows = [" ".join(line.split("|")[1:4]).split() for line in table["log"].splitlines() if line.startswith("| Q#")]
         table["message"] = "(the report is written) its Q# rows: " + "; ".join(" ".join(r) for r in rows)
         return table
@@ -396,7 +396,7 @@ def third_round(work: Path) -> list[tuple[str, Callable[[], dict]]]:
             named = {"stage": metrics["dir_return_model_round2"], "empty": str(work / "empty"),
                      "file": str(work / "a_file"), "missing": str(work / "missing")}
             result = run(["--pi-ref", folders["pi_ref"], "--guide", named.get(guide, folders["guide"]),
-                          "--max-new-tokens", "8", *args], work, module="qsharp_exp.generate")
+                          "--max-new-tokens", "8", *args], work, module="qsharp_exp.cli.generate")
             result["message"] = result["message"].replace(str(work), "<scratch>")
             return result
         return go
@@ -408,7 +408,7 @@ def third_round(work: Path) -> list[tuple[str, Callable[[], dict]]]:
         (runs / "a").mkdir(parents=True)
         metrics = json.loads((work / "first" / "metrics.json").read_text())
         (runs / "a" / "metrics.json").write_text(json.dumps({**metrics, "kl_mean": float("nan")}))
-        result = run([str(runs)], work, module="qsharp_exp.report")
+        result = run([str(runs)], work, module="qsharp_exp.cli.report")
         warned = [line for line in result["stderr"].splitlines() if "non-finite" in line]
         result["message"] = "(the report is written) " + (warned[0] if warned else "(no warning)")
         return result
@@ -421,7 +421,7 @@ def third_round(work: Path) -> list[tuple[str, Callable[[], dict]]]:
             shutil.rmtree(other / "guide", ignore_errors=True)
             if "deleted" in what:
                 shutil.rmtree(work / "cache")
-            result = run([str(work / "first"), "--out", "guide"], other, module="qsharp_exp.export_guide")
+            result = run([str(work / "first"), "--out", "guide"], other, module="qsharp_exp.cli.export_guide")
             if result["rc"] == 0:
                 result["message"] = "(exported) " + result["log"].strip().splitlines()[-1]
             return result
@@ -475,7 +475,7 @@ def third_round(work: Path) -> list[tuple[str, Callable[[], dict]]]:
         ("generate: `--guide` the stage directory, not its `model/`",
          generate("--prompt", "1,5|1,2/1,2=", guide="stage")),
         ("report: `--out` a file", lambda: run([str(work / "first"), "--out", str(work / "a_file")], work,
-                                               module="qsharp_exp.report")),
+                                               module="qsharp_exp.cli.report")),
         ("report: a run whose metrics.json holds NaN", report_with_nan),
         ("export_guide from another directory", elsewhere()),
         ("export_guide after the run's cache was deleted", elsewhere("deleted")),

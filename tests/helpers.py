@@ -63,3 +63,12 @@ def make_guide(tokenizer, arch="gpt2", head="q", distribution="bernoulli", conv_
     with torch.no_grad():  # make the head matter: random init is near zero
         model.head.weight.normal_(0, 1.0)
     return model
+
+
+def quiet(hw=None, seed: int = 0):
+    """A training environment without progress bars (on the CPU unless `hw` is given)."""
+    from qsharp_exp.config import HardwareConfig
+    from qsharp_exp.hardware import Hardware
+    from qsharp_exp.training.engine import TrainingEnv
+
+    return TrainingEnv(hw or Hardware(HardwareConfig()), seed, show_progress=False)

@@ -10,7 +10,7 @@ import torch
 from transformers import AutoTokenizer
 
 from qsharp_exp import compose_config
-from qsharp_exp.export_guide import main as export_main
+from qsharp_exp.cli.export_guide import main as export_main
 from qsharp_exp.models.return_model import ReturnModel
 from qsharp_exp.tasks import build_task
 from test_cli import cli
@@ -122,7 +122,7 @@ def test_export_guide_pushes_the_folder_with_its_card_to_the_hub(tmp_path, monke
 
 
 def test_the_model_card_names_the_hub_model_the_guide_was_fine_tuned_from(tmp_path):
-    from qsharp_exp.export_guide import model_card
+    from qsharp_exp.cli.export_guide import model_card
 
     stage = tmp_path / "return_model_round2" / "abc"
     stage.mkdir(parents=True)

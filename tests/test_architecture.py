@@ -1,5 +1,6 @@
-"""Structure that review alone does not keep: no import cycle between the package's modules, and no branch on the
-name of a head kind, an algorithm or a task outside the registries that map those names."""
+"""Structure that review alone does not keep: no import cycle between the package's modules, imports that point
+down the data flow only, small functions, and no branch on the name of a head kind, an algorithm or a task
+outside the registries that map those names."""
 
 import ast
 from pathlib import Path
@@ -111,3 +112,97 @@ def test_the_name_branch_finder_finds_one():
     assert _name_comparisons("if cfg.head == 'q':\n    pass", names) == ["line 1: cfg.head == 'q'"]
     assert _name_comparisons("x = task in ('gsm8k', 'math')", names) == ["line 1: task in ('gsm8k', 'math')"]
     assert _name_comparisons("if HEADS[cfg.head].label_shift:\n    pass", names) == []
+
+
+# The package's floors, in the order data flows (docs/architecture.md): a module imports from its own floor or
+# below, never from above. A name is a module or a package (all modules under it).
+FLOORS = [
+    ("foundations", ["config", "registry", "files", "failures", "progress", "padding", "sealing", "distributed",
+                     "calibration"]),
+    ("hardware, settings and tracking", ["hardware", "config_view", "tracking"]),
+    ("task data", ["tasks", "prompts"]),
+    ("guidance formulas and models", ["guidance", "models"]),
+    ("decoding", ["sampling"]),
+    ("training", ["training"]),
+    ("measuring and reporting", ["metrics", "algos", "reporting"]),
+    ("composing a run's config", ["compose", "sweep"]),
+    ("stages", ["stages"]),
+    ("a run", ["pipeline", "api", "harness"]),
+    ("programs", ["__main__", "cli"]),
+]
+
+
+def _floor(module: str) -> int:
+    name = module.removeprefix("qsharp_exp.")
+    for number, (_, members) in enumerate(FLOORS):
+        if any(name == m or name.startswith(f"{m}.") for m in members):
+            return number
+    raise AssertionError(f"{module} is on no floor: add it to FLOORS (and to docs/architecture.md)")
+
+
+def _upward_imports(modules: dict[str, Path]) -> list[str]:
+    found = []
+    for name, path in sorted(modules.items()):
+        if name == "qsharp_exp":  # the package's __init__: the lazy public API
+            continue
+        for target in sorted(_imports(name, path, modules) - {"qsharp_exp"}):
+            if _floor(target) > _floor(name):
+                found.append(f"{name} ({FLOORS[_floor(name)][0]}) imports {target} ({FLOORS[_floor(target)][0]})")
+    return found
+
+
+def test_every_import_points_down_the_data_flow():
+    found = _upward_imports(_modules())
+    assert not found, "a module imports from a floor above its own:\n" + "\n".join(found)
+
+
+def test_the_floor_check_finds_an_upward_import(tmp_path):
+    (tmp_path / "qsharp_exp" / "sampling").mkdir(parents=True)
+    (tmp_path / "qsharp_exp" / "__init__.py").write_text("")
+    (tmp_path / "qsharp_exp" / "pipeline.py").write_text("")
+    (tmp_path / "qsharp_exp" / "sampling" / "__init__.py").write_text("")
+    (tmp_path / "qsharp_exp" / "sampling" / "batched.py").write_text("from qsharp_exp.pipeline import run\n")
+    modules = {"qsharp_exp.pipeline": tmp_path / "qsharp_exp" / "pipeline.py",
+               "qsharp_exp.sampling": tmp_path / "qsharp_exp" / "sampling" / "__init__.py",
+               "qsharp_exp.sampling.batched": tmp_path / "qsharp_exp" / "sampling" / "batched.py"}
+    assert _upward_imports(modules) == ["qsharp_exp.sampling.batched (decoding) imports qsharp_exp.pipeline (a run)"]
+
+
+MAX_LINES, MAX_PARAMETERS = 60, 6
+
+
+def _oversized(source: str) -> list[str]:
+    """Functions longer than MAX_LINES lines or with more than MAX_PARAMETERS parameters (self and cls not
+    counted; *args and **kwargs count one each)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        args = node.args
+        names = [a.arg for a in [*args.posonlyargs, *args.args, *args.kwonlyargs]]
+        count = len(names) - (names[:1] in (["self"], ["cls"])) + bool(args.vararg) + bool(args.kwarg)
+        lines = node.end_lineno - node.lineno + 1
+        if lines > MAX_LINES or count > MAX_PARAMETERS:
+            found.append(f"{node.name} (line {node.lineno}): {lines} lines, {count} parameters")
+    return found
+
+
+def test_no_function_is_over_60_lines_or_6_parameters():
+    found = [f"{path.relative_to(SRC)} {hit}"
+             for path in sorted(SRC.rglob("*.py")) for hit in _oversized(path.read_text())]
+    assert not found, "split the function, or group what travels together in a dataclass:\n" + "\n".join(found)
+
+
+def test_the_size_check_finds_a_long_function_and_a_long_signature():
+    assert _oversized("def f(self, a, b, c, d, e, g):\n    pass") == []
+    assert _oversized("def f(a, b, c, d, e, g, h):\n    pass") == ["f (line 1): 2 lines, 7 parameters"]
+    assert _oversized("def f(*a, **k):\n" + "    x = 1\n" * 60) == ["f (line 1): 61 lines, 2 parameters"]
+
+
+def test_module_names_are_unique_across_folders():
+    """A file name says which module it is: `policy.py` in two folders would not."""
+    seen: dict[str, list[str]] = {}
+    for path in SRC.rglob("*.py"):
+        if path.name != "__init__.py":
+            seen.setdefault(path.name, []).append(str(path.relative_to(SRC)))
+    assert not {name: paths for name, paths in seen.items() if len(paths) > 1}

@@ -17,8 +17,9 @@ from qsharp_exp.config import ArchConfig, BaseCorpusKind, ConfigError, GuideConf
 from qsharp_exp.models.lm import build_causal_lm
 from qsharp_exp.models.return_model import return_model_from_lm
 from qsharp_exp.models.stem import ConvGPT2LMHeadModel
+from qsharp_exp.sampling import Draw
 from qsharp_exp.sampling.decoding import LMState
-from qsharp_exp.stages import base_model, pi_ref, return_model
+from qsharp_exp.stages import base_model, pi_ref, return_model_rounds
 from qsharp_exp.stages.context import RunContext
 from qsharp_exp.tasks.star_graph import StarGraph, sample_graph
 from qsharp_exp.training.base_corpus import CORPORA, lookup_corpus, settings_of
@@ -154,9 +155,9 @@ def test_a_return_model_from_an_lm_keeps_its_trunk_and_stem_and_gets_a_fresh_hea
 
 def test_pair_mode_labels_the_reference_one_and_pi_refs_wrong_sample_zero(tiny_task, tokenizer):
     model = build_causal_lm(tiny_arch(), tokenizer, seed=0).eval()
-    draw = sampler(model, tokenizer)
+    pi_ref_sampler = sampler(model, tokenizer)
     problems = tiny_task.problems("train")[:8]
-    rollouts, counts = collect_pairs(tiny_task, problems, draw, tries=3, seed=0)
+    rollouts, counts = collect_pairs(tiny_task, problems, pi_ref_sampler, 3, Draw(0))
     assert counts["pairs"] + counts["never_wrong"] == len(problems) and counts["pairs"] > 0
     by_problem = {}
     for r in rollouts:
@@ -164,7 +165,7 @@ def test_pair_mode_labels_the_reference_one_and_pi_refs_wrong_sample_zero(tiny_t
     answers = {p.id: p.answer for p in problems}
     for problem_id, (right, wrong) in by_problem.items():
         assert right.reward == 1.0 and right.switch == 0
-        assert right.response == draw.codec.response_ids(answers[problem_id])
+        assert right.response == pi_ref_sampler.codec.response_ids(answers[problem_id])
         assert wrong.reward == 0.0 and wrong.switch == 0 and wrong.response != right.response
 
 
@@ -176,8 +177,8 @@ def test_pair_mode_gives_no_pair_where_pi_ref_is_never_wrong(tiny_task, tokenize
         def reward(self, problem, response):
             return 1.0
 
-    draw = sampler(build_causal_lm(tiny_arch(), tokenizer, seed=0).eval(), tokenizer)
-    rollouts, counts = collect_pairs(AlwaysRight(), tiny_task.problems("train")[:4], draw, tries=2, seed=0)
+    pi_ref_sampler = sampler(build_causal_lm(tiny_arch(), tokenizer, seed=0).eval(), tokenizer)
+    rollouts, counts = collect_pairs(AlwaysRight(), tiny_task.problems("train")[:4], pi_ref_sampler, 2, Draw(0))
     assert rollouts == [] and counts == {"pairs": 0, "never_wrong": 4, "sampling_passes": 2}
 
 
@@ -204,7 +205,7 @@ def context(tmp_path, *overrides) -> RunContext:
 
 def return_model_config(ctx, reference) -> dict:
     base = base_model.load(ctx) if ctx.uses_base_model else None
-    stage = return_model.train_rounds(ctx, reference, 1, base)[0]
+    stage = return_model_rounds.train_rounds(ctx, reference, 1, base)[0]
     return json.loads((stage.path / "model" / "config.json").read_text())["guide"], stage
 
 
@@ -382,9 +383,9 @@ def test_math_base_model_is_keyed_by_its_corpus_and_architecture_and_pi_ref_and_
     assert type(reference.model).__name__ == "LlamaForCausalLM" and reference.model.config.hidden_size == 32
     assert json.loads((ctx.stages["pi_ref"].path / "inputs.json").read_text())["init"] == base.key
     # The return model starts from pi_ref (the default) or from the base model itself.
-    assert return_model._start(ctx, reference, base) == (reference.source, reference.key)
+    assert return_model_rounds._start(ctx, reference, base) == (reference.source, reference.key)
     guide_from_base = ctx_of("model.guide.init=base")
-    assert return_model._start(guide_from_base, reference, base) == (base.source, base.key)
+    assert return_model_rounds._start(guide_from_base, reference, base) == (base.source, base.key)
 
     keys = {"default": (base.key, reference.key)}
     for name, override in (("corpus", "base_pretrain.max_operand=50"), ("arch", "model.base.n_embd=64")):
@@ -401,19 +402,19 @@ def test_a_warm_started_round_begins_with_the_last_rounds_model_and_leaves_round
     from safetensors.torch import load_file
 
     started = []
-    real = return_model.train_return_model
+    real = return_model_rounds.train_return_model
 
     def recording(model, rollouts, cfg, *args, **kwargs):
         started.append(({k: v.clone() for k, v in model.state_dict().items()}, cfg.epochs))
         return real(model, rollouts, cfg, *args, **kwargs)
 
-    monkeypatch.setattr(return_model, "train_return_model", recording)
+    monkeypatch.setattr(return_model_rounds, "train_return_model", recording)
     rounds = {}
     for name, epochs in (("fresh", "null"), ("warm", "1")):  # star-graph's default warm-starts: fresh is set
         extra = [f"guide_train.warm_start_epochs={epochs}"]
         ctx = context(tmp_path, "collect.rounds=2", *extra)
         base = base_model.load(ctx)
-        rounds[name] = return_model.train_rounds(ctx, pi_ref.load(ctx, base), 2, base)
+        rounds[name] = return_model_rounds.train_rounds(ctx, pi_ref.load(ctx, base), 2, base)
     fresh, warm = rounds["fresh"], rounds["warm"]
     assert warm[0].key == fresh[0].key and warm[1].key != fresh[1].key  # the setting is read by rounds >= 2 only
     inputs = json.loads((warm[1].path / "inputs.json").read_text())

@@ -2,7 +2,7 @@
 
 import json
 
-from qsharp_exp import bench
+from qsharp_exp.cli import bench
 
 
 def test_bench_writes_one_record_per_configuration_with_one_guide_pass_per_step(tmp_path):

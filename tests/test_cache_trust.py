@@ -15,6 +15,7 @@ from qsharp_exp import sealing
 from qsharp_exp.config import HardwareConfig, UserError
 from qsharp_exp.files import write_text
 from qsharp_exp.hardware import Hardware
+from qsharp_exp.sampling import Draw
 from qsharp_exp.stages.cache import run_stage, stage_key
 from qsharp_exp.training.engine import OptimizerPlan, latest_step, make_trainer
 
@@ -134,9 +135,9 @@ def test_writing_over_a_symlink_replaces_the_link_and_never_writes_its_target(tm
 
 def test_a_planted_resume_batch_is_discarded_and_sampled_again(pi_ref, tokenizer, tiny_task, tmp_path, caplog):
     prompts = [tokenizer(p.prompt, add_special_tokens=False)["input_ids"] for p in tiny_task.problems("test")[:6]]
-    fresh = sampler(pi_ref, tokenizer, batch_size=4).sample(prompts, seed=3)
+    fresh = sampler(pi_ref, tokenizer, batch_size=4).sample(prompts, Draw(3))
     kept = tmp_path / "0123.resume"
-    sampler(pi_ref, tokenizer, batch_size=4).sample(prompts, seed=3, checkpoint=kept)
+    sampler(pi_ref, tokenizer, batch_size=4).sample(prompts, Draw(3, checkpoint=kept))
     batch = kept / "batch000000.json"
     saved = json.loads(batch.read_text())
     # A perfect-looking batch (every response the stop token, KL 0) with the old seal or none at all.
@@ -144,7 +145,7 @@ def test_a_planted_resume_batch_is_discarded_and_sampled_again(pi_ref, tokenizer
     for claimed in (saved["seal"], None):
         batch.write_text(json.dumps({"seal": claimed, "samples": forged}))
         with caplog.at_level(logging.WARNING):
-            again = sampler(pi_ref, tokenizer, batch_size=4).sample(prompts, seed=3, checkpoint=kept)
+            again = sampler(pi_ref, tokenizer, batch_size=4).sample(prompts, Draw(3, checkpoint=kept))
         assert again == fresh
         assert "seal does not verify" in caplog.text
         caplog.clear()
@@ -153,9 +154,9 @@ def test_a_planted_resume_batch_is_discarded_and_sampled_again(pi_ref, tokenizer
 def test_a_valid_resume_batch_moved_to_another_position_does_not_verify(pi_ref, tokenizer, tiny_task, tmp_path):
     prompts = [tokenizer(p.prompt, add_special_tokens=False)["input_ids"] for p in tiny_task.problems("test")[:8]]
     kept = tmp_path / "0123.resume"
-    fresh = sampler(pi_ref, tokenizer, batch_size=4).sample(prompts, seed=3, checkpoint=kept)
+    fresh = sampler(pi_ref, tokenizer, batch_size=4).sample(prompts, Draw(3, checkpoint=kept))
     (kept / "batch000001.json").write_bytes((kept / "batch000000.json").read_bytes())
-    assert sampler(pi_ref, tokenizer, batch_size=4).sample(prompts, seed=3, checkpoint=kept) == fresh
+    assert sampler(pi_ref, tokenizer, batch_size=4).sample(prompts, Draw(3, checkpoint=kept)) == fresh
 
 
 def test_the_cache_secret_is_created_once_and_readable_by_its_owner_only(tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ from qsharp_exp.calibration import (
     fit_temperature,
     reliability_bins,
 )
-from qsharp_exp.evaluation import objective, objective_per_problem, paired_difference
+from qsharp_exp.metrics import objective, objective_per_problem, paired_difference
 
 
 def test_reliability_bins_ece_and_brier_match_a_hand_computation():

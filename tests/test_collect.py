@@ -6,7 +6,7 @@ import torch
 from helpers import make_guide, sampler
 from qsharp_exp.config import CollectConfig
 from qsharp_exp.guidance import RULES, Guidance
-from qsharp_exp.sampling import SamplingSpec
+from qsharp_exp.sampling import Draw, SamplingSpec, Steering
 from qsharp_exp.training.collect import collect
 
 SPEC = SamplingSpec(max_new_tokens=8)
@@ -15,7 +15,7 @@ SPEC = SamplingSpec(max_new_tokens=8)
 def run(tiny_task, pi_ref, tokenizer, explore_prob, roll_in=None, seed=0):
     cfg = CollectConfig(samples_per_problem=3, explore_prob=explore_prob, batch_size=16, top_k=4)
     pi_ref_sampler = sampler(pi_ref, tokenizer, SPEC, cfg.batch_size)
-    return collect(tiny_task, tiny_task.problems("train")[:6], pi_ref_sampler, roll_in, cfg, seed)
+    return collect(tiny_task, tiny_task.problems("train")[:6], pi_ref_sampler, cfg, Draw(seed, Steering(guide=roll_in)))
 
 
 @pytest.mark.parametrize("guided", [False, True])

@@ -11,7 +11,7 @@ from qsharp_exp import guidance as G
 from qsharp_exp.guidance import RULES, Guidance
 from qsharp_exp.models.lm import build_causal_lm
 from qsharp_exp.padding import left_pad
-from qsharp_exp.sampling import DecodeOptions, SamplingSpec, Steering, Stops, generate
+from qsharp_exp.sampling import DecodeOptions, Draw, PromptBatch, SamplingSpec, Steering, Stops, generate
 from qsharp_exp.sampling.decoding import VGuideState
 
 
@@ -54,7 +54,7 @@ def test_cached_batched_guided_decoding_equals_uncached_recomputation(pi_ref, to
     rows = ragged(tokenizer, tiny_task, 4)
     ids, mask = left_pad(rows, tokenizer.pad_token_id)
     guidance = Guidance(guide, RULES[algo], eta=0.5, top_k=5)
-    gen = generate(pi_ref, ids, mask, spec, stops(tokenizer), torch.Generator().manual_seed(0),
+    gen = generate(pi_ref, PromptBatch(ids, mask, stops(tokenizer)), spec, torch.Generator().manual_seed(0),
                    Steering(guide=guidance))
     for i, prompt in enumerate(rows):
         response = gen.tokens[i, : gen.lengths[i]].tolist()
@@ -73,7 +73,7 @@ def test_guided_kl_is_the_hand_computed_kl_of_a_constant_offset_on_the_top_k(pi_
     spec = SamplingSpec(temperature=0.9, top_p=0.95, max_new_tokens=6)
     rows = ragged(tokenizer, tiny_task, 4)
     ids, mask = left_pad(rows, tokenizer.pad_token_id)
-    gen = generate(pi_ref, ids, mask, spec, stops(tokenizer), torch.Generator().manual_seed(0),
+    gen = generate(pi_ref, PromptBatch(ids, mask, stops(tokenizer)), spec, torch.Generator().manual_seed(0),
                    Steering(guide=Guidance(make_guide(tokenizer), rule, 1.0, top_k)))
     assert gen.kl.min().item() > 0.0
     for i, prompt in enumerate(rows):
@@ -95,10 +95,11 @@ def test_unguided_batched_decoding_matches_one_by_one(tokenizer, tiny_task, arch
     ids, mask = left_pad(rows, tokenizer.pad_token_id)
     # Greedy-like sampling (tiny temperature) makes the batch and one-by-one runs comparable token for token.
     cold = SamplingSpec(temperature=1e-4, top_p=1.0, max_new_tokens=8)
-    batched = generate(pi_ref, ids, mask, cold, stops(tokenizer), torch.Generator().manual_seed(3))
+    batched = generate(pi_ref, PromptBatch(ids, mask, stops(tokenizer)), cold, torch.Generator().manual_seed(3))
     for i, row in enumerate(rows):
         one_ids, one_mask = left_pad([row], tokenizer.pad_token_id)
-        single = generate(pi_ref, one_ids, one_mask, cold, stops(tokenizer), torch.Generator().manual_seed(3))
+        single = generate(pi_ref, PromptBatch(one_ids, one_mask, stops(tokenizer)), cold,
+                          torch.Generator().manual_seed(3))
         assert batched.tokens[i, : batched.lengths[i]].tolist() == single.tokens[0, : single.lengths[0]].tolist()
 
 
@@ -135,7 +136,8 @@ def test_guide_makes_one_pass_per_decoding_step(pi_ref, tokenizer, tiny_task, he
     ids, mask = left_pad(rows, tokenizer.pad_token_id)
     spec = SamplingSpec(max_new_tokens=5)
     never_stop = torch.tensor([-1])  # every row runs all 5 steps
-    gen = generate(pi_ref, ids, mask, spec, Stops(never_stop, tokenizer.pad_token_id), torch.Generator().manual_seed(0),
+    gen = generate(pi_ref, PromptBatch(ids, mask, Stops(never_stop, tokenizer.pad_token_id)), spec,
+                   torch.Generator().manual_seed(0),
                    Steering(guide=Guidance(guide, RULES["qsharp"], 0.1, 5, mask_non_candidates)))
     # the prefill, then one pass per step: V-type scores each step's candidates (taking in the token
     # sampled before them in the same pass); Q-type takes in each sampled token but the last, which
@@ -148,7 +150,7 @@ def test_explore_draws_first_token_from_top_k(pi_ref, tokenizer, tiny_task):
     ids, mask = left_pad(rows, tokenizer.pad_token_id)
     explore = torch.tensor([True, False] * 3)
     spec = SamplingSpec(max_new_tokens=2)
-    gen = generate(pi_ref, ids, mask, spec, stops(tokenizer), torch.Generator().manual_seed(0),
+    gen = generate(pi_ref, PromptBatch(ids, mask, stops(tokenizer)), spec, torch.Generator().manual_seed(0),
                    Steering(explore=explore, explore_top_k=3))
     with torch.no_grad():
         top3 = pi_ref(input_ids=ids, attention_mask=mask).logits[:, -1].topk(3, -1).indices
@@ -161,7 +163,7 @@ def test_paper_compat_decoding_unguided_kl_is_zero_only_without_top_p(pi_ref, to
     rows = ragged(tokenizer, tiny_task, 4)
     ids, mask = left_pad(rows, tokenizer.pad_token_id)
     spec = SamplingSpec(temperature=0.8, top_p=top_p, max_new_tokens=6, paper_compat=True)
-    gen = generate(pi_ref, ids, mask, spec, stops(tokenizer), torch.Generator().manual_seed(0))
+    gen = generate(pi_ref, PromptBatch(ids, mask, stops(tokenizer)), spec, torch.Generator().manual_seed(0))
     if zero:
         assert gen.kl.abs().max().item() < 1e-5
     else:
@@ -176,16 +178,16 @@ def test_rows_that_stop_early_leave_the_batch_without_changing_any_row(tokenizer
     rows = ragged(tokenizer, tiny_task, 6)
     ids, mask = left_pad(rows, tokenizer.pad_token_id)
     cold = SamplingSpec(temperature=1e-4, top_p=1.0, max_new_tokens=10)
-    batched = generate(pi_ref, ids, mask, cold, many_stops, torch.Generator().manual_seed(3))
+    batched = generate(pi_ref, PromptBatch(ids, mask, many_stops), cold, torch.Generator().manual_seed(3))
     assert len(set(batched.lengths.tolist())) > 1  # rows did stop at different steps
     for i, row in enumerate(rows):
         one_ids, one_mask = left_pad([row], tokenizer.pad_token_id)
-        single = generate(pi_ref, one_ids, one_mask, cold, many_stops, torch.Generator().manual_seed(3))
+        single = generate(pi_ref, PromptBatch(one_ids, one_mask, many_stops), cold, torch.Generator().manual_seed(3))
         assert batched.tokens[i, : batched.lengths[i]].tolist() == single.tokens[0, : single.lengths[0]].tolist()
     for head in ("q", "v"):
         guide = make_guide(tokenizer, arch=arch, head=head)
         spec = SamplingSpec(temperature=0.9, max_new_tokens=10)
-        gen = generate(pi_ref, ids, mask, spec, many_stops, torch.Generator().manual_seed(1),
+        gen = generate(pi_ref, PromptBatch(ids, mask, many_stops), spec, torch.Generator().manual_seed(1),
                        Steering(guide=Guidance(guide, RULES["qsharp"], 0.5, 5)))
         assert len(set(gen.lengths.tolist())) > 1
         for i, prompt in enumerate(rows):
@@ -207,12 +209,13 @@ def test_sampling_batches_prompts_by_length_and_returns_samples_in_the_callers_o
     many_stops = list(range(5, len(tokenizer), 3))
     stats = PaddingStats()
     stopping = PromptCodec(tokenizer, chat_template=False, stop_ids=many_stops, max_positions=None)
-    sampled = sampler(pi_ref, tokenizer, cold, batch_size=3, prompt_codec=stopping).sample(rows, 0, stats=stats)
+    sampled = sampler(pi_ref, tokenizer, cold, batch_size=3, prompt_codec=stopping).sample(rows, Draw(0), stats=stats)
     lengths = sorted(len(r) for r in rows)
     assert stats.prompt_slots == 3 * lengths[2] + 3 * lengths[5]  # the three short prompts share a batch
     for row, sample in zip(rows, sampled, strict=True):
         one_ids, one_mask = left_pad([row], tokenizer.pad_token_id)
-        single = generate(pi_ref, one_ids, one_mask, cold, Stops(torch.tensor(many_stops), tokenizer.pad_token_id),
+        single = generate(pi_ref,
+                          PromptBatch(one_ids, one_mask, Stops(torch.tensor(many_stops), tokenizer.pad_token_id)), cold,
                           torch.Generator().manual_seed(0))
         assert sample.response == single.tokens[0, : single.lengths[0]].tolist()
 
@@ -225,7 +228,7 @@ def _cold_guided_runs(pi_ref, tokenizer, tiny_task, arch, cuda_graphs, device="c
     guides = {head: Guidance(make_guide(tokenizer, arch=arch, head=head).to(device), RULES["qsharp"], 0.5, 5)
               for head in ("q", "v")}
     for guide in (guides["q"], guides["v"], guides["v"]):  # the second V-type run reuses pooled windows
-        runs.append(generate(pi_ref, ids.to(device), mask.to(device), cold, many_stops,
+        runs.append(generate(pi_ref, PromptBatch(ids.to(device), mask.to(device), many_stops), cold,
                              torch.Generator(device=device).manual_seed(1), Steering(guide=guide),
                              DecodeOptions(cuda_graphs, compile_steps)))
     return runs

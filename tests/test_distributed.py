@@ -78,8 +78,8 @@ def test_zero_training_killed_after_a_checkpoint_resumes_to_the_same_weights(dee
                                                                             monkeypatch, stage):
     import torch
 
-    import qsharp_exp.training.return_model as training
-    from helpers import make_guide
+    import qsharp_exp.training.return_learning as training
+    from helpers import make_guide, quiet
     from qsharp_exp.config import GuideTrainConfig, HardwareConfig
     from qsharp_exp.hardware import Hardware
     from test_return_model import rollout
@@ -87,7 +87,7 @@ def test_zero_training_killed_after_a_checkpoint_resumes_to_the_same_weights(dee
     hw = Hardware(HardwareConfig(zero_stage=stage))
     rollouts = [rollout(f"p{i // 2}", float(a == 5), i % 2, (a, 6, 2)) for i, a in enumerate([5, 9, 9, 5] * 16)]
     cfg = GuideTrainConfig(steps=12, batch_size=8, lr=3e-3, eval_every=6, val_fraction=0.25, checkpoint_every=4)
-    reference = training.train_return_model(make_guide(tokenizer, head="v"), rollouts, cfg, 0, hw, 0, False)
+    reference = training.train_return_model(make_guide(tokenizer, head="v"), rollouts, cfg, 0, quiet(hw))
     real_loss, calls = training.sequence_mean_loss, {"n": 0}
 
     def killed_at_step_7(*args):
@@ -98,16 +98,16 @@ def test_zero_training_killed_after_a_checkpoint_resumes_to_the_same_weights(dee
 
     monkeypatch.setattr(training, "sequence_mean_loss", killed_at_step_7)
     with pytest.raises(KeyboardInterrupt):
-        training.train_return_model(make_guide(tokenizer, head="v"), rollouts, cfg, 0, hw, 0, False, tmp_path)
+        training.train_return_model(make_guide(tokenizer, head="v"), rollouts, cfg, 0, quiet(hw), tmp_path)
     assert (tmp_path / "latest").read_text() == "global_step_4"
-    resumed = training.train_return_model(make_guide(tokenizer, head="v"), rollouts, cfg, 0, hw, 0, False, tmp_path)
+    resumed = training.train_return_model(make_guide(tokenizer, head="v"), rollouts, cfg, 0, quiet(hw), tmp_path)
     with reference.full_parameters(), resumed.full_parameters():  # under ZeRO-3 gathered to compare them
         for (name, a), b in zip(reference.model.named_parameters(), resumed.model.parameters(), strict=True):
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
 
 
 def test_memory_estimate_by_hand_for_llama3_8b_with_a_1b_guide(capsys):
-    from qsharp_exp.memory import GIB, PAIRS, SIZES, estimate, main
+    from qsharp_exp.cli.memory import GIB, PAIRS, SIZES, estimate, main
 
     ref, guide = SIZES["meta-llama/Meta-Llama-3-8B-Instruct"], SIZES["meta-llama/Llama-3.2-1B-Instruct"]
     one = estimate(ref, guide, "gpu", 1, batch=64, tokens=1536)

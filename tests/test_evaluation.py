@@ -2,12 +2,12 @@
 
 import pytest
 
-import qsharp_exp.evaluation as evaluation
+import qsharp_exp.metrics as metrics_module
 import qsharp_exp.sampling.batched as batched
 from helpers import codec, make_guide, sampler
 from qsharp_exp.config import CollectConfig
 from qsharp_exp.guidance import RULES, Guidance
-from qsharp_exp.sampling import Sampled, Sampler, SamplingSpec
+from qsharp_exp.sampling import Draw, Sampled, Sampler, SamplingSpec, Steering
 from qsharp_exp.tasks import build_task
 from qsharp_exp.tasks.arithmetic import ArithmeticConfig
 from qsharp_exp.training import collect as collect_module
@@ -15,7 +15,7 @@ from qsharp_exp.training import collect as collect_module
 
 def fake_sampler(monkeypatch, pi_ref, fake_codec, samples):
     """A sampler whose samples are `samples(prompts)` instead of pi_ref's."""
-    monkeypatch.setattr(Sampler, "sample", lambda self, prompts, seed, *args, **kwargs: samples(prompts))
+    monkeypatch.setattr(Sampler, "sample", lambda self, prompts, draw, **kwargs: samples(prompts))
     return sampler(pi_ref, None, batch_size=8, prompt_codec=fake_codec)
 
 
@@ -37,7 +37,7 @@ def test_metrics_count_single_samples_majorities_and_any_correct(monkeypatch, to
     fake_codec.encode = lambda jobs, n: [[0]] * len(jobs)
     fake = fake_sampler(monkeypatch, pi_ref, fake_codec,
                         lambda prompts: [Sampled(response=[i], kl=0.5 * (i % 2)) for i in range(len(prompts))])
-    metrics, samples = evaluation.evaluate(task, problems, fake, 4, 0)
+    metrics, samples = metrics_module.evaluate(task, problems, fake, 4, Draw(0))
     assert metrics["pass@1"] == pytest.approx(4 / 12)
     assert metrics["maj1@4"] == pytest.approx(1 / 3)
     assert metrics["pass@4"] == pytest.approx(2 / 3)
@@ -61,8 +61,8 @@ class Interrupt(Exception):
 
 
 def test_standard_error_of_one_problem_is_not_defined():
-    assert evaluation.mean_and_se([0.75]) == (0.75, None)
-    assert evaluation.mean_and_se([1.0, 0.0, 1.0, 1.0]) == (0.75, pytest.approx((0.25 / 4) ** 0.5))
+    assert metrics_module.mean_and_se([0.75]) == (0.75, None)
+    assert metrics_module.mean_and_se([1.0, 0.0, 1.0, 1.0]) == (0.75, pytest.approx((0.25 / 4) ** 0.5))
 
 
 def test_killed_collection_resumes_to_the_result_of_an_uninterrupted_run(monkeypatch, tiny_task, pi_ref, tokenizer,
@@ -70,8 +70,9 @@ def test_killed_collection_resumes_to_the_result_of_an_uninterrupted_run(monkeyp
     cfg = CollectConfig(samples_per_problem=3, explore_prob=0.5, batch_size=4, top_k=4)
     roll_in = Guidance(make_guide(tokenizer), RULES["qsharp"], 0.1, 4)
     args = (tiny_task, tiny_task.problems("train")[:6], sampler(pi_ref, tokenizer, SamplingSpec(max_new_tokens=8), 4),
-            roll_in, cfg, 7)
-    uninterrupted = collect_module.collect(*args)
+            cfg)
+    steering = Steering(guide=roll_in)
+    uninterrupted = collect_module.collect(*args, Draw(7, steering))
     real_generate, calls = batched.generate, {"n": 0}
 
     def dies_on_the_seventh_batch(*a, **k):
@@ -82,19 +83,19 @@ def test_killed_collection_resumes_to_the_result_of_an_uninterrupted_run(monkeyp
 
     monkeypatch.setattr(batched, "generate", dies_on_the_seventh_batch)
     with pytest.raises(Interrupt):
-        collect_module.collect(*args, checkpoint=tmp_path)
+        collect_module.collect(*args, Draw(7, steering, tmp_path))
     assert len(list((tmp_path / "roll_in").glob("batch*.json"))) == 5
     assert len(list((tmp_path / "roll_out").glob("batch*.json"))) == 1
     calls["n"] = -100
-    resumed = collect_module.collect(*args, checkpoint=tmp_path)
+    resumed = collect_module.collect(*args, Draw(7, steering, tmp_path))
     assert calls["n"] == -100 + 4  # only the unfinished roll-out batches ran
     assert [r.to_dict() for r in resumed] == [r.to_dict() for r in uninterrupted]
 
 
 def test_killed_evaluation_resumes_to_the_same_samples(monkeypatch, tiny_task, pi_ref, tokenizer, tmp_path):
     args = (tiny_task, tiny_task.problems("test")[:6], sampler(pi_ref, tokenizer, SamplingSpec(max_new_tokens=8), 4),
-            2, 3)
-    uninterrupted = evaluation.evaluate(*args)
+            2)
+    uninterrupted = metrics_module.evaluate(*args, Draw(3))
     real_generate, calls = batched.generate, {"n": 0}
 
     def dies_on_the_second_batch(*a, **k):
@@ -105,8 +106,8 @@ def test_killed_evaluation_resumes_to_the_same_samples(monkeypatch, tiny_task, p
 
     monkeypatch.setattr(batched, "generate", dies_on_the_second_batch)
     with pytest.raises(KeyboardInterrupt):
-        evaluation.evaluate(*args, checkpoint=tmp_path)
-    assert evaluation.evaluate(*args, checkpoint=tmp_path) == uninterrupted
+        metrics_module.evaluate(*args, Draw(3, checkpoint=tmp_path))
+    assert metrics_module.evaluate(*args, Draw(3, checkpoint=tmp_path)) == uninterrupted
 
 
 @pytest.mark.parametrize("head", ["q", "v"])
@@ -115,7 +116,7 @@ def test_reward_model_score_is_the_guides_value_at_the_final_token(tokenizer, pi
     c = codec(tokenizer, pi_ref)
     prompts = [[5, 6, 7], [8, 9]]
     sampled = [Sampled([10, 11, c.eos_id], 0.0), Sampled([12, 13], 0.0)]  # the second was cut: EOS appended
-    scores = evaluation.final_values(guide, prompts, sampled, sampler(pi_ref, tokenizer, batch_size=2))
+    scores = metrics_module.final_values(guide, prompts, sampled, sampler(pi_ref, tokenizer, batch_size=2))
     import torch
 
     for prompt, s, score in zip(prompts, sampled, scores, strict=True):
@@ -137,13 +138,13 @@ def test_reward_model_metrics_pick_the_best_scored_sample_and_the_heaviest_answe
     # problem 0: best-scored sample right (0.9), weighted vote right (0.9 vs 0.7); majority wrong.
     # problem 1: best-scored sample has no answer (wrong); weighted vote right (0.5 vs 0.2); majority wrong.
     texts = {i: f"\\boxed{{{a}}}" if a else "none" for i, a in enumerate(answers)}
-    monkeypatch.setattr(evaluation, "final_values", lambda *a, **k: rm)
+    monkeypatch.setattr(metrics_module, "final_values", lambda *a, **k: rm)
     fake_codec = codec(tokenizer, pi_ref)
     fake_codec.decode = lambda ids: texts[ids[0]]
     fake_codec.encode = lambda jobs, n: [[0]] * len(jobs)
     fake = fake_sampler(monkeypatch, pi_ref, fake_codec,
                         lambda prompts: [Sampled([i], 0.0) for i in range(len(prompts))])
-    metrics, samples = evaluation.evaluate(task, problems, fake, 4, 0, reward_model=object())
+    metrics, samples = metrics_module.evaluate(task, problems, fake, 4, Draw(0), reward_model=object())
     assert metrics["maj1@4"] == 0.0
     assert metrics["rm_best_of_4"] == 0.5
     assert metrics["rm_maj1@4"] == 1.0
@@ -155,7 +156,7 @@ def test_reward_model_metrics_pick_the_best_scored_sample_and_the_heaviest_answe
 @pytest.mark.parametrize("damage", ['[{"response": [1, 2], "kl":', "[]", "\xff\xfe"])
 def test_a_damaged_resume_batch_is_sampled_again(tiny_task, pi_ref, tokenizer, tmp_path, damage):
     args = (tiny_task, tiny_task.problems("test")[:6], sampler(pi_ref, tokenizer, SamplingSpec(max_new_tokens=8), 4),
-            2, 3)
-    uninterrupted = evaluation.evaluate(*args, checkpoint=tmp_path)
+            2)
+    uninterrupted = metrics_module.evaluate(*args, Draw(3, checkpoint=tmp_path))
     (tmp_path / "batch000001.json").write_bytes(damage.encode("latin-1"))
-    assert evaluation.evaluate(*args, checkpoint=tmp_path) == uninterrupted
+    assert metrics_module.evaluate(*args, Draw(3, checkpoint=tmp_path)) == uninterrupted

@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from qsharp_exp import GuidanceLogitsProcessor, SamplingSpec, compose_config, load_guide, load_pi_ref
+from qsharp_exp import (
+    GuidanceLogitsProcessor,
+    GuidanceSettings,
+    SamplingSpec,
+    compose_config,
+    load_guide,
+    load_pi_ref,
+)
 from qsharp_exp.tasks import build_task
 from test_cli import cli
 
@@ -78,7 +85,7 @@ def test_the_harness_runs_the_guided_model_as_the_framework_guides_and_eta_huge_
     guide = load_guide(guide_dir)
     expected, kls = [], []
     for row in rows:
-        processor = GuidanceLogitsProcessor(guide, eta=0.01, top_k=10, tokenizer=tokenizer,
+        processor = GuidanceLogitsProcessor(guide, GuidanceSettings(eta=0.01, top_k=10), tokenizer=tokenizer,
                                             spec=SamplingSpec(max_new_tokens=12))
         ids = torch.tensor([tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]])
         out = pi_ref.generate(input_ids=ids, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id,

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from helpers import make_guide, tiny_arch
-from qsharp_exp import GuidanceLogitsProcessor
+from qsharp_exp import GuidanceLogitsProcessor, GuidanceSettings
 from qsharp_exp import guidance as G
 from qsharp_exp.models.lm import build_causal_lm
 from qsharp_exp.padding import left_pad
@@ -35,9 +35,8 @@ def guided_generate(pi_ref, tokenizer, processor, rows, **kwargs):
 
 
 def processor_for(guide, tokenizer, rule, mask_non_candidates=False):
-    return GuidanceLogitsProcessor(guide, rule=rule, eta=0.5, top_k=5,
-                                   non_candidates="mask" if mask_non_candidates else "keep", tokenizer=tokenizer,
-                                   spec=SPEC)
+    settings = GuidanceSettings(rule, eta=0.5, top_k=5, non_candidates="mask" if mask_non_candidates else "keep")
+    return GuidanceLogitsProcessor(guide, settings, tokenizer=tokenizer, spec=SPEC)
 
 
 @pytest.mark.parametrize("head", ["q", "v"])
@@ -85,14 +84,14 @@ def test_a_left_padded_batch_generates_what_each_prompt_generates_alone(lm, toke
 def test_bad_settings_are_refused_naming_them(tokenizer):
     guide = make_guide(tokenizer)
     with pytest.raises(ValueError, match="eta=0"):
-        GuidanceLogitsProcessor(guide, eta=0)
+        GuidanceLogitsProcessor(guide, GuidanceSettings(eta=0))
     with pytest.raises(ValueError, match="non_candidates='drop'"):
-        GuidanceLogitsProcessor(guide, non_candidates="drop")
+        GuidanceLogitsProcessor(guide, GuidanceSettings(non_candidates="drop"))
 
 
 def test_the_generate_command_prints_each_guided_completion_with_its_kl(pi_ref, tokenizer, tiny_task, tmp_path,
                                                                         capsys):
-    from qsharp_exp.generate import main
+    from qsharp_exp.cli.generate import main
 
     pi_ref.save_pretrained(tmp_path / "pi_ref")
     tokenizer.save_pretrained(tmp_path / "pi_ref")
@@ -117,7 +116,7 @@ def test_the_generate_command_prints_each_guided_completion_with_its_kl(pi_ref, 
 
 
 def test_the_generate_command_refuses_a_guide_of_another_vocabulary(pi_ref, tokenizer, tmp_path, capsys):
-    from qsharp_exp.generate import main
+    from qsharp_exp.cli.generate import main
 
     pi_ref.save_pretrained(tmp_path / "pi_ref")
     tokenizer.save_pretrained(tmp_path / "pi_ref")
@@ -181,7 +180,7 @@ def test_right_padded_prompts_are_refused(tokenizer, tiny_task):
 
 def test_generate_sampling_beyond_the_processors_spec_is_refused_naming_it(tokenizer, tiny_task):
     pi_ref = build_causal_lm(tiny_arch("gpt2"), tokenizer, seed=0).eval()
-    processor = GuidanceLogitsProcessor(make_guide(tokenizer), top_k=5, tokenizer=tokenizer,
+    processor = GuidanceLogitsProcessor(make_guide(tokenizer), GuidanceSettings(top_k=5), tokenizer=tokenizer,
                                         spec=SamplingSpec(max_new_tokens=2))
     with pytest.raises(ValueError, match="spec.max_new_tokens=2"):
         guided_generate(pi_ref, tokenizer, processor, ragged(tokenizer, tiny_task, 2), max_new_tokens=12,
@@ -225,7 +224,7 @@ def saved(pi_ref, tokenizer, tmp_path):
     ({"--device": "cuda"}, "--device cuda needs a CUDA device and none is visible: use --device cpu"),
 ])
 def test_the_generate_command_stops_a_bad_input_with_one_line_naming_it(saved, capsys, change, named):
-    from qsharp_exp.generate import main
+    from qsharp_exp.cli.generate import main
 
     if change.get("--device") == "cuda" and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")

@@ -38,7 +38,7 @@ def test_runs_that_change_directory_share_the_cache_and_their_paths_work_from_el
     assert loaded.returncode == 0, loaded.stderr[-2000:]
     name, vocab, guide_vocab = loaded.stdout.split()[-3:]
     assert vocab == guide_vocab
-    export = [sys.executable, "-m", "qsharp_exp.export_guide", str(launch / "runs" / "first")]
+    export = [sys.executable, "-m", "qsharp_exp.cli.export_guide", str(launch / "runs" / "first")]
     exported = subprocess.run([*export, "--out", "guide"], cwd=elsewhere, capture_output=True, text=True, timeout=300)
     assert exported.returncode == 0, exported.stderr[-2000:]
     assert (elsewhere / "guide" / "config.json").is_file()

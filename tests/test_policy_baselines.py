@@ -12,7 +12,7 @@ from qsharp_exp import guidance as G
 from qsharp_exp.config import HardwareConfig, PolicyConfig
 from qsharp_exp.hardware import Hardware
 from qsharp_exp.padding import left_pad
-from qsharp_exp.sampling import SamplingSpec, Steering, generate
+from qsharp_exp.sampling import PromptBatch, SamplingSpec, Steering, generate
 from qsharp_exp.training.policy import (
     PairLogprobs,
     dpo_loss,
@@ -75,7 +75,7 @@ def test_sequence_logprobs_sum_the_response_tokens_only(pi_ref):
 def test_sampling_from_an_unchanged_copy_of_pi_ref_has_zero_kl(pi_ref, tokenizer, tiny_task):
     rows = [tokenizer(p.prompt, add_special_tokens=False)["input_ids"] for p in tiny_task.problems("test")[:4]]
     ids, mask = left_pad(rows, tokenizer.pad_token_id)
-    gen = generate(pi_ref, ids, mask, SamplingSpec(top_p=0.9, max_new_tokens=6), stops(tokenizer),
+    gen = generate(pi_ref, PromptBatch(ids, mask, stops(tokenizer)), SamplingSpec(top_p=0.9, max_new_tokens=6),
                    torch.Generator().manual_seed(0), Steering(policy=copy.deepcopy(pi_ref)))
     assert gen.kl.abs().max().item() == 0.0
     assert codec(tokenizer, pi_ref).stop_ids == [tokenizer.eos_token_id]
@@ -92,8 +92,9 @@ def test_a_policy_samples_itself_under_the_published_decoding_order_too(pi_ref, 
             p.add_(0.1 * torch.randn(p.shape, generator=noise))
     rows = [tokenizer(p.prompt, add_special_tokens=False)["input_ids"] for p in tiny_task.problems("test")[:4]]
     ids, mask = left_pad(rows, tokenizer.pad_token_id)
-    runs = [generate(pi_ref, ids, mask, SamplingSpec(top_p=0.9, max_new_tokens=6, paper_compat=compat),
-                     stops(tokenizer), torch.Generator().manual_seed(0), Steering(policy=policy))
+    runs = [generate(pi_ref, PromptBatch(ids, mask, stops(tokenizer)),
+                     SamplingSpec(top_p=0.9, max_new_tokens=6, paper_compat=compat), torch.Generator().manual_seed(0),
+                     Steering(policy=policy))
             for compat in (False, True)]
     assert torch.equal(runs[0].tokens, runs[1].tokens)
     assert torch.isfinite(runs[1].kl).all() and runs[1].kl.min().item() > 0
@@ -101,8 +102,8 @@ def test_a_policy_samples_itself_under_the_published_decoding_order_too(pi_ref, 
     with torch.no_grad():  # the first step's published KL, by hand
         policy_logits, ref_logits = policy(input_ids=row).logits[:, -1], pi_ref(input_ids=row).logits[:, -1]
     first = SamplingSpec(top_p=0.9, max_new_tokens=1, paper_compat=True)
-    one = generate(pi_ref, row, torch.ones_like(row), first, stops(tokenizer), torch.Generator().manual_seed(0),
-                   Steering(policy=policy))
+    one = generate(pi_ref, PromptBatch(row, torch.ones_like(row), stops(tokenizer)), first,
+                   torch.Generator().manual_seed(0), Steering(policy=policy))
     logp = G.sampler_logprobs(policy_logits, 1.0, 0.9)
     expected = G.kl_divergence(logp, torch.log_softmax(ref_logits, -1))
     torch.testing.assert_close(one.kl, expected, rtol=1e-4, atol=1e-5)

@@ -101,7 +101,7 @@ PLANNED_GPUS = {"gpu": 1, "zero2": 8, "zero3": 8, "zero3_offload": 8}  # the mul
 
 def _planned(preset: str) -> bool:
     """A preset of one of the memory planner's model pairs (its `override /model:` line names one)."""
-    from qsharp_exp.memory import PAIRS
+    from qsharp_exp.cli.memory import PAIRS
 
     text = (Path(CONF_DIR) / "experiment" / f"{preset}.yaml").read_text()
     return any(f"override /model: {name}\n" in text for name in PAIRS)
@@ -109,7 +109,7 @@ def _planned(preset: str) -> bool:
 
 @pytest.mark.parametrize("preset", [p for p in PRESETS if _planned(p)])
 def test_a_preset_of_the_papers_model_pairs_fits_its_gpus_by_the_memory_planner(preset):
-    from qsharp_exp.memory import PAIRS, SIZES, estimate
+    from qsharp_exp.cli.memory import PAIRS, SIZES, estimate
 
     cfg = load_run_config(compose_cfg(f"+experiment={preset}"))
     pi_ref, guide = PAIRS[cfg.model.name]

@@ -7,7 +7,7 @@ from helpers import codec, tiny_arch
 from qsharp_exp.config import ArchConfig, GuideConfig, RunConfig, UserError
 from qsharp_exp.models.lm import build_causal_lm
 from qsharp_exp.models.return_model import build_return_model
-from qsharp_exp.stages.return_model import check_tokenizer
+from qsharp_exp.stages.return_model_rounds import check_tokenizer
 from qsharp_exp.tasks import build_task
 from qsharp_exp.tasks.arithmetic import ArithmeticConfig
 

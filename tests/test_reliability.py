@@ -227,7 +227,7 @@ def test_a_sweep_lists_every_invalid_job_before_starting_any(tmp_path):
     assert not (tmp_path / "sweep").exists() and not (tmp_path / "cache").exists()
 
 
-@pytest.mark.parametrize("program", ["qsharp_exp", "qsharp_exp.generate"])
+@pytest.mark.parametrize("program", ["qsharp_exp", "qsharp_exp.cli.generate"])
 def test_ctrl_c_while_a_program_imports_ends_it_with_one_line_and_no_traceback(tmp_path, program):
     job = subprocess.Popen([sys.executable, "-m", program, "--help" if program != "qsharp_exp" else "progress=false"],
                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from qsharp_exp import report
+from qsharp_exp.cli import report
+from qsharp_exp.reporting import tables
 from test_cli import cli
 
 TINY = ["+experiment=smoke", "eval.num_samples=2", "progress=false"]
@@ -137,8 +138,8 @@ def test_runs_that_differ_in_an_unshown_setting_get_their_own_rows_and_curves(sw
     assert [line.split("|")[1:3] for line in table.splitlines() if line.startswith("| Q# |")] == [
         [" Q# ", f" guide_train.lr={lr} "], [" Q# ", f" guide_train.lr={lr} "], [" Q# ", " guide_train.lr=0.5 "]]
     assert "guide_round" not in table  # CD's own default, not a difference between runs of one method
-    rows = next(iter(report.groups(report.find_metrics([runs])).values()))
-    assert {key for key in report.series(rows) if key[0] == "qsharp"} == {
+    rows = next(iter(tables.groups(tables.find_metrics([runs])).values()))
+    assert {key for key in tables.series(rows) if key[0] == "qsharp"} == {
         ("qsharp", f"guide_train.lr={lr}"), ("qsharp", "guide_train.lr=0.5")}
 
 

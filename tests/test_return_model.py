@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from helpers import make_guide
+from helpers import make_guide, quiet
 from qsharp_exp.config import GuideConfig, GuideTrainConfig, HardwareConfig
 from qsharp_exp.guidance import RULES
 from qsharp_exp.hardware import Hardware
@@ -13,7 +13,7 @@ from qsharp_exp.models.distributions import return_distribution
 from qsharp_exp.models.heads import HEADS
 from qsharp_exp.models.return_model import Examples, ReturnModel
 from qsharp_exp.training.collect import Rollout
-from qsharp_exp.training.return_model import (
+from qsharp_exp.training.return_learning import (
     NoSignalError,
     drop_constant_problems,
     labelled,
@@ -91,7 +91,7 @@ def test_problems_whose_samples_all_agree_are_dropped_and_none_left_is_a_clear_e
     assert {r.problem_id for r in drop_constant_problems(rollouts)} == {"a"}
     with pytest.raises(NoSignalError, match="samples_per_problem"):
         train_return_model(make_guide(tokenizer), [rollout("b", 1.0)] * 3, GuideTrainConfig(steps=1),
-                           tokenizer.pad_token_id, Hardware(HardwareConfig()), 0, show_progress=False)
+                           tokenizer.pad_token_id, quiet())
 
 
 def test_return_model_learns_a_deterministic_label_and_survives_save_and_load(tokenizer, tmp_path):
@@ -101,8 +101,7 @@ def test_return_model_learns_a_deterministic_label_and_survives_save_and_load(to
     with torch.no_grad():
         model.head.weight.normal_(0, 0.02)
     cfg = GuideTrainConfig(steps=60, batch_size=16, lr=3e-3, eval_every=60, val_fraction=0.25)
-    trained = train_return_model(model, rollouts, cfg, tokenizer.pad_token_id, Hardware(HardwareConfig()), 0,
-                                 show_progress=False)
+    trained = train_return_model(model, rollouts, cfg, tokenizer.pad_token_id, quiet())
     model, curve = trained.model, trained.curve
     assert curve[-2]["val_acc"] == 1.0 and curve[-1] == {"stopped": "fixed", "trained_steps": 60, "budget_steps": 60}
     model.save_pretrained(tmp_path / "guide")
@@ -113,12 +112,12 @@ def test_return_model_learns_a_deterministic_label_and_survives_save_and_load(to
 
 
 def test_training_killed_after_a_checkpoint_resumes_to_the_same_weights(tokenizer, tmp_path, monkeypatch):
-    import qsharp_exp.training.return_model as training
+    import qsharp_exp.training.return_learning as training
 
     rollouts = [rollout(f"p{i // 2}", float(a == 5), i % 2, (a, 6, 2)) for i, a in enumerate([5, 9, 9, 5] * 16)]
     cfg = GuideTrainConfig(steps=20, batch_size=8, lr=3e-3, eval_every=10, val_fraction=0.25, checkpoint_every=6)
     hw = Hardware(HardwareConfig())
-    first = train_return_model(make_guide(tokenizer, head="v"), rollouts, cfg, 0, hw, 0, show_progress=False)
+    first = train_return_model(make_guide(tokenizer, head="v"), rollouts, cfg, 0, quiet(hw))
     uninterrupted, curve = first.model, first.curve
     real_loss, calls = training.sequence_mean_loss, {"n": 0}
 
@@ -130,10 +129,10 @@ def test_training_killed_after_a_checkpoint_resumes_to_the_same_weights(tokenize
 
     monkeypatch.setattr(training, "sequence_mean_loss", killed_at_step_15)
     with pytest.raises(KeyboardInterrupt):
-        train_return_model(make_guide(tokenizer, head="v"), rollouts, cfg, 0, hw, 0, False, tmp_path)
+        train_return_model(make_guide(tokenizer, head="v"), rollouts, cfg, 0, quiet(hw), tmp_path)
     assert (tmp_path / "latest").read_text() == "global_step_12"
     calls["n"] = -100
-    second = train_return_model(make_guide(tokenizer, head="v"), rollouts, cfg, 0, hw, 0, False, tmp_path)
+    second = train_return_model(make_guide(tokenizer, head="v"), rollouts, cfg, 0, quiet(hw), tmp_path)
     resumed, resumed_curve = second.model, second.curve
     assert calls["n"] == -100 + 8  # steps 13..20 only
     assert resumed_curve == curve
@@ -142,7 +141,7 @@ def test_training_killed_after_a_checkpoint_resumes_to_the_same_weights(tokenize
 
 
 def test_length_grouped_batches_visit_every_sequence_once_per_epoch_with_similar_lengths():
-    from qsharp_exp.training.return_model import length_grouped_batches
+    from qsharp_exp.training.return_learning import length_grouped_batches
 
     lengths = [2 + i % 17 for i in range(40)]
     epoch = length_grouped_batches(lengths, 4, seed=0, epoch=0)
@@ -154,7 +153,7 @@ def test_length_grouped_batches_visit_every_sequence_once_per_epoch_with_similar
 
 
 def test_length_chunks_keep_padding_under_the_bound_and_cover_every_rollout():
-    from qsharp_exp.training.return_model import length_chunks
+    from qsharp_exp.training.return_learning import length_chunks
 
     lengths = [36, 120, 40, 128, 64, 70, 37, 90, 91, 100]
     chunks = length_chunks(lengths, 0.1)
@@ -166,7 +165,7 @@ def test_length_chunks_keep_padding_under_the_bound_and_cover_every_rollout():
 
 @pytest.mark.parametrize("head", ["q", "v"])
 def test_batch_loss_in_length_chunks_equals_the_loss_of_one_padded_batch(tokenizer, head):
-    from qsharp_exp.training.return_model import batch_loss
+    from qsharp_exp.training.return_learning import batch_loss
 
     model = make_guide(tokenizer, head=head)
     batch = [rollout(f"p{i % 3}", float(i % 2), i % 2, tuple(3 + j % 6 for j in range(2 + 7 * i))) for i in range(8)]
@@ -177,7 +176,7 @@ def test_batch_loss_in_length_chunks_equals_the_loss_of_one_padded_batch(tokeniz
 
 
 def test_an_epoch_budget_gives_twice_the_data_twice_the_steps_and_a_warm_up_share(tokenizer, monkeypatch):
-    import qsharp_exp.training.return_model as training
+    import qsharp_exp.training.return_learning as training
 
     warmups = []
     real = training.make_trainer
@@ -190,7 +189,7 @@ def test_an_epoch_budget_gives_twice_the_data_twice_the_steps_and_a_warm_up_shar
     steps = []
     for data in (round1, round2):
         curve = train_return_model(make_guide(tokenizer, head="v"), data, cfg, tokenizer.pad_token_id,
-                                   Hardware(HardwareConfig()), 0, show_progress=False).curve
+                                   quiet()).curve
         steps.append(curve[0]["steps"])
     # 18 (then 36) training problems of 2 rollouts, 2 problems per batch, 2 epochs; `steps` is not used.
     assert steps == [18, 36]
@@ -198,7 +197,7 @@ def test_an_epoch_budget_gives_twice_the_data_twice_the_steps_and_a_warm_up_shar
 
 
 def test_val_fraction_zero_holds_out_no_problem_and_the_curve_has_training_loss_only(tokenizer):
-    from qsharp_exp.training.return_model import BatchPlan
+    from qsharp_exp.training.return_learning import BatchPlan
 
     data = [rollout(f"p{i // 2}", float(i % 2), 0) for i in range(40)]  # 20 problems with mixed rewards
     none = BatchPlan.make(data, GuideTrainConfig(val_fraction=0.0, batch_size=4), 1, 0)
@@ -207,7 +206,7 @@ def test_val_fraction_zero_holds_out_no_problem_and_the_curve_has_training_loss_
     assert len({r.problem_id for r in some.val}) == 1 and len(some.groups) == 19
     cfg = GuideTrainConfig(steps=4, batch_size=4, eval_every=2, val_fraction=0.0)
     curve = train_return_model(make_guide(tokenizer, head="v"), data, cfg, tokenizer.pad_token_id,
-                               Hardware(HardwareConfig()), 0, show_progress=False).curve
+                               quiet()).curve
     assert [sorted(p) for p in curve if "step" in p] == [["step", "train_loss"]] * 2
 
 
@@ -222,8 +221,8 @@ def test_calibration_fits_a_temperature_that_lowers_the_validation_loss_and_trav
                         (a, 6, 2)) for i, a in enumerate([5, 9] * 64)]
     hw = Hardware(HardwareConfig())
     cfg = GuideTrainConfig(steps=80, batch_size=16, lr=1e-2, eval_every=80, val_fraction=0.5, calibrate=True)
-    trained = train_return_model(make_guide(tokenizer, head="v"), rollouts, cfg, tokenizer.pad_token_id, hw, 0,
-                                 show_progress=False)
+    trained = train_return_model(make_guide(tokenizer, head="v"), rollouts, cfg, tokenizer.pad_token_id,
+                                 quiet(hw))
     calibration = trained.calibration
     assert calibration["temperature"] == pytest.approx(calibration["fitted_temperature"]) != 1.0
     assert trained.model.temperature.item() == pytest.approx(calibration["temperature"], abs=1e-5)  # kept to 5 places
@@ -238,7 +237,7 @@ def test_calibration_fits_a_temperature_that_lowers_the_validation_loss_and_trav
     torch.testing.assert_close(trained.model(ids, torch.ones_like(ids)), scaled * calibration["temperature"])
     # Without the setting nothing is fitted, and the figures before it are still measured.
     plain = train_return_model(make_guide(tokenizer, head="v"), rollouts, GuideTrainConfig(
-        steps=10, batch_size=16, eval_every=10, val_fraction=0.5), tokenizer.pad_token_id, hw, 0, show_progress=False)
+        steps=10, batch_size=16, eval_every=10, val_fraction=0.5), tokenizer.pad_token_id, quiet(hw))
     assert set(plain.calibration) == {"before", "temperature"} and plain.calibration["temperature"] == 1.0
 
 

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from qsharp_exp import report
+from qsharp_exp.cli import report
 
 # per seed, per method: each problem's (correct of 2 samples, kl of each sample)
 RUNS = {

@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 
-from helpers import make_guide
+from helpers import make_guide, quiet
 from qsharp_exp.config import ConfigError, GuideTrainConfig, HardwareConfig
 from qsharp_exp.hardware import Hardware
 from qsharp_exp.training.collect import Rollout
-from qsharp_exp.training.return_model import train_return_model
+from qsharp_exp.training.return_learning import train_return_model
 from qsharp_exp.training.stopping import PlateauRule, StopReason, stop_record
 
 RULE = PlateauRule(patience=3, min_delta=0.01)
@@ -91,28 +91,27 @@ def stopping_config(**overrides) -> GuideTrainConfig:
 
 def test_training_stops_once_learned_and_reports_why(tokenizer):
     hw = Hardware(HardwareConfig())
-    trained = train_return_model(make_guide(tokenizer, head="v"), learnable_rollouts(), stopping_config(), 0, hw,
-                                 0, show_progress=False)
+    trained = train_return_model(make_guide(tokenizer, head="v"), learnable_rollouts(), stopping_config(), 0, quiet(hw))
     record = stop_record(trained.curve)
     assert record["stopped"] == "converged" and record["budget_steps"] == 300
     assert record["trained_steps"] < 300 and record["trained_steps"] % 5 == 0
     assert trained.curve[-2]["step"] == record["trained_steps"] and trained.curve[-2]["val_acc"] == 1.0
     short = train_return_model(make_guide(tokenizer, head="v"), learnable_rollouts(), stopping_config(steps=5), 0,
-                               hw, 0, show_progress=False)
+                               quiet(hw))
     assert stop_record(short.curve) == {"stopped": "budget", "trained_steps": 5, "budget_steps": 5}
     fixed = train_return_model(make_guide(tokenizer, head="v"), learnable_rollouts(),
-                               stopping_config(steps=12, patience=0), 0, hw, 0, show_progress=False)
+                               stopping_config(steps=12, patience=0), 0, quiet(hw))
     assert stop_record(fixed.curve) == {"stopped": "fixed", "trained_steps": 12, "budget_steps": 12}
 
 
 @pytest.mark.parametrize("killed_before", ["the last checkpoint", "the stop"])
 def test_a_resumed_run_stops_at_the_same_step_as_an_uninterrupted_one(tokenizer, tmp_path, monkeypatch,
                                                                       killed_before):
-    import qsharp_exp.training.return_model as training
+    import qsharp_exp.training.return_learning as training
 
     hw = Hardware(HardwareConfig())
     cfg = stopping_config(checkpoint_every=5)
-    first = train_return_model(make_guide(tokenizer, head="v"), learnable_rollouts(), cfg, 0, hw, 0, False)
+    first = train_return_model(make_guide(tokenizer, head="v"), learnable_rollouts(), cfg, 0, quiet(hw))
     stopped_at = stop_record(first.curve)["trained_steps"]
     assert stopped_at >= 15
     # Killed while the step before the stop runs (resumes from the checkpoint 5 steps back and must stop where
@@ -130,9 +129,9 @@ def test_a_resumed_run_stops_at_the_same_step_as_an_uninterrupted_one(tokenizer,
     if killed_before == "the stop":  # the run would have stopped already: make it go one step past
         monkeypatch.setattr(training.PlateauRule, "converged", lambda self, curve: False)
     with pytest.raises(KeyboardInterrupt):
-        train_return_model(make_guide(tokenizer, head="v"), learnable_rollouts(), cfg, 0, hw, 0, False, tmp_path)
+        train_return_model(make_guide(tokenizer, head="v"), learnable_rollouts(), cfg, 0, quiet(hw), tmp_path)
     monkeypatch.undo()
-    second = train_return_model(make_guide(tokenizer, head="v"), learnable_rollouts(), cfg, 0, hw, 0, False, tmp_path)
+    second = train_return_model(make_guide(tokenizer, head="v"), learnable_rollouts(), cfg, 0, quiet(hw), tmp_path)
     assert second.curve == first.curve
     for (name, a), b in zip(first.model.state_dict().items(), second.model.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)

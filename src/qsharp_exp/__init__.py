@@ -37,7 +37,7 @@ except PackageNotFoundError:  # run from a source tree that was never installed
 # Imported on first use.
 _API = {"compose_config": "qsharp_exp.api", "run": "qsharp_exp.api", "load_pi_ref": "qsharp_exp.api",
         "load_guide": "qsharp_exp.api", "GuidanceLogitsProcessor": "qsharp_exp.sampling.logits_processor",
-        "SamplingSpec": "qsharp_exp.sampling.decoding"}
+        "GuidanceSettings": "qsharp_exp.guidance", "SamplingSpec": "qsharp_exp.sampling.decoding"}
 __all__ = ["__version__", *_API]
 
 

@@ -16,9 +16,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from qsharp_exp.compose import compose_config
 from qsharp_exp.config import RunConfig
-from qsharp_exp.export_guide import guide_folder, recorded_dir
 from qsharp_exp.models.lm import load_pretrained_lm, load_tokenizer
 from qsharp_exp.models.return_model import ReturnModel
+from qsharp_exp.reporting.records import guide_folder, recorded_dir
 
 __all__ = ["compose_config", "load_guide", "load_pi_ref", "run"]
 

@@ -19,6 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from qsharp_exp.algos import algo_kind
 from qsharp_exp.config import ConfigError, FieldError, RunConfig, TaskConfig, as_dict
+from qsharp_exp.models.heads import HEADS
 from qsharp_exp.tasks import task_config_class
 
 
@@ -41,6 +42,7 @@ CONF_DIR = _conf_dir()
 def validate(cfg: RunConfig) -> None:
     """Checks that span sections or consult the registries; raises ConfigError naming the key and the fix."""
     algo_kind(cfg.algo.name)  # a registered algorithm
+    HEADS[cfg.model.guide.head]  # a registered head kind
     if cfg.algo.guide_round is not None and not 1 <= cfg.algo.guide_round <= cfg.collect.rounds:
         raise ConfigError(
             f"algo.guide_round={cfg.algo.guide_round} must lie in 1..collect.rounds={cfg.collect.rounds} "

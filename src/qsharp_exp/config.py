@@ -204,11 +204,6 @@ class ArchConfig:
                                           f"n_head={self.n_head}.")
 
 
-class Head(Choice):
-    q = "q"  # one pass over the prefix gives every candidate's value
-    v = "v"  # one value per (prefix, candidate)
-
-
 class Init(Choice):
     """Where a model built here starts (docs/star_graph.md, the ablation)."""
 
@@ -228,7 +223,9 @@ class GuideConfig:
     """The return model: a causal LM trunk plus a value head (docs/method.md, section 2)."""
 
     arch: ArchConfig = field(default_factory=ArchConfig)
-    head: Head = Head.q
+    # A head kind of models/heads.HEADS: q (one pass over the prefix gives every candidate's value) or v (one
+    # value per (prefix, candidate)).
+    head: str = "q"
     distribution: Distribution = Distribution.bernoulli
     num_atoms: int = 11
     v_min: float = 0.0
@@ -570,6 +567,9 @@ class RunConfig:
     seed: int = 0
     cache_dir: str = ".qsharp_cache"
     progress: bool = True
+    # Stages registered with stages/extra.register_stage, run in this order after the evaluation; their metrics
+    # join metrics.json as <stage>_<metric>.
+    extra_stages: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         seed_range(self, "seed")

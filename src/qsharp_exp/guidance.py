@@ -167,6 +167,18 @@ def qsharp(distribution: ReturnDistributionLike, out: torch.Tensor, eta: float) 
 
 
 @dataclass(frozen=True)
+class GuidanceSettings:
+    """How a return model guides, as settings name it: the rule (`algo.name` or a processor's `rule`: qsharp, cd),
+    the KL weight eta, how many of pi_ref's most likely tokens are scored, and what the other tokens get (keep:
+    multiplier 1; mask: left out)."""
+
+    rule: str = "qsharp"
+    eta: float = 0.1
+    top_k: int = 20
+    non_candidates: str | NonCandidates = "keep"
+
+
+@dataclass(frozen=True)
 class Guidance:
     """A return model guiding pi_ref by `rule` at KL weight `eta`, on pi_ref's `top_k` candidates; the
     other tokens keep multiplier 1, or are masked out with `mask_non_candidates`."""
@@ -178,10 +190,10 @@ class Guidance:
     mask_non_candidates: bool = False
 
     @classmethod
-    def from_settings(cls, model: ReturnModelLike, rule: str, eta: float, top_k: int,
-                      non_candidates: str) -> Guidance:
-        """From the settings that name it (algo.name or a processor's rule, and `non_candidates`: keep or mask)."""
-        return cls(model, RULES[rule], eta, top_k, NonCandidates(non_candidates) is NonCandidates.mask)
+    def from_settings(cls, model: ReturnModelLike, settings: GuidanceSettings) -> Guidance:
+        """The one conversion from settings (names and choices) to guidance (a rule and numbers)."""
+        return cls(model, RULES[settings.rule], settings.eta, settings.top_k,
+                   NonCandidates(settings.non_candidates) is NonCandidates.mask)
 
     def offsets(self, outputs: torch.Tensor) -> torch.Tensor:
         return self.rule.offset(self.model.distribution, outputs, self.eta)

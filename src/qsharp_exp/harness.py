@@ -4,18 +4,18 @@ quote:
 
     qsharp-lm-eval --model qsharp --model_args pretrained=PI_REF,guide=DIR,eta=0.1,top_k=20 --tasks gsm8k
 
-`qsharp-lm-eval` is the harness's own command line with the model `qsharp` registered; every other model and
-flag of `lm_eval` works as there. The model is the harness's `hf` model with its generation guided by
-GuidanceLogitsProcessor (the framework's guided distribution: docs/method.md, section 3): a task's temperature
-and top_p are pi_ref's sampler before guidance, a greedy task takes the most likely token of the guided
-distribution. Each response's KL to pi_ref (nats) is kept in `.kl` and, with `kl_path=FILE`, appended there.
+`qsharp-lm-eval` (cli/lm_eval.py) is the harness's own command line with the model `qsharp` registered. The
+model is the harness's `hf` model with its generation guided by GuidanceLogitsProcessor (the framework's guided
+distribution: docs/method.md, section 3): a task's temperature and top_p are pi_ref's sampler before guidance, a
+greedy task takes the most likely token of the guided distribution. Each response's KL to pi_ref (nats) is kept
+in `.kl` and, with `kl_path=FILE`, appended there.
 Scoring tasks (log-likelihoods) score pi_ref itself: guidance changes sampling only.
 """
 
 from __future__ import annotations
 
 import json
-import sys
+from dataclasses import fields
 
 import torch
 from lm_eval.api.registry import register_model
@@ -23,6 +23,7 @@ from lm_eval.models.huggingface import HFLM
 from transformers import LogitsProcessorList
 
 from qsharp_exp.api import load_guide
+from qsharp_exp.guidance import GuidanceSettings
 from qsharp_exp.sampling.decoding import SamplingSpec
 from qsharp_exp.sampling.logits_processor import GuidanceLogitsProcessor
 
@@ -33,13 +34,15 @@ SAMPLER_KEYS = ("temperature", "top_p", "top_k", "do_sample")
 
 @register_model("qsharp")
 class GuidedHFLM(HFLM):
-    def __init__(self, guide: str, eta: float = 0.1, top_k: int = 20, rule: str = "qsharp",
-                 non_candidates: str = "keep", kl_path: str | None = None, **kwargs) -> None:
+    def __init__(self, guide: str, kl_path: str | None = None, **kwargs) -> None:
         """`guide`: a trained guide's folder (a run's return_model_round<N>/<key>/model, or qsharp-export-guide's
-        --out); `pretrained` (the harness's): its pi_ref. The rest as GuidanceLogitsProcessor takes them."""
+        --out); `pretrained` (the harness's): its pi_ref; `rule`, `eta`, `top_k`, `non_candidates`: GuidanceSettings
+        (the model's other arguments are the harness's `hf` model's)."""
+        given = {f.name: kwargs.pop(f.name) for f in fields(GuidanceSettings) if f.name in kwargs}
         super().__init__(**kwargs)
         self.guide = load_guide(guide).to(self.device)
-        self.guidance = {"rule": rule, "eta": float(eta), "top_k": int(top_k), "non_candidates": non_candidates}
+        default = GuidanceSettings()  # the harness passes numbers it could parse as numbers, others as strings
+        self.guidance = GuidanceSettings(**{key: type(getattr(default, key))(value) for key, value in given.items()})
         self.kl_path = kl_path
         self.kl: list[float] = []
 
@@ -51,7 +54,7 @@ class GuidedHFLM(HFLM):
         sample = bool(task.get("do_sample", temperature > 0))
         spec = SamplingSpec(temperature=temperature if sample and temperature > 0 else 1.0,
                             top_p=float(task.get("top_p") or 1.0), max_new_tokens=max_length - context.shape[1])
-        processor = GuidanceLogitsProcessor(self.guide, tokenizer=self.tokenizer, spec=spec, **self.guidance)
+        processor = GuidanceLogitsProcessor(self.guide, self.guidance, tokenizer=self.tokenizer, spec=spec)
         guided = (processor.generate_kwargs() if sample else
                   {"do_sample": False, "temperature": 0.0, "logits_processor": LogitsProcessorList([processor])})
         out = super()._model_generate(context, max_length, stop, **generation_kwargs, **guided)
@@ -62,10 +65,3 @@ class GuidedHFLM(HFLM):
                 f.writelines(json.dumps({"kl": value}) + "\n" for value in kl)
         return out
 
-
-def main() -> None:
-    """`qsharp-lm-eval`: lm-evaluation-harness's command line, with the model `qsharp` registered."""
-    from lm_eval.__main__ import cli_evaluate
-
-    sys.argv[0] = "qsharp-lm-eval"
-    cli_evaluate()

@@ -14,15 +14,16 @@ from pathlib import Path
 import torch
 from transformers.utils import logging as hf_logging
 
-from qsharp_exp import tracking
 from qsharp_exp.config import CollectMode, ConfigError, Distribution, RunConfig, UserError
 from qsharp_exp.config_view import settings
-from qsharp_exp.evaluation import objective
 from qsharp_exp.failures import BUILDING
 from qsharp_exp.files import read_jsonl, write_json, write_text
-from qsharp_exp.report import print_summary
-from qsharp_exp.stages import base_model, evaluation, pi_ref, policy, return_model
+from qsharp_exp.metrics import objective
+from qsharp_exp.reporting.summary import print_summary
+from qsharp_exp.stages import base_model, evaluation, pi_ref, policy_baseline, return_model_rounds
 from qsharp_exp.stages.context import RunContext
+from qsharp_exp.stages.extra import Built, check_registered, run_extra_stages
+from qsharp_exp.tracking import Tracker
 from qsharp_exp.training.stopping import stop_record
 
 
@@ -34,7 +35,7 @@ def run(cfg: RunConfig, out_dir: Path, tracker_group: str | None = None) -> dict
     out_dir = ctx.hw.dist.broadcast(out_dir)  # every rank resolved Hydra's ${now}; rank 0's dir is the run's
     check_before_work(ctx)
     if ctx.hw.dist.is_main:  # rank 0 owns the run directory and the tracker
-        tracking.start(cfg, out_dir, tracker_group)
+        ctx.tracker = Tracker.start(cfg, out_dir, tracker_group)
     metrics = finished = None
     try:
         metrics = _stages(ctx)
@@ -50,25 +51,28 @@ def run(cfg: RunConfig, out_dir: Path, tracker_group: str | None = None) -> dict
             print_summary(metrics)
         finished = metrics
     finally:
-        if ctx.hw.dist.is_main:
-            tracking.finish(finished)  # a job that failed or was interrupted is marked so
+        if ctx.tracker is not None:
+            ctx.tracker.finish(finished)  # a job that failed or was interrupted is marked so
     return metrics
 
 
 def _stages(ctx: RunContext) -> dict:
     base = base_model.load(ctx) if ctx.uses_base_model else None
     reference = pi_ref.load(ctx, base)
-    models = return_model.train_rounds(ctx, reference, ctx.rounds_needed, base)
+    models = return_model_rounds.train_rounds(ctx, reference, ctx.rounds_needed, base)
     guide = models[ctx.guide_round - 1] if ctx.guided else None
     ranker = models[-1] if ctx.ranks_with_return_model else None
-    fine_tuned = policy.train(ctx, reference) if ctx.fine_tunes_policy else None
+    fine_tuned = policy_baseline.train(ctx, reference) if ctx.fine_tunes_policy else None
     evaluated = evaluation.evaluate(ctx, reference, guide, ranker, fine_tuned)
-    return run_metrics(ctx, base, reference, evaluated.path / "metrics.json")
+    added = run_extra_stages(ctx, Built(base, reference, models, fine_tuned, evaluated))
+    return run_metrics(ctx, base, reference, evaluated.path / "metrics.json") | added
 
 
 def check_before_work(ctx: RunContext) -> None:
-    """What can be checked before hours of work: ZeRO has its ranks, the cache can be written, roll-outs can
-    vary, and pi_ref's tokenizer and context fit the task and top-k (stages/pi_ref.py)."""
+    """What can be checked before hours of work: the added stages are registered, ZeRO has its ranks, the cache
+    can be written, roll-outs can vary, and pi_ref's tokenizer and context fit the task and top-k
+    (stages/pi_ref.py)."""
+    check_registered(ctx.cfg.extra_stages)
     zero = ctx.cfg.hardware.zero_stage
     if zero and "WORLD_SIZE" not in os.environ:  # DeepSpeed would look for MPI after the first stages
         raise UserError(f"hardware.zero_stage={zero} shards work across the processes that torchrun starts: launch "

@@ -1,5 +1,5 @@
 """Experiment tracking (wandb): training curves and sampling progress live, while each stage is built
-(`live`), then the evaluation and the curves of stages reused from the cache when the job ends.
+(`Tracker.live`), then the evaluation and the curves of stages reused from the cache when the job ends.
 
 One wandb run per job; the jobs of a sweep share a group. The run's id is a digest of the job's settings,
 so a rerun of the same job (after a crash, or Ctrl-C) resumes the same wandb run; what a wandb run has been sent
@@ -19,7 +19,6 @@ from typing import Any
 
 from qsharp_exp.config import LoggerConfig, RunConfig, as_dict
 from qsharp_exp.config_view import non_semantic, settings
-from qsharp_exp.failures import BUILDING
 from qsharp_exp.files import read_jsonl, write_json
 
 log = logging.getLogger(__name__)
@@ -67,37 +66,6 @@ def _init(cfg: LoggerConfig, run_cfg: RunConfig, name: str, group: str | None, o
         return wandb.init(mode="offline", **kwargs)
 
 
-_RUN: Any = None  # the job's wandb run while its stages are built (rank 0, logger=wandb)
-_STAGES_LOGGED: set[str] = set()  # stages whose curves went out live
-_SENT: Path | None = None  # where the directories already sent to this wandb run are noted
-
-
-def start(run_cfg: RunConfig, out_dir: Path, group: str | None) -> None:
-    """Open the job's wandb run before its first stage, so that `live` points go out as they are made."""
-    global _RUN, _SENT
-    if run_cfg.logger.name == "none":
-        return
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _RUN = _init(run_cfg.logger, run_cfg, out_dir.name, group, out_dir)
-    _SENT = Path(run_cfg.cache_dir).absolute() / "tracking" / f"{run_id(run_cfg)}.json"
-    _STAGES_LOGGED.clear()
-
-
-def live(point: dict) -> None:
-    """Log one point of the stage being built (a training step's loss and validation accuracy by position, a
-    sampled batch) now; nothing without an open run. Points without a `step` go to the run's summary."""
-    if _RUN is None or not BUILDING:
-        return
-    stage = BUILDING[-1]
-    if "step" not in point:
-        _RUN.summary.update({f"{stage}/{k}": v for k, v in _numbers(point).items()})
-        return
-    if stage not in _STAGES_LOGGED:
-        _RUN.define_metric(f"{stage}/*", step_metric=f"{stage}/step")
-        _STAGES_LOGGED.add(stage)
-    _RUN.log({f"{stage}/{k}": v for k, v in _numbers(point).items()})
-
-
 def _numbers(point: dict, prefix: str = "") -> dict[str, float]:
     """The numbers of a point, nested ones (accuracy by position) as `name/key`."""
     out = {}
@@ -109,50 +77,72 @@ def _numbers(point: dict, prefix: str = "") -> dict[str, float]:
     return out
 
 
-def finish(metrics: dict | None) -> None:
-    """Close the job's run: with `metrics` (a finished job), the curves of stages reused from the cache, the
-    evaluation's metrics and samples; without (a failed job), as failed."""
-    global _RUN
-    if _RUN is None:
-        return
-    run, _RUN = _RUN, None
-    try:
-        if metrics is not None:
-            _log_results(run, metrics)
-    finally:
-        run.finish(exit_code=0 if metrics is not None else 1)
+class Tracker:
+    """The job's wandb run while its stages are built (rank 0, logger=wandb): `live` sends a stage's points as they
+    are made; `finish` sends what the run reused from the cache and closes the run."""
 
+    def __init__(self, run: Any, sent: Path) -> None:
+        self.run = run
+        self.sent_path = sent  # where the directories already sent to this wandb run are noted
+        self.stages_logged: set[str] = set()  # stages whose curves went out live
 
-def _sent() -> set[str]:
-    """The stage directories this wandb run was sent by earlier runs of the job."""
-    try:
-        return set(json.loads(_SENT.read_text())) if _SENT is not None else set()
-    except (OSError, ValueError):
-        return set()
+    @classmethod
+    def start(cls, run_cfg: RunConfig, out_dir: Path, group: str | None) -> Tracker | None:
+        """Open the job's wandb run before its first stage (None with logger=none)."""
+        if run_cfg.logger.name == "none":
+            return None
+        out_dir.mkdir(parents=True, exist_ok=True)
+        run = _init(run_cfg.logger, run_cfg, out_dir.name, group, out_dir)
+        return cls(run, Path(run_cfg.cache_dir).absolute() / "tracking" / f"{run_id(run_cfg)}.json")
 
+    def live(self, stage: str, point: dict) -> None:
+        """Log one point of `stage` while it is built (a training step's loss and validation accuracy by position,
+        a sampled batch). Points without a `step` go to the run's summary."""
+        if "step" not in point:
+            self.run.summary.update({f"{stage}/{k}": v for k, v in _numbers(point).items()})
+            return
+        if stage not in self.stages_logged:
+            self.run.define_metric(f"{stage}/*", step_metric=f"{stage}/step")
+            self.stages_logged.add(stage)
+        self.run.log({f"{stage}/{k}": v for k, v in _numbers(point).items()})
 
-def _log_results(run: Any, metrics: dict) -> None:
-    import wandb
+    def finish(self, metrics: dict | None) -> None:
+        """Close the job's run: with `metrics` (a finished job), the curves of stages reused from the cache, the
+        evaluation's metrics and samples; without (a failed job), as failed."""
+        try:
+            if metrics is not None:
+                self._log_results(metrics)
+        finally:
+            self.run.finish(exit_code=0 if metrics is not None else 1)
 
-    sent = _sent()
-    for key, value in metrics.items():
-        stage = key[len("dir_"):]
-        if not key.startswith("dir_") or key == "dir_evaluation" or stage in _STAGES_LOGGED or value in sent:
-            continue
-        curve = [p for p in _read_jsonl(Path(value) / "curve.jsonl") if "step" in p]
-        if curve:
-            run.define_metric(f"{stage}/*", step_metric=f"{stage}/step")
-            for point in curve:
-                run.log({f"{stage}/{k}": v for k, v in _numbers(point).items()})
-    numbers = _numbers({k: v for k, v in metrics.items() if not k.startswith("dir_")})
-    run.summary.update(numbers)
-    if metrics["dir_evaluation"] not in sent:
-        run.log({f"eval/{k}": v for k, v in numbers.items()})
-        samples = _read_jsonl(Path(metrics["dir_evaluation"]) / "samples.jsonl")[:SAMPLE_ROWS]
-        if samples:
-            columns = list(samples[0])
-            run.log({"eval/samples": wandb.Table(columns=columns, data=[[s.get(c) for c in columns]
-                                                                         for s in samples])})
-    if _SENT is not None:
-        _SENT.parent.mkdir(parents=True, exist_ok=True)
-        write_json(_SENT, sorted(sent | {v for k, v in metrics.items() if k.startswith("dir_")}))
+    def _sent(self) -> set[str]:
+        """The stage directories this wandb run was sent by earlier runs of the job."""
+        try:
+            return set(json.loads(self.sent_path.read_text()))
+        except (OSError, ValueError):
+            return set()
+
+    def _log_results(self, metrics: dict) -> None:
+        import wandb
+
+        run, sent = self.run, self._sent()
+        for key, value in metrics.items():
+            stage = key[len("dir_"):]
+            if not key.startswith("dir_") or key == "dir_evaluation" or stage in self.stages_logged or value in sent:
+                continue
+            curve = [p for p in _read_jsonl(Path(value) / "curve.jsonl") if "step" in p]
+            if curve:
+                run.define_metric(f"{stage}/*", step_metric=f"{stage}/step")
+                for point in curve:
+                    run.log({f"{stage}/{k}": v for k, v in _numbers(point).items()})
+        numbers = _numbers({k: v for k, v in metrics.items() if not k.startswith("dir_")})
+        run.summary.update(numbers)
+        if metrics["dir_evaluation"] not in sent:
+            run.log({f"eval/{k}": v for k, v in numbers.items()})
+            samples = _read_jsonl(Path(metrics["dir_evaluation"]) / "samples.jsonl")[:SAMPLE_ROWS]
+            if samples:
+                columns = list(samples[0])
+                run.log({"eval/samples": wandb.Table(columns=columns, data=[[s.get(c) for c in columns]
+                                                                             for s in samples])})
+        self.sent_path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(self.sent_path, sorted(sent | {v for k, v in metrics.items() if k.startswith("dir_")}))

@@ -1,6 +1,6 @@
 """The return model's head kinds (`model.guide.head`, docs/method.md section 2): what the value head outputs at a
 position and how an action's value is read from it. A new kind is one class here, registered in HEADS, plus its
-decoding state in sampling/decoding.py (GUIDE_STATES).
+decoding state in sampling/decoding.py (`@register_guide_state`).
 
 - Q-type (`q`): from the prefix x, one output per vocabulary token y: every candidate's value in one pass. An
   action's value is read at the token before it, in the action's column.

@@ -18,14 +18,22 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel
 
-from qsharp_exp import sealing, tracking
+from qsharp_exp import sealing
 from qsharp_exp.distributed import Dist
 from qsharp_exp.files import write_json
 from qsharp_exp.hardware import Hardware
 from qsharp_exp.padding import left_pad
-from qsharp_exp.progress import progress
+from qsharp_exp.progress import LiveLog, ignore_point, progress
 from qsharp_exp.prompts import PromptCodec
-from qsharp_exp.sampling.decoding import UNSTEERED, DecodeOptions, SamplingSpec, Steering, Stops, generate
+from qsharp_exp.sampling.decoding import (
+    UNSTEERED,
+    DecodeOptions,
+    PromptBatch,
+    SamplingSpec,
+    Steering,
+    Stops,
+    generate,
+)
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +104,21 @@ def _save_batch(path: Path, batch: list[Sampled]) -> None:
 
 
 @dataclass(frozen=True)
+class Draw:
+    """What one sampling call draws with: the seed of its batches' generators, what steers it (a guide, a policy,
+    exploration; default: pi_ref as it is), and where its finished batches are kept so that a killed call
+    resumes (default: nowhere)."""
+
+    seed: int
+    steering: Steering = UNSTEERED
+    checkpoint: Path | None = None
+
+
+@dataclass(frozen=True)
 class Sampler:
-    """What every sampling call shares: the model that samples (pi_ref, or a policy standing in for it),
-    the codec (stop and pad tokens), how to sample, the hardware and the batch size. Calls pass only what
-    varies: the prompts, the seed, and optionally a steering (guide, policy, exploration) and a checkpoint."""
+    """What every sampling call shares: pi_ref, the codec (stop and pad tokens), how to sample, the hardware and
+    the batch size, what its progress bar says and where its progress goes live. Calls pass what varies: the
+    prompts and the draw."""
 
     pi_ref: PreTrainedModel
     codec: PromptCodec
@@ -107,23 +126,15 @@ class Sampler:
     hw: Hardware
     batch_size: int
     show_progress: bool = True
-    desc: str = "sample"  # what its progress bar says, unless a call says otherwise
+    desc: str = "sample"
+    live: LiveLog = ignore_point
 
-    def sample(
-        self,
-        prompts: list[list[int]],
-        seed: int,
-        steering: Steering = UNSTEERED,
-        *,
-        budgets: list[int] | None = None,
-        desc: str | None = None,
-        checkpoint: Path | None = None,
-        stats: PaddingStats | None = None,
-    ) -> list[Sampled]:
-        """One sample per prompt, in the prompts' order, from pi_ref or what `steering` asks for (its
+    def sample(self, prompts: list[list[int]], draw: Draw, *, budgets: list[int] | None = None,
+               stats: PaddingStats | None = None) -> list[Sampled]:
+        """One sample per prompt, in the prompts' order, from pi_ref or what the draw's steering asks for (its
         `explore`: a list over the prompts); `budgets`: new tokens allowed per prompt (default
-        spec.max_new_tokens); `checkpoint` keeps finished batches, so that a killed call resumes."""
-        hw, batch_size = self.hw, self.batch_size
+        spec.max_new_tokens); `stats`: adds up the padding this call computed."""
+        hw, batch_size, checkpoint, steering = self.hw, self.batch_size, draw.checkpoint, draw.steering
         if checkpoint is not None:
             checkpoint.mkdir(parents=True, exist_ok=True)
         dist = hw.dist
@@ -136,7 +147,7 @@ class Sampler:
         lockstep = dist if dist.active and hw.cfg.shard_pi_ref else None
         slots = range(-(-count // dist.world))
         shown = self.show_progress and dist.is_main and len(slots) > 1
-        bar = progress(slots, total=len(slots), desc=desc or self.desc, enabled=shown)
+        bar = progress(slots, total=len(slots), desc=self.desc, enabled=shown)
         done: dict[int, list[Sampled]] = {}
         for slot in bar:
             index = slot * dist.world + dist.rank
@@ -149,7 +160,7 @@ class Sampler:
             if not (lockstep.any(mine) if lockstep is not None else mine):
                 continue
             members = order[index * batch_size : (index + 1) * batch_size] if mine else order[:1]
-            generator = torch.Generator(device=hw.device).manual_seed(batch_seed(seed, index))
+            generator = torch.Generator(device=hw.device).manual_seed(batch_seed(draw.seed, index))
             batch = self._batch([prompts[i] for i in members], _rows(steering, members, hw.device),
                                 _rows(budgets, members, hw.device), generator, lockstep, stats if mine else None)
             if not mine:
@@ -157,7 +168,7 @@ class Sampler:
             if saved is not None:
                 _save_batch(saved, batch)
             done[index] = batch
-            tracking.live({"step": slot + 1, "sampled_batches": slot + 1, "of_batches": len(slots)})
+            self.live({"step": slot + 1, "sampled_batches": slot + 1, "of_batches": len(slots)})
         for part in dist.gather(done) if dist.active else []:
             done.update(part)
         by_prompt: list[Sampled] = [None] * len(prompts)  # type: ignore[list-item]  (all filled below)
@@ -173,8 +184,8 @@ class Sampler:
         ids, mask = left_pad(chunk, self.codec.pad_id)
         stops = Stops(torch.tensor(self.codec.stop_ids, dtype=torch.long), self.codec.pad_id, budget)
         with hw.autocast():
-            gen = generate(self.pi_ref, ids.to(hw.device), mask.to(hw.device), self.spec, stops, generator, steering,
-                           DecodeOptions(hw.cfg.cuda_graphs, hw.cfg.compile_decoding, lockstep))
+            gen = generate(self.pi_ref, PromptBatch(ids.to(hw.device), mask.to(hw.device), stops), self.spec,
+                           generator, steering, DecodeOptions(hw.cfg.cuda_graphs, hw.cfg.compile_decoding, lockstep))
         tokens, lengths, kl = gen.tokens.cpu(), gen.lengths.cpu(), gen.kl.cpu()
         if stats is not None:
             stats.prompt_slots += ids.numel()

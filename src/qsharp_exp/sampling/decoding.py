@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,7 @@ from qsharp_exp.distributed import Dist
 from qsharp_exp.guidance import Guidance
 from qsharp_exp.models.lm import compiled
 from qsharp_exp.models.stem import context_width
+from qsharp_exp.registry import Registry
 
 if TYPE_CHECKING:
     from qsharp_exp.models.return_model import ReturnModel
@@ -285,6 +287,21 @@ class GuideState:
         self.next_pos = self.next_pos - 1
 
 
+# The decoding state of each head kind (models/heads.HEADS), by the kind's name.
+GUIDE_STATES: Registry[type[GuideState]] = Registry("decoding state of a head kind", "model.guide.head")
+
+
+def register_guide_state(head: str) -> Callable[[type[GuideState]], type[GuideState]]:
+    """Register a GuideState subclass as the decoding state of the head kind named `head`."""
+
+    def register(state: type[GuideState]) -> type[GuideState]:
+        GUIDE_STATES.add(head, state)
+        return state
+
+    return register
+
+
+@register_guide_state("q")
 class QGuideState(GuideState):
     """Q-type: the pass takes in the sampled token and yields every next candidate's value at once."""
 
@@ -307,6 +324,7 @@ class QGuideState(GuideState):
         super().advance(tokens, alive)
 
 
+@register_guide_state("v")
 class VGuideState(GuideState):
     """V-type: the sampled token is kept pending and goes into the next step's scoring pass together with the k
     candidates: the pending token sees the prefix, each candidate the prefix, the pending token and itself. Only
@@ -347,9 +365,6 @@ class VGuideState(GuideState):
         super().advance(tokens, alive)
 
 
-GUIDE_STATES: dict[str, type[GuideState]] = {"q": QGuideState, "v": VGuideState}  # by HeadKind.name
-
-
 def guide_state(model: ReturnModel, ids: torch.Tensor, mask: torch.Tensor, capacity: int, top_k: int,
                 options: dict | None = None) -> GuideState:
     """The decoding state of `model`'s head kind, with room for `capacity` tokens and the kind's extra columns
@@ -366,6 +381,15 @@ class Stops:
     ids: torch.Tensor
     pad_id: int
     budget: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class PromptBatch:
+    """Left-padded prompts `ids` [B, L] (mask 1 = real token) and where their responses stop."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    stops: Stops
 
 
 @dataclass(frozen=True)
@@ -513,11 +537,11 @@ UNSTEERED = Steering()
 
 
 @torch.no_grad()
-def generate(pi_ref: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, spec: SamplingSpec, stops: Stops,
-             generator: torch.Generator, steering: Steering = UNSTEERED,
-             options: DecodeOptions = DecodeOptions()) -> Generation:
-    """Sample responses to left-padded prompts `ids` [B, L] (mask 1 = real token) until a stop (`stops`), from
-    pi_ref or what `steering` asks for; KL per row against pi_ref's sampler distribution."""
+def generate(pi_ref: PreTrainedModel, prompts: PromptBatch, spec: SamplingSpec, generator: torch.Generator,
+             steering: Steering = UNSTEERED, options: DecodeOptions = DecodeOptions()) -> Generation:
+    """Sample responses to the prompts until each stops, from pi_ref or what `steering` asks for; KL per row
+    against pi_ref's sampler distribution."""
+    ids, mask, stops = prompts.ids, prompts.mask, prompts.stops
     b, device = ids.shape[0], ids.device
     capacity = ids.shape[1] + spec.max_new_tokens
     ref = LMState(pi_ref, ids, mask, capacity, **options.model_options)

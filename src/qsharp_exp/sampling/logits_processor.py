@@ -3,8 +3,8 @@ next-token logits into the guided distribution of a trained return model (Q#, CD
 
     guide = qsharp_exp.load_guide("path/to/return_model")
     spec = qsharp_exp.SamplingSpec(temperature=1.0, top_p=1.0, max_new_tokens=64)
-    processor = qsharp_exp.GuidanceLogitsProcessor(guide, rule="qsharp", eta=0.1, top_k=20, tokenizer=tokenizer,
-                                                   spec=spec)
+    settings = qsharp_exp.GuidanceSettings(rule="qsharp", eta=0.1, top_k=20)
+    processor = qsharp_exp.GuidanceLogitsProcessor(guide, settings, tokenizer=tokenizer, spec=spec)
     out = pi_ref.generate(**batch, max_new_tokens=64, **processor.generate_kwargs())
     processor.kl  # [B] KL(pi || pi_ref) of each response, nats
 
@@ -31,8 +31,8 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedTokenizerBase
 
 from qsharp_exp import guidance as G
-from qsharp_exp.config import ETA_RANGE, TEMPERATURE_RANGE
-from qsharp_exp.guidance import Guidance
+from qsharp_exp.config import ETA_RANGE, TEMPERATURE_RANGE, NonCandidates
+from qsharp_exp.guidance import Guidance, GuidanceSettings
 from qsharp_exp.prompts import context_length
 from qsharp_exp.sampling.decoding import DecodeOptions, Guided, SamplingSpec
 
@@ -52,26 +52,27 @@ def check_sampler_settings(eta: float, temperature: float, top_p: float,
 
 
 class GuidanceLogitsProcessor(LogitsProcessor):
-    def __init__(self, guide: ReturnModel, rule: str = "qsharp", eta: float = 0.1, top_k: int = 20,
-                 non_candidates: str = "keep", *, tokenizer: PreTrainedTokenizerBase | None = None,
-                 spec: SamplingSpec | None = None) -> None:
-        """`guide`: a return model (`load_guide`) on pi_ref's device, sharing its tokenizer. `tokenizer`: pi_ref's,
+    def __init__(self, guide: ReturnModel, settings: GuidanceSettings | None = None, *,
+                 tokenizer: PreTrainedTokenizerBase | None = None, spec: SamplingSpec | None = None) -> None:
+        """`guide`: a return model (`load_guide`) on pi_ref's device, sharing its tokenizer. `settings`: the rule, eta,
+        top_k and non_candidates (default: Q# at eta 0.1 on 20 candidates). `tokenizer`: pi_ref's,
         for its pad token (the prompt mask) and EOS (where a response's KL stops). `spec`: pi_ref's sampler (its
         temperature and top_p) and the most tokens one `generate` call samples, which sizes the guide's cache
         (default: temperature 1, no top-p, up to the guide's context)."""
-        spec = spec or SamplingSpec(max_new_tokens=0)
-        check_sampler_settings(eta, spec.temperature, spec.top_p)
+        settings, spec = settings or GuidanceSettings(), spec or SamplingSpec(max_new_tokens=0)
+        check_sampler_settings(settings.eta, spec.temperature, spec.top_p)
         if spec.paper_compat:
             raise ValueError("paper_compat orders guidance as the published code does; the processor follows the "
                              "framework's order only: use SamplingSpec(paper_compat=False)")
-        if non_candidates not in ("keep", "mask"):
-            raise ValueError(f"non_candidates={non_candidates!r} must be 'keep' or 'mask'")
-        if not 1 <= top_k <= guide.vocab_size:
-            raise ValueError(f"top_k={top_k} must lie in 1..{guide.vocab_size} (the guide's vocabulary)")
+        choices = [c.value for c in NonCandidates]
+        if settings.non_candidates not in choices:
+            raise ValueError(f"non_candidates={settings.non_candidates!r} must be one of {', '.join(choices)}")
+        if not 1 <= settings.top_k <= guide.vocab_size:
+            raise ValueError(f"top_k={settings.top_k} must lie in 1..{guide.vocab_size} (the guide's vocabulary)")
         if tokenizer is not None and len(tokenizer) != guide.vocab_size:
             raise ValueError(f"the guide scores a vocabulary of {guide.vocab_size} tokens and pi_ref's tokenizer has "
                              f"{len(tokenizer)}: use the guide trained with this pi_ref.")
-        self.guidance = Guidance.from_settings(guide.eval(), rule, eta, top_k, non_candidates)
+        self.guidance = Guidance.from_settings(guide.eval(), settings)
         self.spec = spec
         self.pad_token_id = tokenizer.pad_token_id if tokenizer is not None else None
         eos = tokenizer.eos_token_id if tokenizer is not None else None

@@ -24,7 +24,7 @@ from qsharp_exp.models.lm import build_causal_lm
 from qsharp_exp.stages.cache import stage_key
 from qsharp_exp.stages.context import RunContext
 from qsharp_exp.training.base_corpus import CORPORA, BaseCorpus, CorpusLine, settings_of
-from qsharp_exp.training.pretrain import exact_matches, pretrain
+from qsharp_exp.training.pretrain import Supervised, exact_matches, pretrain
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,8 @@ def _pretrain(ctx: RunContext, cfg: RunConfig, corpus: BaseCorpus, out: Path) ->
         held_out, lines = lines[: phase.eval_lines], lines[phase.eval_lines :]
         log.info("base model phase %d: %d steps on %d %s lines", number, phase.steps, len(lines), phase.corpus)
         measure = partial(_held_out_metrics, model, corpus, held_out, pad, ctx.hw)
-        phase_curve = pretrain(model, [(x.prompt, x.response) for x in lines], phase, pad, ctx.hw,
-                               seed + number - 1, cfg.progress, desc=f"pretrain base model ({number})",
+        phase_curve = pretrain(model, Supervised([(x.prompt, x.response) for x in lines], pad), phase,
+                               ctx.training_env(seed + number - 1), desc=f"pretrain base model ({number})",
                                held_out=measure)
         curve += [{**point, "step": done + point["step"]} for point in phase_curve]
         done += phase.steps

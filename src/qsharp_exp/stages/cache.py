@@ -206,8 +206,8 @@ def run_stage(
 
     Under several processes every rank runs `build` (the work inside may be collective) into its own
     temporary directory, and rank 0's becomes the stage directory; rank 0 holds the stage's lock."""
-    key = stage_key({"stage": stage, **inputs})
-    final = root / stage / key
+    entry = Entry(stage, inputs, root / stage / stage_key({"stage": stage, **inputs}))
+    key, final = entry.key, entry.final
     started = time.perf_counter()
     with stage_lock(final, stage) if dist.is_main else contextlib.nullcontext():
         if dist.broadcast((final / DONE).exists()):
@@ -223,11 +223,26 @@ def run_stage(
                 raise DamagedStageError(damage)
             info = json.loads((final / DONE).read_text())
             return StageResult(final, key, time.perf_counter() - started, info["build_seconds"], True)
-        return _build(stage, inputs, build, resumable, dist, key, final, started)
+        return _build(entry, build, resumable, dist, started)
 
 
-def _build(stage: str, inputs: dict[str, Any], build: Callable[..., None], resumable: bool, dist: Dist, key: str,
-           final: Path, started: float) -> StageResult:
+@dataclass(frozen=True)
+class Entry:
+    """A stage's place in the cache: its name, its inputs, and the directory named by their key."""
+
+    stage: str
+    inputs: dict[str, Any]
+    final: Path
+
+    @property
+    def key(self) -> str:
+        return self.final.name
+
+
+def _build(entry: Entry, build: Callable[..., None], resumable: bool, dist: Dist, started: float) -> StageResult:
+    """Build the stage into a temporary directory and move it into place (`started`: when the stage was asked
+    for, so that its time includes waiting for the lock)."""
+    stage, inputs, key, final = entry.stage, entry.inputs, entry.key, entry.final
     if dist.is_main:
         _remove_abandoned_partials(final)
     dist.barrier()

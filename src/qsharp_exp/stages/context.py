@@ -21,6 +21,8 @@ from qsharp_exp.prompts import PromptCodec
 from qsharp_exp.sampling import Sampler, SamplingSpec
 from qsharp_exp.stages.cache import StageResult, run_stage
 from qsharp_exp.tasks import Task, build_task
+from qsharp_exp.tracking import Tracker
+from qsharp_exp.training.engine import TrainingEnv
 
 # Part of every stage's inputs. Bumped when code changes what a stage produces for the same config
 # (a file layout, the random streams of sampling, the order of training batches), so that a cache
@@ -59,10 +61,21 @@ class RunContext:
     task: Task
     root: Path  # the cache
     stages: dict[str, StageResult] = field(default_factory=dict)  # what this run built or reused, in order
+    tracker: Tracker | None = None  # the job's wandb run (rank 0, logger=wandb)
+    building: list[str] = field(default_factory=list)  # the stages being built, innermost last
 
     @classmethod
     def create(cls, cfg: RunConfig) -> RunContext:
         return cls(cfg, Hardware(cfg.hardware), build_task(cfg.task), Path(cfg.cache_dir).absolute())
+
+    def live(self, point: dict) -> None:
+        """A point of the stage being built (a training step, a sampled batch), sent to the tracker now."""
+        if self.tracker is not None and self.building:
+            self.tracker.live(self.building[-1], point)
+
+    def training_env(self, seed: int) -> TrainingEnv:
+        """Where a stage's training loop runs: this run's hardware, `seed`, its progress bars and live log."""
+        return TrainingEnv(self.hw, seed, self.cfg.progress, self.live)
 
     def stage(self, name: str, reads: Iterable[str], build: Callable[..., None], *, after: dict[str, Any] | None = None,
               resumable: bool = False, directory: str | None = None) -> StageResult:
@@ -80,10 +93,12 @@ class RunContext:
 
         def scoped(out: Path, resume: Path | None = None) -> None:
             self.cfg = view
+            self.building.append(name)
             try:
                 build(view, out, resume) if resumable else build(view, out)
             finally:
                 self.cfg = full
+                self.building.pop()
 
         result = run_stage(self.root, directory or name, versioned, scoped, resumable=resumable, dist=self.hw.dist)
         self.stages[name] = result
@@ -131,7 +146,7 @@ class RunContext:
     def sampler(self, pi_ref: PreTrainedModel, codec: PromptCodec, batch_size: int,
                 spec: SamplingSpec | None = None) -> Sampler:
         """A sampler of pi_ref with `spec` (default: eval's)."""
-        return Sampler(pi_ref, codec, spec or self.spec, self.hw, batch_size, self.cfg.progress)
+        return Sampler(pi_ref, codec, spec or self.spec, self.hw, batch_size, self.cfg.progress, live=self.live)
 
     # -- which stages this run needs ------------------------------------------------------------
 

@@ -10,10 +10,10 @@ from pathlib import Path
 from transformers import AutoModelForCausalLM
 
 from qsharp_exp.config import RunConfig
-from qsharp_exp.evaluation import evaluate as evaluate_samples
 from qsharp_exp.files import write_json, write_jsonl
-from qsharp_exp.guidance import Guidance
-from qsharp_exp.sampling import Steering
+from qsharp_exp.guidance import Guidance, GuidanceSettings
+from qsharp_exp.metrics import evaluate as evaluate_samples
+from qsharp_exp.sampling import Draw, Steering
 from qsharp_exp.stages.cache import StageResult
 from qsharp_exp.stages.context import RunContext
 from qsharp_exp.stages.pi_ref import PiRef
@@ -27,15 +27,16 @@ def evaluate(ctx: RunContext, pi_ref: PiRef, guide: StageResult | None, reward_m
     def build(cfg: RunConfig, out: Path, resume: Path) -> None:
         guidance = None
         if guide is not None:
-            guidance = Guidance.from_settings(ctx.load_return_model(guide), cfg.algo.name, cfg.algo.eta,
-                                              cfg.algo.top_k, cfg.algo.non_candidates)
+            algo = cfg.algo
+            guidance = Guidance.from_settings(ctx.load_return_model(guide), GuidanceSettings(
+                algo.name, algo.eta, algo.top_k, algo.non_candidates))
         ranker = ctx.load_return_model(reward_model) if reward_model is not None else None
         sampler_policy = _load_policy(ctx, policy) if policy is not None else None
         sampler = replace(ctx.sampler(pi_ref.model, pi_ref.codec, cfg.eval.batch_size),
                           desc=f"evaluate {cfg.algo.name}")
         steering = Steering(guide=guidance, policy=sampler_policy)
         metrics, samples = evaluate_samples(ctx.task, ctx.task.problems("test"), sampler, cfg.eval.num_samples,
-                                            cfg.seed, steering, ranker, resume)
+                                            Draw(cfg.seed, steering, resume), ranker)
         write_json(out / "metrics.json", metrics)
         write_jsonl(out / "samples.jsonl", samples)
 

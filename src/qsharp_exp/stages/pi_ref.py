@@ -12,11 +12,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from qsharp_exp.config import Init, RunConfig
 from qsharp_exp.config_view import section
-from qsharp_exp.evaluation import evaluate
 from qsharp_exp.files import write_json, write_jsonl
+from qsharp_exp.metrics import evaluate
 from qsharp_exp.models.identity import model_identity
 from qsharp_exp.models.lm import build_causal_lm, load_config, load_pretrained_lm, load_tokenizer
 from qsharp_exp.prompts import COVERAGE_SAMPLE, PromptCodec, check_top_k, checked_prompts, context_length
+from qsharp_exp.sampling import Draw
 from qsharp_exp.stages.base_model import BaseModel
 from qsharp_exp.stages.cache import stage_key
 from qsharp_exp.stages.context import SAMPLING_READS, RunContext
@@ -102,7 +103,7 @@ def _pretrain(ctx: RunContext, cfg: RunConfig, start: BaseModel | None, out: Pat
     codec = PromptCodec.for_model(tokenizer, model, cfg.task.chat_template)
     problems = task.problems("pretrain")
     examples = supervised_examples(codec, problems, [task.target(x) for x in problems], key)
-    curve = pretrain(model, examples, cfg.pretrain, codec.pad_id, ctx.hw, cfg.seed, cfg.progress)
+    curve = pretrain(model, examples, cfg.pretrain, ctx.training_env(cfg.seed))
     model.save_pretrained(out / "model")
     tokenizer.save_pretrained(out / "model")
     write_jsonl(out / "curve.jsonl", curve)
@@ -117,8 +118,8 @@ def _measure(ctx: RunContext, cfg: RunConfig, model: PreTrainedModel, tokenizer:
     metrics = {}
     for split in ("pretrain", "test"):
         problems = ctx.task.problems(split)[: cfg.pretrain.eval_problems]
-        result, _ = evaluate(ctx.task, problems, replace(sampler, desc=f"pi_ref on {split}"), 1, cfg.seed,
-                             checkpoint=resume / split)
+        result, _ = evaluate(ctx.task, problems, replace(sampler, desc=f"pi_ref on {split}"), 1,
+                             Draw(cfg.seed, checkpoint=resume / split))
         metrics[f"{split}_accuracy"] = result["accuracy"]
     log.info("pi_ref accuracy: on its pretraining problems %.3f, on test problems %.3f",
              metrics["pretrain_accuracy"], metrics["test_accuracy"])

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from qsharp_exp.config import CollectMode, RunConfig
 from qsharp_exp.files import write_json, write_jsonl
-from qsharp_exp.guidance import Guidance
+from qsharp_exp.guidance import Guidance, GuidanceSettings
+from qsharp_exp.sampling import Draw, Steering
 from qsharp_exp.stages.cache import StageResult
 from qsharp_exp.stages.context import RunContext
 from qsharp_exp.stages.pi_ref import PiRef
@@ -27,11 +28,12 @@ def collect_round(ctx: RunContext, pi_ref: PiRef, round_: int, previous: StageRe
     def build(cfg: RunConfig, out: Path, resume: Path) -> None:
         roll_in = None
         if previous is not None:
-            roll_in = Guidance.from_settings(ctx.load_return_model(previous), "qsharp", cfg.collect.eta,
-                                             cfg.collect.top_k, cfg.collect.non_candidates)
+            own = cfg.collect  # the roll-in is Q# (Algorithm 1's pi_k) at collect's settings
+            roll_in = Guidance.from_settings(ctx.load_return_model(previous), GuidanceSettings(
+                "qsharp", own.eta, own.top_k, own.non_candidates))
         sampler = ctx.sampler(pi_ref.model, pi_ref.codec, cfg.collect.batch_size, ctx.collect_spec)
-        rollouts = collect(ctx.task, ctx.task.problems("train"), sampler, roll_in, cfg.collect,
-                           cfg.seed + 1000 * round_, resume)
+        draw = Draw(cfg.seed + 1000 * round_, Steering(guide=roll_in), resume)
+        rollouts = collect(ctx.task, ctx.task.problems("train"), sampler, cfg.collect, draw)
         write_jsonl(out / "rollouts.jsonl", (x.to_dict() for x in rollouts))
         mean = sum(x.reward for x in rollouts) / len(rollouts)
         write_json(out / "summary.json", {"rollouts": len(rollouts), "mean_reward": mean})
@@ -47,7 +49,7 @@ def _pairs(ctx: RunContext, pi_ref: PiRef) -> StageResult:
     def build(cfg: RunConfig, out: Path, resume: Path) -> None:
         sampler = ctx.sampler(pi_ref.model, pi_ref.codec, cfg.collect.batch_size, ctx.collect_spec)
         rollouts, counts = collect_pairs(ctx.task, ctx.task.problems("train"), sampler, cfg.collect.pair_tries,
-                                         cfg.seed + 1000, resume)
+                                         Draw(cfg.seed + 1000, checkpoint=resume))
         write_jsonl(out / "rollouts.jsonl", (x.to_dict() for x in rollouts))
         write_json(out / "summary.json", {"rollouts": len(rollouts), **counts})
 

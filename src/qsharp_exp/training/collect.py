@@ -14,13 +14,11 @@ its whole response's reward (switch 0): balanced labels, and the one action pi_r
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass, replace
 
 from qsharp_exp.config import CollectConfig
-from qsharp_exp.guidance import Guidance
 from qsharp_exp.progress import progress
-from qsharp_exp.sampling import Sampler, Steering
+from qsharp_exp.sampling import Draw, Sampler, Steering
 from qsharp_exp.tasks import Problem, Task
 
 
@@ -36,27 +34,22 @@ class Rollout:
     to_dict = asdict
 
 
-def collect(
-    task: Task,
-    problems: list[Problem],
-    sampler: Sampler,
-    roll_in: Guidance | None,
-    cfg: CollectConfig,
-    seed: int,
-    checkpoint: Path | None = None,
-) -> list[Rollout]:
-    """`sampler` samples pi_ref in batches of cfg.batch_size; `roll_in` guides the roll-in (None in round
-    1); `checkpoint`: a directory where finished batches are kept, so that a killed collection resumes."""
+def collect(task: Task, problems: list[Problem], sampler: Sampler, cfg: CollectConfig, draw: Draw) -> list[Rollout]:
+    """`sampler` samples pi_ref in batches of cfg.batch_size; the draw's steering guides the roll-in (a guide from
+    round 2 on); its checkpoint is a directory where finished batches are kept, so that a killed collection
+    resumes."""
+    seed, checkpoint = draw.seed, draw.checkpoint
     rng = random.Random(seed)
     codec, max_new_tokens = sampler.codec, sampler.spec.max_new_tokens
     jobs = [p for p in problems for _ in range(cfg.samples_per_problem)]
     prompts = codec.encode(jobs, max_new_tokens)
-    roll_ins = sampler.sample(prompts, seed, Steering(guide=roll_in), desc="collect: roll-in",
-                              checkpoint=checkpoint / "roll_in" if checkpoint else None)
+    roll_ins = replace(sampler, desc="collect: roll-in").sample(
+        prompts, Draw(seed, draw.steering, checkpoint / "roll_in" if checkpoint else None))
     switches = [rng.randrange(max(1, len(s.response))) for s in roll_ins]
     explore = [rng.random() < cfg.explore_prob for _ in jobs]
     # Rows that need a separate pi_ref roll-out: all of them when the roll-in was guided, else the explored.
-    redo = [i for i in range(len(jobs)) if roll_in is not None or explore[i]]
+    guided = draw.steering.guide is not None
+    redo = [i for i in range(len(jobs)) if guided or explore[i]]
     responses = [s.response for s in roll_ins]
     if redo:
         prefixes = [prompts[i] + roll_ins[i].response[: switches[i]] for i in redo]
@@ -64,8 +57,8 @@ def collect(
         # and within the context that the prompt check allowed.
         exploring = Steering(explore=[explore[i] for i in redo], explore_top_k=cfg.top_k)
         budgets = [max_new_tokens - switches[i] for i in redo]
-        roll_outs = sampler.sample(prefixes, seed + 1, exploring, budgets=budgets, desc="collect: roll-out",
-                                   checkpoint=checkpoint / "roll_out" if checkpoint else None)
+        roll_outs = replace(sampler, desc="collect: roll-out").sample(
+            prefixes, Draw(seed + 1, exploring, checkpoint / "roll_out" if checkpoint else None), budgets=budgets)
         for i, s in zip(redo, roll_outs, strict=True):
             responses[i] = roll_ins[i].response[: switches[i]] + s.response
     rollouts = []
@@ -77,22 +70,22 @@ def collect(
     return rollouts
 
 
-def collect_pairs(
-    task: Task, problems: list[Problem], sampler: Sampler, tries: int, seed: int, checkpoint: Path | None = None,
-) -> tuple[list[Rollout], dict[str, int]]:
+def collect_pairs(task: Task, problems: list[Problem], sampler: Sampler, tries: int, draw: Draw
+                  ) -> tuple[list[Rollout], dict[str, int]]:
     """Per problem the reference answer and pi_ref's first wrong sample (a reward below the reference's),
-    sampling each problem up to `tries` times; problems where pi_ref was never wrong give no pair. Returns
-    the rollouts (switch 0: every response position is an example) and counts for the summary."""
-    codec = sampler.codec
+    sampling each problem up to `tries` times (the first try kept under the draw's checkpoint); problems where
+    pi_ref was never wrong give no pair. Returns the rollouts (switch 0: every response position is an example)
+    and counts for the summary."""
+    codec, seed, checkpoint = sampler.codec, draw.seed, draw.checkpoint
     prompts = codec.encode(problems, sampler.spec.max_new_tokens)
     best = [task.reward(p, task.target(p)) for p in problems]
     wrong: dict[int, list[int]] = {}
     pending = list(range(len(problems)))
     attempts = 0
     while pending and attempts < tries:
-        samples = sampler.sample([prompts[i] for i in pending], seed + attempts,
-                                 desc=f"collect: pairs, try {attempts + 1} ({len(pending)} problems)",
-                                 checkpoint=checkpoint / "try1" if checkpoint and not attempts else None)
+        titled = replace(sampler, desc=f"collect: pairs, try {attempts + 1} ({len(pending)} problems)")
+        kept = checkpoint / "try1" if checkpoint and not attempts else None
+        samples = titled.sample([prompts[i] for i in pending], Draw(seed + attempts, checkpoint=kept))
         for i, sample in zip(pending, samples, strict=True):
             if task.reward(problems[i], codec.decode(sample.response)) < best[i]:
                 wrong[i] = sample.response

@@ -25,10 +25,22 @@ import torch
 from qsharp_exp import sealing
 from qsharp_exp.files import write_text
 from qsharp_exp.hardware import Hardware
+from qsharp_exp.progress import LiveLog, ignore_point
 
 log = logging.getLogger(__name__)
 
 LATEST = "latest"
+
+
+@dataclass(frozen=True)
+class TrainingEnv:
+    """Where a training loop runs: the hardware, the seed of its random streams, whether it shows a progress bar,
+    and where each point of its curve goes as it is measured (the run's tracker, progress.LiveLog)."""
+
+    hw: Hardware
+    seed: int
+    show_progress: bool = True
+    live: LiveLog = ignore_point
 
 
 def deepspeed_config(hw: Hardware, micro_batch_size: int) -> dict[str, Any]:

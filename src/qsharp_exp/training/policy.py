@@ -17,15 +17,14 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-from qsharp_exp import tracking
 from qsharp_exp.config import PolicyConfig, UserError
 from qsharp_exp.hardware import Hardware
 from qsharp_exp.padding import right_pad
-from qsharp_exp.progress import progress
+from qsharp_exp.progress import ignore_point, progress
 from qsharp_exp.registry import Registry
-from qsharp_exp.sampling import Sampler, SamplingSpec
+from qsharp_exp.sampling import Draw, Sampler, SamplingSpec, Steering
 from qsharp_exp.tasks import Problem, Task
-from qsharp_exp.training.engine import OptimizerPlan, PlainTrainer, make_trainer
+from qsharp_exp.training.engine import OptimizerPlan, PlainTrainer, TrainingEnv, make_trainer
 
 log = logging.getLogger(__name__)
 
@@ -83,14 +82,15 @@ def sequence_logprobs(model: PreTrainedModel, prompts: list[list[int]], response
 @dataclass(frozen=True)
 class PolicyJob:
     """What a policy trainer gets: the policy it fine-tunes in place (a copy of pi_ref), the task and its training
-    problems, pi_ref's sampler, the trainer's settings, the seed and the optimiser."""
+    problems, pi_ref's sampler, the trainer's settings, where it runs (seed, progress, live log) and the
+    optimiser."""
 
     policy: PreTrainedModel
     task: Task
     problems: list[Problem]
     sampler: Sampler
     cfg: PolicyConfig
-    seed: int
+    env: TrainingEnv
     trainer: PlainTrainer
 
 
@@ -114,18 +114,19 @@ def register_policy_trainer(name: str, label: str) -> Callable:
 
 @register_policy_trainer("reinforce", "REINFORCE")
 def reinforce(job: PolicyJob) -> list[dict]:
-    policy, task, problems, sampler, cfg, seed = job.policy, job.task, job.problems, job.sampler, job.cfg, job.seed
+    policy, task, problems, sampler, cfg, seed = job.policy, job.task, job.problems, job.sampler, job.cfg, job.env.seed
     rng = random.Random(seed)
     codec, hw, spec = sampler.codec, sampler.hw, sampler.spec
-    # The policy samples its own batches, at its exploration temperature.
-    own = replace(sampler, pi_ref=policy, spec=SamplingSpec(cfg.sample_temperature, 1.0, spec.max_new_tokens),
-                  show_progress=False)
+    # The policy samples its own batches, at its exploration temperature (KL against pi_ref at that temperature).
+    own = replace(sampler, spec=SamplingSpec(cfg.sample_temperature, 1.0, spec.max_new_tokens), show_progress=False,
+                  live=ignore_point)
     curve = []
-    for step in progress(range(cfg.steps), desc="REINFORCE", enabled=sampler.show_progress and hw.dist.is_main):
+    for step in progress(range(cfg.steps), desc="REINFORCE", enabled=job.env.show_progress and hw.dist.is_main):
         batch = rng.sample(problems, min(cfg.batch_size, len(problems)))
         prompts = codec.encode(batch, spec.max_new_tokens)
         policy.eval()
-        sampled = replace(own, batch_size=len(prompts)).sample(prompts, seed * 7919 + step)
+        sampled = replace(own, batch_size=len(prompts)).sample(
+            prompts, Draw(seed * 7919 + step, Steering(policy=policy)))
         policy.train()
         responses = [s.response for s in sampled]
         correct = torch.tensor([task.reward(p, codec.decode(r)) > 0 for p, r in zip(batch, responses, strict=True)])
@@ -133,8 +134,10 @@ def reinforce(job: PolicyJob) -> list[dict]:
         loss = reinforce_loss(sequence_logprobs(policy, prompts, responses, codec.pad_id, hw), rewards)
         job.trainer.update(loss)
         if step % 10 == 0 or step == cfg.steps - 1:
-            curve.append({"step": step, "loss": round(loss.item(), 5), "accuracy": correct.float().mean().item()})
-            tracking.live(curve[-1])
+            kl = sum(s.kl for s in sampled) / len(sampled)
+            curve.append({"step": step, "loss": round(loss.item(), 5), "accuracy": correct.float().mean().item(),
+                          "kl_to_pi_ref": round(kl, 5)})
+            job.env.live(curve[-1])
     return curve
 
 
@@ -143,8 +146,8 @@ def preference_pairs(task: Task, problems: list[Problem], sampler: Sampler, cfg:
     codec = sampler.codec
     prompts = codec.encode(problems, sampler.spec.max_new_tokens)
     jobs = [i for i in range(len(problems)) for _ in range(cfg.rejected_tries)]
-    sampled = replace(sampler, batch_size=512).sample([prompts[i] for i in jobs], seed,
-                                                      desc="DPO: sample rejected paths")
+    sampled = replace(sampler, batch_size=512, desc="DPO: sample rejected paths").sample([prompts[i] for i in jobs],
+                                                                                          Draw(seed))
     rejected: dict[int, list[int]] = {}
     for i, s in zip(jobs, sampled, strict=True):
         if i not in rejected and task.reward(problems[i], codec.decode(s.response)) == 0:
@@ -168,7 +171,7 @@ def rpo(job: PolicyJob) -> list[dict]:
 
 def _preference(job: PolicyJob, algo: str, batch_loss: Callable[..., torch.Tensor]) -> list[dict]:
     """DPO-style training on (chosen, rejected) pairs; `batch_loss(logprobs, chosen paths, cfg, device)`."""
-    policy, task, problems, sampler, cfg, seed = job.policy, job.task, job.problems, job.sampler, job.cfg, job.seed
+    policy, task, problems, sampler, cfg, seed = job.policy, job.task, job.problems, job.sampler, job.cfg, job.env.seed
     pi_ref, codec, hw = sampler.pi_ref, sampler.codec, sampler.hw
     pairs = preference_pairs(task, problems, sampler, cfg, seed)
     if not pairs:
@@ -177,7 +180,7 @@ def _preference(job: PolicyJob, algo: str, batch_loss: Callable[..., torch.Tenso
     log.info("%s: %d preference pairs from %d problems", algo, len(pairs), len(problems))
     rng = random.Random(seed)
     curve = []
-    for step in progress(range(cfg.steps), desc=algo.upper(), enabled=sampler.show_progress and hw.dist.is_main):
+    for step in progress(range(cfg.steps), desc=algo.upper(), enabled=job.env.show_progress and hw.dist.is_main):
         batch = rng.sample(pairs, min(cfg.batch_size, len(pairs)))
         prompts, chosen, rejected = (list(x) for x in zip(*batch, strict=True))
         with torch.no_grad():
@@ -190,17 +193,17 @@ def _preference(job: PolicyJob, algo: str, batch_loss: Callable[..., torch.Tenso
         if step % 10 == 0 or step == cfg.steps - 1:
             margin = dpo_margin(lp, cfg.beta).mean().item()
             curve.append({"step": step, "loss": round(loss.item(), 5), "margin": round(margin, 5)})
-            tracking.live(curve[-1])
+            job.env.live(curve[-1])
     return curve
 
 
 def train_policy(algo: str, policy: PreTrainedModel, task: Task, sampler: Sampler, cfg: PolicyConfig,
-                 seed: int) -> list[dict]:
+                 env: TrainingEnv) -> list[dict]:
     """Fine-tunes `policy` (a copy of `sampler.pi_ref`) in place with trainer `algo` on the training
     problems; returns its learning curve."""
-    torch.manual_seed(seed)
-    policy.to(sampler.hw.device).train()
-    trainer = make_trainer(policy, sampler.hw, OptimizerPlan(cfg.lr, cfg.weight_decay, cfg.warmup_steps, cfg.steps))
-    curve = TRAINERS[algo].train(PolicyJob(policy, task, task.problems("train"), sampler, cfg, seed, trainer))
+    torch.manual_seed(env.seed)
+    policy.to(env.hw.device).train()
+    trainer = make_trainer(policy, env.hw, OptimizerPlan(cfg.lr, cfg.weight_decay, cfg.warmup_steps, cfg.steps))
+    curve = TRAINERS[algo].train(PolicyJob(policy, task, task.problems("train"), sampler, cfg, env, trainer))
     policy.eval()
     return curve

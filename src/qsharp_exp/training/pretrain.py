@@ -5,44 +5,45 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-from qsharp_exp import tracking
 from qsharp_exp.config import BasePretrainConfig, PretrainConfig, UserError
 from qsharp_exp.hardware import Hardware
 from qsharp_exp.padding import right_pad
 from qsharp_exp.progress import progress
 from qsharp_exp.prompts import PromptCodec
 from qsharp_exp.tasks import Problem
-from qsharp_exp.training.engine import OptimizerPlan, make_trainer
+from qsharp_exp.training.engine import OptimizerPlan, TrainingEnv, make_trainer
 
 HELD_OUT_EVERY = 250  # steps between held-out measurements of a pretraining run that has them
 
 
-def pretrain(
-    model: PreTrainedModel,
-    examples: list[tuple[list[int], list[int]]],
-    cfg: PretrainConfig | BasePretrainConfig,
-    pad_id: int,
-    hw: Hardware,
-    seed: int,
-    show_progress: bool = True,
-    desc: str = "pretrain pi_ref",
-    held_out: Callable[[], dict[str, float]] | None = None,
-) -> list[dict]:
-    """examples: (prompt ids, response ids ending in EOS). Returns the loss curve, with `held_out()`'s figures
-    every HELD_OUT_EVERY steps and at the end when it is given (how far from converged a model is)."""
-    rng = random.Random(seed)
-    torch.manual_seed(seed)
+@dataclass(frozen=True)
+class Supervised:
+    """Teacher-forced examples: (prompt ids, response ids ending in EOS) pairs, padded with `pad_id`."""
+
+    pairs: list[tuple[list[int], list[int]]]
+    pad_id: int
+
+
+def pretrain(model: PreTrainedModel, examples: Supervised, cfg: PretrainConfig | BasePretrainConfig,
+             env: TrainingEnv, desc: str = "pretrain pi_ref",
+             held_out: Callable[[], dict[str, float]] | None = None) -> list[dict]:
+    """Returns the loss curve, with `held_out()`'s figures every HELD_OUT_EVERY steps and at the end when it is
+    given (how far from converged a model is)."""
+    hw, pad_id = env.hw, examples.pad_id
+    rng = random.Random(env.seed)
+    torch.manual_seed(env.seed)
     model.to(hw.device).train()
     trainer = make_trainer(model, hw, OptimizerPlan(cfg.lr, cfg.weight_decay, cfg.warmup_steps, cfg.steps))
     curve = []
-    bar = progress(range(cfg.steps), desc=desc, enabled=show_progress)
+    bar = progress(range(cfg.steps), desc=desc, enabled=env.show_progress)
     for step in bar:
-        batch = rng.sample(examples, min(cfg.batch_size, len(examples)))
+        batch = rng.sample(examples.pairs, min(cfg.batch_size, len(examples.pairs)))
         ids, mask, labels = _teacher_forced(batch, pad_id, hw)
         with hw.autocast():
             logits = model(input_ids=ids, attention_mask=mask).logits
@@ -53,7 +54,7 @@ def pretrain(
             if held_out is not None and (step % HELD_OUT_EVERY == 0 or step == cfg.steps - 1):
                 curve[-1].update(held_out())
                 model.train()
-            tracking.live(curve[-1])
+            env.live(curve[-1])
             bar.set_postfix(loss=f"{loss.item():.4f}")
     model.eval()
     return curve
@@ -69,8 +70,7 @@ def _teacher_forced(batch: list[tuple[list[int], list[int]]], pad_id: int, hw: H
     return ids.to(hw.device), mask.to(hw.device), labels.to(hw.device)
 
 
-def supervised_examples(codec: PromptCodec, problems: list[Problem], targets: list[str], key: str
-                        ) -> list[tuple[list[int], list[int]]]:
+def supervised_examples(codec: PromptCodec, problems: list[Problem], targets: list[str], key: str) -> Supervised:
     """(prompt ids, response ids) pairs; a pair longer than the model's context is a UserError naming `key`."""
     prompts = codec.encode(problems, 0)
     examples = [(p, codec.response_ids(t)) for p, t in zip(prompts, targets, strict=True)]
@@ -78,7 +78,7 @@ def supervised_examples(codec: PromptCodec, problems: list[Problem], targets: li
     if codec.max_positions and longest > codec.max_positions:
         raise UserError(f"a pretraining example has {longest} tokens, more than {key}={codec.max_positions}: "
                         "raise it or use shorter problems.")
-    return examples
+    return Supervised(examples, codec.pad_id)
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""`python -m qsharp_exp.memory`: per-GPU memory of pi_ref + guide under each hardware config.
+"""`python -m qsharp_exp.cli.memory`: per-GPU memory of pi_ref + guide under each hardware config.
 
 An estimate from parameter counts, not a measurement: frozen weights in bf16 (2 bytes per
 parameter); the guide's training state as mixed-precision AdamW keeps it (fp32 weights or bf16

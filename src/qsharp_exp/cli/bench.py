@@ -1,4 +1,4 @@
-"""`python -m qsharp_exp.bench`: the cost of guided decoding against its one-pass floor.
+"""`python -m qsharp_exp.cli.bench`: the cost of guided decoding against its one-pass floor.
 
 For a (pi_ref, guide) pair built from configs with random weights, times generation of exactly
 `--new-tokens` tokens per row for pi_ref alone, CD and Q# with a V-type and a Q-type guide, at several
@@ -45,10 +45,21 @@ from qsharp_exp.models.lm import build_causal_lm
 from qsharp_exp.models.return_model import build_return_model
 from qsharp_exp.padding import right_pad
 from qsharp_exp.prompts import PromptCodec
-from qsharp_exp.sampling import DecodeOptions, PaddingStats, Sampler, SamplingSpec, Steering, Stops, generate
+from qsharp_exp.sampling import (
+    DecodeOptions,
+    Draw,
+    PaddingStats,
+    PromptBatch,
+    Sampler,
+    SamplingSpec,
+    Steering,
+    Stops,
+    generate,
+)
 from qsharp_exp.sampling.decoding import LMState, guide_state
 from qsharp_exp.training.collect import Rollout
-from qsharp_exp.training.return_model import length_chunks, length_grouped_batches, train_return_model
+from qsharp_exp.training.engine import TrainingEnv
+from qsharp_exp.training.return_learning import length_chunks, length_grouped_batches, train_return_model
 
 NEVER = torch.tensor([-1])  # no stop token: every row generates exactly the requested tokens
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -201,8 +212,8 @@ def run(args, pi_ref, guides) -> list[dict]:
                     generator = torch.Generator(device=device).manual_seed(repeat)
                     _sync(device)
                     start = time.perf_counter()
-                    gen = generate(pi_ref, ids, mask, spec, Stops(NEVER, 0), generator, Steering(guide=guidance),
-                                   DecodeOptions(args.cuda_graphs, args.compile))
+                    gen = generate(pi_ref, PromptBatch(ids, mask, Stops(NEVER, 0)), spec, generator,
+                                   Steering(guide=guidance), DecodeOptions(args.cuda_graphs, args.compile))
                     _sync(device)
                     if repeat:
                         times[(algo, head, name)].append(time.perf_counter() - start)
@@ -254,7 +265,7 @@ def collection_throughput(pi_ref, args) -> dict:
     start = time.perf_counter()
     codec = PromptCodec(vocabulary(args.vocab), chat_template=False, stop_ids=stops, max_positions=None)
     sampler = Sampler(pi_ref, codec, spec, hw, args.collection_batch, show_progress=False)
-    sampled = sampler.sample(prompts, 0, stats=stats)
+    sampled = sampler.sample(prompts, Draw(0), stats=stats)
     seconds = time.perf_counter() - start
     return {"stage": "collection", "batch": args.collection_batch, "samples": len(sampled),
             "samples_per_s": round(len(sampled) / seconds, 2),
@@ -282,7 +293,7 @@ def training_throughput(args) -> dict:
     hw = Hardware(HardwareConfig(device=args.device, bf16=args.dtype == "bfloat16", num_threads=args.threads))
     _sync(hw.device)
     start = time.perf_counter()
-    train_return_model(guide, rollouts, cfg, 0, hw, 0, show_progress=False)
+    train_return_model(guide, rollouts, cfg, 0, TrainingEnv(hw, 0, show_progress=False))
     _sync(hw.device)
     seconds = time.perf_counter() - start
     groups = [rollouts[i : i + 4] for i in range(0, len(rollouts), 4)]

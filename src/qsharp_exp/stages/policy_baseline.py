@@ -20,7 +20,7 @@ def train(ctx: RunContext, pi_ref: PiRef) -> StageResult:
     def build(cfg: RunConfig, out: Path) -> None:
         policy = copy.deepcopy(pi_ref.model)
         sampler = ctx.sampler(pi_ref.model, pi_ref.codec, cfg.eval.batch_size)
-        curve = train_policy(cfg.algo.name, policy, ctx.task, sampler, cfg.algo.policy, cfg.seed)
+        curve = train_policy(cfg.algo.name, policy, ctx.task, sampler, cfg.algo.policy, ctx.training_env(cfg.seed))
         policy.save_pretrained(out / "model")
         pi_ref.codec.tokenizer.save_pretrained(out / "model")
         write_jsonl(out / "curve.jsonl", curve)

@@ -1,5 +1,5 @@
 """Stage `return_model_round<k>`: the return model trained from scratch on the rollouts of rounds 1..k
-(training/return_model.py), saved with its learning curve."""
+(training/return_learning.py), saved with its learning curve."""
 
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ from qsharp_exp.models.identity import model_identity
 from qsharp_exp.models.lm import load_pretrained_lm, load_tokenizer
 from qsharp_exp.models.return_model import ReturnModel, build_return_model, return_model_from_lm
 from qsharp_exp.prompts import PromptCodec
-from qsharp_exp.report import plot_guide_curve
+from qsharp_exp.reporting.summary import plot_guide_curve
 from qsharp_exp.stages.base_model import BaseModel
 from qsharp_exp.stages.cache import StageResult
 from qsharp_exp.stages.context import RunContext
 from qsharp_exp.stages.pi_ref import PiRef
 from qsharp_exp.stages.rollouts import collect_round
 from qsharp_exp.training.collect import Rollout
-from qsharp_exp.training.return_model import NoSignalError, train_return_model
+from qsharp_exp.training.return_learning import NoSignalError, train_return_model
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,8 @@ def _train(ctx: RunContext, pi_ref: PiRef, round_: int, data: list[StageResult],
                  sum(p.numel() for p in model.parameters()), f", from round {round_ - 1}'s" if warm else "")
         resume.mkdir(parents=True, exist_ok=True)
         try:
-            trained = train_return_model(model, rollouts, train, pi_ref.codec.pad_id, ctx.hw, cfg.seed + round_,
-                                         cfg.progress, resume)
+            env = ctx.training_env(cfg.seed + round_)
+            trained = train_return_model(model, rollouts, train, pi_ref.codec.pad_id, env, resume)
         except NoSignalError as err:
             raise NoSignalError(f"round {round_}: {err}") from None
         trained.save(out / "model")

@@ -18,14 +18,13 @@ from pathlib import Path
 
 import torch
 
-from qsharp_exp import tracking
 from qsharp_exp.calibration import calibration_summary, fit_temperature
 from qsharp_exp.config import GuideTrainConfig, UserError
 from qsharp_exp.hardware import Hardware
 from qsharp_exp.models.return_model import Examples, ReturnModel
 from qsharp_exp.progress import progress
 from qsharp_exp.training.collect import Rollout
-from qsharp_exp.training.engine import OptimizerPlan, Trainer, latest_step, make_trainer
+from qsharp_exp.training.engine import OptimizerPlan, Trainer, TrainingEnv, latest_step, make_trainer
 from qsharp_exp.training.stopping import PlateauRule, StopReason
 
 log = logging.getLogger(__name__)
@@ -248,26 +247,19 @@ class TrainedReturnModel:
             self.model.save_pretrained(directory)
 
 
-def train_return_model(
-    model: ReturnModel,
-    rollouts: list[Rollout],
-    cfg: GuideTrainConfig,
-    pad_id: int,
-    hw: Hardware,
-    seed: int,
-    show_progress: bool = True,
-    checkpoints: Path | None = None,
-) -> TrainedReturnModel:
+def train_return_model(model: ReturnModel, rollouts: list[Rollout], cfg: GuideTrainConfig, pad_id: int,
+                       env: TrainingEnv, checkpoints: Path | None = None) -> TrainedReturnModel:
     """Trains `model` on the rollouts' problems with variation (BatchPlan). With `checkpoints`, a resumable
     checkpoint is kept there every `cfg.checkpoint_every` steps and training resumes from the latest one."""
-    plan = BatchPlan.make(rollouts, cfg, hw.dist.world, seed)
-    torch.manual_seed(seed)
+    hw = env.hw
+    plan = BatchPlan.make(rollouts, cfg, hw.dist.world, env.seed)
+    torch.manual_seed(env.seed)
     model.to(hw.device).train()
     warmup = max(cfg.warmup_steps, int(cfg.warmup_fraction * plan.steps))
     trainer = make_trainer(model, hw, OptimizerPlan(cfg.lr, cfg.weight_decay, warmup, plan.steps),
                            data_parallel_batch=plan.problems_per_batch // hw.dist.world * plan.per_problem,
                            keep=cfg.keep_checkpoints)
-    curve = _train(trainer, plan, cfg, pad_id, hw, show_progress, checkpoints)
+    curve = _training_loop(trainer, plan, cfg, pad_id, env, checkpoints)
     calibration = calibrate(trainer.module, plan.val, pad_id, hw, cfg.calibrate) if plan.val else {}
     if calibration:
         log.info("return model calibration on %d validation examples: %s", calibration["before"]["examples"],
@@ -278,11 +270,11 @@ def train_return_model(
     return TrainedReturnModel(trainer.module, curve, trainer, calibration)
 
 
-def _train(trainer: Trainer, plan: BatchPlan, cfg: GuideTrainConfig, pad_id: int, hw: Hardware,
-           show_progress: bool, checkpoints: Path | None) -> list[dict]:
+def _training_loop(trainer: Trainer, plan: BatchPlan, cfg: GuideTrainConfig, pad_id: int, env: TrainingEnv,
+                   checkpoints: Path | None) -> list[dict]:
     """The training loop, from the latest checkpoint if there is one, until the budget ends or the validation
     accuracy has stopped improving (PlateauRule); returns the learning curve, closed by why it stopped."""
-    model, dist = trainer.module, hw.dist
+    model, hw, dist = trainer.module, env.hw, env.hw.dist
     rule = PlateauRule(cfg.patience, cfg.min_delta)
     curve: list[dict] = [{"kept_rollouts": plan.kept, "dropped_rollouts": plan.dropped, "steps": plan.steps}]
     first, running = 0, 0.0
@@ -293,7 +285,7 @@ def _train(trainer: Trainer, plan: BatchPlan, cfg: GuideTrainConfig, pad_id: int
         torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
         log.info("return model: resuming from step %d (%s)", first, checkpoints)
     bar = progress(range(first, plan.steps), total=plan.steps, initial=first, desc="train return model",
-                   enabled=show_progress and dist.is_main)
+                   enabled=env.show_progress and dist.is_main)
     trained = first
     for step in bar:
         if rule.converged(curve):  # after the last evaluation, or on resuming from the checkpoint written there
@@ -306,7 +298,7 @@ def _train(trainer: Trainer, plan: BatchPlan, cfg: GuideTrainConfig, pad_id: int
             point = {"step": step + 1, "train_loss": round(running, 5),
                      **(evaluate_guide(model, plan.val, pad_id, hw) if plan.val else {})}
             curve.append(point)
-            tracking.live(point)
+            env.live(point)
             if dist.is_main:
                 log.info("return model step %d: %s", step + 1, point)
             bar.set_postfix(loss=f"{running:.4f}", **({"val_acc": point["val_acc"]} if plan.val else {}))

@@ -1,7 +1,6 @@
-"""`python -m qsharp_exp.report DIR [DIR ...]`: tables and plots from the metrics.json of runs and sweeps,
-and the summaries a run prints and plots for itself.
+"""Tables and plots from the metrics.json of runs and sweeps (the report command, cli/report.py).
 
-Writes, into the first DIR (or `--out`): `report.md` and `report.csv` in the paper's layout (rows
+Written into a directory: `report.md` and `report.csv` in the paper's layout (rows
 pi_ref / REINFORCE / DPO / RPO / CD / Q# per model and task, and per eta where a sweep has several),
 `reward_vs_kl.png` (the paper's Pareto picture: reward against KL across eta, one line per method),
 `reward_vs_inverse_eta.png`, and for star-graph `accuracy_by_method.png` (the paper's Figure 2b:
@@ -10,7 +9,6 @@ accuracy per method per graph shape, with the 1/d level of the next-token shortc
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -21,9 +19,9 @@ from pathlib import Path
 
 from qsharp_exp.algos import REFERENCE
 from qsharp_exp.config_view import non_semantic
-from qsharp_exp.evaluation import mean_and_se, objective_per_problem, paired_difference, per_problem_means
 from qsharp_exp.files import read_jsonl
 from qsharp_exp.guidance import RULES
+from qsharp_exp.metrics import mean_and_se, objective_per_problem, paired_difference, per_problem_means
 from qsharp_exp.training.policy import TRAINERS
 
 
@@ -428,97 +426,3 @@ def write_bar_chart(runs: list[dict], out: Path) -> Path | None:
     fig.savefig(out / "accuracy_by_method.png", dpi=120)
     plt.close(fig)
     return out / "accuracy_by_method.png"
-
-
-def with_se(metrics: dict, key: str) -> str:
-    """`0.6125 ± 0.0141`: the value with its standard error where metrics.json has one."""
-    se = metrics.get(f"{key}_se")
-    return f"{metrics[key]:.4f}" + (f" ± {se:.4f}" if se is not None else "")
-
-
-def print_summary(metrics: dict) -> None:
-    rows = [
-        ("task", metrics["task"]),
-        ("algo", metrics["algo"]),
-        ("eta", metrics["eta"]),
-        *((key, with_se(metrics, key)) for key in metrics
-          if key.startswith(("pass@", "maj1@", "rm_")) and not key.endswith("_se")),
-        ("kl_mean (nats)", with_se(metrics, "kl_mean")),
-        *([("objective (reward - eta * KL)", with_se(metrics, "objective"))]
-          if metrics.get("objective") is not None else []),
-        ("problems x samples", f"{metrics['num_problems']} x {metrics['num_samples']}"),
-    ]
-    if "pi_ref_test_accuracy" in metrics:
-        rows.append(("pi_ref accuracy (pretrain / test problems)",
-                     f"{metrics['pi_ref_pretrain_accuracy']:.4f} / {metrics['pi_ref_test_accuracy']:.4f}"))
-    if "guide_stopped" in metrics:
-        rows.append(("guide training", f"{metrics['guide_stopped']} after {metrics['guide_trained_steps']} of "
-                                       f"{metrics['guide_budget_steps']} steps"))
-    rows += [(k[5:-2], f"{v:.1f} s") for k, v in metrics.items() if k.startswith("time_")]
-    width = max(len(k) for k, _ in rows)
-    print("\n" + "\n".join(f"{k:<{width}}  {v}" for k, v in rows))
-    if metrics.get("guide_stopped") == "budget":
-        print(f"\nWARNING: the guide (return model round {metrics['guide_round']}) was still improving when its "
-              "budget ended; more epochs (guide_train.epochs, or warm_start_epochs when warm-started) may change "
-              "these results.")
-
-
-def plot_guide_curve(curve: list[dict], path) -> None:
-    """Validation accuracy of the return model by response position over training steps (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    points = [p for p in curve if "val_acc_by_pos" in p]
-    if not points:
-        return
-    steps = [p["step"] for p in points]
-    positions = sorted({int(k) for p in points for k in p["val_acc_by_pos"]})[:12]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for pos in positions:
-        ax.plot(steps, [p["val_acc_by_pos"].get(pos, p["val_acc_by_pos"].get(str(pos))) for p in points],
-                label=f"position {pos}")
-    ax.plot(steps, [p["val_acc"] for p in points], "k--", linewidth=2, label="all positions")
-    ax.set_xlabel("training step")
-    ax.set_ylabel("validation accuracy (predicted success)")
-    ax.set_title("Return model: accuracy by response position")
-    ax.set_ylim(0, 1.02)
-    ax.legend(fontsize=7, ncol=2, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="qsharp-report", description=__doc__.splitlines()[0])
-    parser.add_argument("dirs", nargs="+", type=Path, help="run or sweep directories (searched recursively)")
-    parser.add_argument("--out", type=Path, default=None, help="where to write the report (default: the first dir)")
-    args = parser.parse_args(argv)
-    runs = find_metrics(args.dirs)
-    if not runs:
-        print(f"report: no metrics.json of a run under {', '.join(map(str, args.dirs))}.", file=sys.stderr)
-        return 1
-    out = args.out or args.dirs[0]
-    if out.exists() and not out.is_dir():
-        print(f"error: --out {out} is a file: give a directory for the report (--out DIR)", file=sys.stderr)
-        return 1
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        write_tables(runs, out)
-        plotted = [r for r in runs if r["_finite"]]
-        plots = write_plots(plotted, out) if plotted else []
-        bars = write_bar_chart(plotted, out) if plotted else None
-    except OSError as err:
-        where = "" if err.filename in (None, str(out)) else f" ({err.filename})"
-        print(f"error: --out {out} cannot be written{where}: {err.strerror or err}: choose a directory you can "
-              "write (--out DIR)", file=sys.stderr)
-        return 1
-    plots += [bars] if bars else []
-    print((out / "report.md").read_text())
-    print("wrote " + ", ".join(str(p) for p in [out / "report.md", out / "report.csv", *plots]))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""`python -m qsharp_exp.generate --pi-ref MODEL --guide DIR --prompt "..."`: guide one's own prompts with a
+"""`python -m qsharp_exp.cli.generate --pi-ref MODEL --guide DIR --prompt "..."`: guide one's own prompts with a
 trained guide, through transformers' `generate` and the GuidanceLogitsProcessor, and print each guided
 completion (its text and token ids) with its KL to pi_ref, one JSON line each on stdout.
 
@@ -77,6 +77,7 @@ def check_args(args: argparse.Namespace) -> None:
 def guided(args: argparse.Namespace, prompts: list[str]) -> list[dict]:
     """Each prompt's completions, with their KL to pi_ref (nats)."""
     from qsharp_exp.api import load_guide, load_pi_ref
+    from qsharp_exp.guidance import GuidanceSettings
     from qsharp_exp.padding import left_pad
     from qsharp_exp.prompts import PromptCodec, check_top_k, checked_prompts, context_length
     from qsharp_exp.sampling.decoding import SamplingSpec
@@ -90,8 +91,8 @@ def guided(args: argparse.Namespace, prompts: list[str]) -> list[dict]:
         tokenizer.pad_token = tokenizer.eos_token
     pad = tokenizer.pad_token_id
     spec = SamplingSpec(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens)
-    processor = GuidanceLogitsProcessor(guide.to(args.device), rule=args.rule, eta=args.eta, top_k=args.top_k,
-                                        non_candidates=args.non_candidates, tokenizer=tokenizer, spec=spec)
+    settings = GuidanceSettings(args.rule, args.eta, args.top_k, args.non_candidates)
+    processor = GuidanceLogitsProcessor(guide.to(args.device), settings, tokenizer=tokenizer, spec=spec)
     # The pipeline's checks before sampling: the tokenizer represents each prompt, and each fits the context of
     # pi_ref and of the guide with --max-new-tokens to go.
     codec = PromptCodec.for_model(tokenizer, pi_ref, chat_template=False)

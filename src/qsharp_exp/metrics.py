@@ -20,14 +20,12 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 
 from qsharp_exp.models.return_model import Examples, ReturnModel
 from qsharp_exp.progress import progress
-from qsharp_exp.sampling import Sampled, Sampler, Steering
-from qsharp_exp.sampling.decoding import UNSTEERED
+from qsharp_exp.sampling import Draw, Sampled, Sampler
 from qsharp_exp.tasks import Problem, Task
 from qsharp_exp.tasks.answers import majority_vote
 
@@ -103,23 +101,15 @@ def final_values(model: ReturnModel, prompts: list[list[int]], sampled: list[Sam
     return scores
 
 
-def evaluate(
-    task: Task,
-    problems: list[Problem],
-    sampler: Sampler,
-    num_samples: int,
-    seed: int,
-    steering: Steering = UNSTEERED,
-    reward_model: ReturnModel | None = None,
-    checkpoint: Path | None = None,
-) -> tuple[dict, list[dict]]:
-    """`num_samples` samples per problem from pi_ref, or what `steering` asks for (a guide, a policy);
-    `reward_model` ranks each problem's samples; `checkpoint` keeps finished batches (resumable). The
-    progress bar says `sampler.desc`."""
+def evaluate(task: Task, problems: list[Problem], sampler: Sampler, num_samples: int, draw: Draw,
+             reward_model: ReturnModel | None = None) -> tuple[dict, list[dict]]:
+    """`num_samples` samples per problem from pi_ref, or what the draw's steering asks for (a guide, a policy),
+    resumable from the draw's checkpoint; `reward_model` ranks each problem's samples. The progress bar says
+    `sampler.desc`."""
     codec = sampler.codec
     jobs = [p for p in problems for _ in range(num_samples)]
     prompts = codec.encode(jobs, sampler.spec.max_new_tokens)
-    sampled = sampler.sample(prompts, seed, steering, checkpoint=checkpoint)
+    sampled = sampler.sample(prompts, draw)
     # Ranking needs several samples: with one, best-of-1 and the weighted vote are just pass@1.
     rank = reward_model is not None and num_samples > 1
     scores = final_values(reward_model, prompts, sampled, sampler) if rank else None
