@@ -73,8 +73,8 @@ def test_the_api_works_in_a_fresh_interpreter_without_import_order_tricks(tmp_pa
     assert result.returncode == 0, result.stderr[-2000:]
     version, first, second, names = result.stdout.strip().splitlines()[-4:]
     assert version[0].isdigit() and (first, second) == ("0.5", "2.0")
-    assert names == str(["GuidanceLogitsProcessor", "SamplingSpec", "compose_config", "load_guide", "load_pi_ref",
-                         "run"])
+    assert names == str(["GuidanceLogitsProcessor", "GuidanceSettings", "SamplingSpec", "compose_config", "load_guide",
+                         "load_pi_ref", "run"])
 
 
 def test_the_command_line_block_of_docs_api_runs_as_written(tmp_path):

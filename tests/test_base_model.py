@@ -251,10 +251,10 @@ def test_stage_keys_change_when_the_base_model_changes(tmp_path):
 def test_the_chain_end_curriculum_trains_on_follow_lines_first_then_on_the_chain_end_mix(tmp_path, monkeypatch):
     phases = []
 
-    def recording_pretrain(model, examples, cfg, pad_id, *args, **kwargs):
+    def recording_pretrain(model, examples, cfg, *args, **kwargs):
         equals = ctx.task_tokenizer.convert_tokens_to_ids("=")
-        phases.append((cfg.steps, sum(prompt[-1] != equals for prompt, _ in examples) / len(examples)))
-        return pretrain(model, examples, cfg, pad_id, *args, **kwargs)
+        phases.append((cfg.steps, sum(prompt[-1] != equals for prompt, _ in examples.pairs) / len(examples.pairs)))
+        return pretrain(model, examples, cfg, *args, **kwargs)
 
     monkeypatch.setattr(base_model, "pretrain", recording_pretrain)
     ctx = context(tmp_path, "base_pretrain.steps=4", "base_pretrain.chain_end_steps=3",
