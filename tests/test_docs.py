@@ -1,5 +1,5 @@
 """The docs state what was measured and how the software behaves: no words about how the work was judged
-(thresholds, criteria), no unnamed machines ("this machine"), no relative dates."""
+(a bar, a cut-off), no unnamed machines ("this machine"), no relative dates."""
 
 import re
 from pathlib import Path

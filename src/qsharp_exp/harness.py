@@ -47,7 +47,7 @@ class GuidedHFLM(HFLM):
         self.kl: list[float] = []
 
     def _model_generate(self, context: torch.Tensor, max_length: int, stop: list[str], **generation_kwargs):
-        """The harness's own generation (its stopping criteria and padding), with pi_ref's sampler settings
+        """The harness's own generation (its stop conditions and padding), with pi_ref's sampler settings
         moved into the processor's spec and the processor handed to `generate`."""
         task = {key: generation_kwargs.pop(key) for key in SAMPLER_KEYS if key in generation_kwargs}
         temperature = float(task.get("temperature") or 0.0)

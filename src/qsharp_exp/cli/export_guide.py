@@ -57,7 +57,7 @@ def model_card(run_dir: Path, metrics: dict, settings: dict, stage: Path, licens
 
 def export(run_dir: Path, out: Path, license_: str = "other") -> Path:
     metrics_file, settings_file = run_dir / "metrics.json", run_dir / "config.json"
-    if not metrics_file.exists() or not settings_file.exists():
+    if not (metrics_file.exists() and settings_file.exists()):
         raise UserError(f"{run_dir} is not a finished run's directory (no metrics.json and config.json)")
     metrics, settings = json.loads(metrics_file.read_text()), json.loads(settings_file.read_text())
     stage = guide_folder(metrics)

@@ -15,6 +15,7 @@ from qsharp_exp import config as config_module
 from qsharp_exp.algos import AlgoKind, algo_kind
 from qsharp_exp.config import Init, RunConfig
 from qsharp_exp.config_view import ConfigView, declared_values
+from qsharp_exp.failures import BUILDING
 from qsharp_exp.hardware import Hardware
 from qsharp_exp.models.return_model import ReturnModel
 from qsharp_exp.prompts import PromptCodec
@@ -62,7 +63,6 @@ class RunContext:
     root: Path  # the cache
     stages: dict[str, StageResult] = field(default_factory=dict)  # what this run built or reused, in order
     tracker: Tracker | None = None  # the job's wandb run (rank 0, logger=wandb)
-    building: list[str] = field(default_factory=list)  # the stages being built, innermost last
 
     @classmethod
     def create(cls, cfg: RunConfig) -> RunContext:
@@ -70,8 +70,8 @@ class RunContext:
 
     def live(self, point: dict) -> None:
         """A point of the stage being built (a training step, a sampled batch), sent to the tracker now."""
-        if self.tracker is not None and self.building:
-            self.tracker.live(self.building[-1], point)
+        if self.tracker is not None and BUILDING:  # (stages/cache.py keeps the stack of stages being built)
+            self.tracker.live(BUILDING[-1], point)
 
     def training_env(self, seed: int) -> TrainingEnv:
         """Where a stage's training loop runs: this run's hardware, `seed`, its progress bars and live log."""
@@ -93,12 +93,10 @@ class RunContext:
 
         def scoped(out: Path, resume: Path | None = None) -> None:
             self.cfg = view
-            self.building.append(name)
             try:
                 build(view, out, resume) if resumable else build(view, out)
             finally:
                 self.cfg = full
-                self.building.pop()
 
         result = run_stage(self.root, directory or name, versioned, scoped, resumable=resumable, dist=self.hw.dist)
         self.stages[name] = result
