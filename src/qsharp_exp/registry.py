@@ -8,7 +8,7 @@ names the setting and the registered names.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
 from qsharp_exp.config import ConfigError
@@ -27,6 +27,15 @@ class Registry(Generic[T]):
         if name in self._entries and self._entries[name] != entry:
             raise ValueError(f"{self.kind} {name!r} is registered twice")
         self._entries[name] = entry
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """A decorator that adds what it decorates as `name` and returns it unchanged."""
+
+        def add(entry: T) -> T:
+            self.add(name, entry)
+            return entry
+
+        return add
 
     def remove(self, name: str) -> None:
         del self._entries[name]

@@ -293,12 +293,7 @@ GUIDE_STATES: Registry[type[GuideState]] = Registry("decoding state of a head ki
 
 def register_guide_state(head: str) -> Callable[[type[GuideState]], type[GuideState]]:
     """Register a GuideState subclass as the decoding state of the head kind named `head`."""
-
-    def register(state: type[GuideState]) -> type[GuideState]:
-        GUIDE_STATES.add(head, state)
-        return state
-
-    return register
+    return GUIDE_STATES.register(head)
 
 
 @register_guide_state("q")

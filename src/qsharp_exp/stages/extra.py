@@ -34,11 +34,7 @@ EXTRA_STAGES: Registry[ExtraStage] = Registry("stage", "extra_stages")
 
 
 def register_stage(name: str) -> Callable[[ExtraStage], ExtraStage]:
-    def register(stage: ExtraStage) -> ExtraStage:
-        EXTRA_STAGES.add(name, stage)
-        return stage
-
-    return register
+    return EXTRA_STAGES.register(name)
 
 
 def check_registered(names: list[str]) -> None:
